@@ -12,6 +12,8 @@ generation and evaluation read only this. Layout::
                                                    LOGLAM0 + 1e-4 * i, i = 0..L-1 (vacuum, observed frame)
     /spectra/flux          float32 (N, L)          observed-frame flux density, 1e-17 erg/s/cm2/Angstrom
     /spectra/ivar          float32 (N, L)          inverse variance of flux; 0 where not observed
+    /spectra/model         float32 (N, L)          OPTIONAL noiseless model spectrum (mock: the truth;
+                                                   real SDSS: the pipeline's best-fit `model` column)
     /catalog/<column>      (N,)                    one dataset per column, attrs unit + description;
                                                    required: id (int64), ra, dec (deg), z
     /split                 int8 (N,)               0 train, 1 validation, 2 test (SPLIT_CODES)

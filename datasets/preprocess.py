@@ -1,0 +1,118 @@
+"""The paper's spectrum preprocessing — the one implementation used by training, generation and evaluation.
+
+In this order, in the OBSERVED frame (redshift stays in the data):
+
+1. keep 4000 Angstrom < lambda < 8500 Angstrom (lambda = 10**loglam, vacuum);
+2. cubic-spline the flux onto a 1 Angstrom grid, 4000..8499 Angstrom (4500 points);
+3. smooth with a Gaussian kernel, sigma = 2 px (2 Angstrom);
+4. divide by the mean flux in 6900-6950 Angstrom;
+5. natural log ("log" preprocessing; "none" keeps the linear flux);
+6. low resolution = every 8th point (563 points); full resolution = all 4500.
+
+Spectra with any non-positive processed flux are dropped (the log needs positive flux).
+
+Everything is vectorised over spectra: one CubicSpline solve for a whole block of spectra that share a
+wavelength grid (the schema's common SDSS grid), one Gaussian filter call along the wavelength axis.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.interpolate import CubicSpline
+from scipy.ndimage import gaussian_filter1d
+
+WAVE_MIN = 4000.0  # Angstrom
+WAVE_MAX = 8500.0
+FULLRES_WAVE = np.arange(4000.0, 8500.0, 1.0)  # 4500 points, Angstrom, observed frame, vacuum
+LOWRES_STEP = 8
+LOWRES_WAVE = FULLRES_WAVE[::LOWRES_STEP]  # 563 points
+N_FULLRES = FULLRES_WAVE.size
+N_LOWRES = LOWRES_WAVE.size
+SMOOTH_SIGMA = 2.0  # pixels of the 1 Angstrom grid
+NORM_WINDOW = (6900.0, 6950.0)  # Angstrom
+PREPROCESS_VERSION = 1  # bump when anything above changes: invalidates caches
+
+_NORM_MASK = (FULLRES_WAVE >= NORM_WINDOW[0]) & (FULLRES_WAVE < NORM_WINDOW[1])
+
+
+def _fill_masked(flux: np.ndarray, good: np.ndarray) -> np.ndarray:
+    """Linearly interpolate each row's flux over pixels where ``good`` is False (SDSS masked pixels
+    carry arbitrary values that a cubic spline would otherwise ring around)."""
+    flux = flux.copy()
+    x = np.arange(flux.shape[1])
+    for i in np.flatnonzero((~good).any(axis=1) & good.any(axis=1)):
+        g = good[i]
+        flux[i, ~g] = np.interp(x[~g], x[g], flux[i, g])
+    return flux
+
+
+def preprocess_spectra(loglam: np.ndarray, flux: np.ndarray, ivar: np.ndarray | None = None,
+                       ) -> dict[str, np.ndarray]:
+    """Apply steps 1-4 to a block of spectra on one common log-lambda grid.
+
+    Parameters
+    ----------
+    loglam : (L,) log10 wavelength in Angstrom (observed frame, vacuum), shared by all rows.
+    flux : (N, L) flux density (any unit; 1e-17 erg/s/cm2/Angstrom for SDSS).
+    ivar : (N, L) inverse variance, optional. Pixels with ivar == 0 are interpolated over before the
+        spline, and the ivar is carried to the 1 Angstrom grid (linearly interpolated variance, scaled
+        by the normalisation) for chi^2 statistics.
+
+    Returns
+    -------
+    dict with ``flux`` (N, 4500) normalised LINEAR flux (mean 1 in 6900-6950 Angstrom), ``ivar``
+    (N, 4500) or None, ``norm`` (N,) the divisor in input units, and ``valid`` (N,) bool: finite,
+    positive normalisation and every processed pixel > 0 (required by the log).
+    """
+    flux = np.atleast_2d(np.asarray(flux, dtype=np.float64))
+    wave = 10.0 ** np.asarray(loglam, dtype=np.float64)
+    keep = (wave > WAVE_MIN) & (wave < WAVE_MAX)
+    if keep.sum() < 10 or wave[keep].min() > WAVE_MIN + 2 or wave[keep].max() < WAVE_MAX - 2:
+        raise ValueError(f"loglam: grid {wave.min():.0f}-{wave.max():.0f} Angstrom does not cover "
+                         f"{WAVE_MIN:.0f}-{WAVE_MAX:.0f} Angstrom")
+    sel = flux[:, keep]
+    if ivar is not None:
+        ivar = np.atleast_2d(np.asarray(ivar, dtype=np.float64))
+        good = ivar[:, keep] > 0
+        sel = _fill_masked(sel, good)
+    spline = CubicSpline(wave[keep], sel, axis=1)
+    out = spline(FULLRES_WAVE)
+    out = gaussian_filter1d(out, SMOOTH_SIGMA, axis=1)
+    norm = out[:, _NORM_MASK].mean(axis=1)
+    ok_norm = np.isfinite(norm) & (norm > 0)
+    safe = np.where(ok_norm, norm, 1.0)
+    out /= safe[:, None]
+    valid = ok_norm & np.isfinite(out).all(axis=1) & (out > 0).all(axis=1)
+    result = {"flux": out.astype(np.float32), "norm": norm.astype(np.float64), "valid": valid, "ivar": None}
+    if ivar is not None:
+        with np.errstate(divide="ignore"):
+            var = np.where(ivar[:, keep] > 0, 1.0 / np.where(ivar[:, keep] > 0, ivar[:, keep], 1.0), np.inf)
+        # linear interpolation of the variance; a pixel next to a masked one stays masked (inf)
+        idx = np.searchsorted(wave[keep], FULLRES_WAVE).clip(1, keep.sum() - 1)
+        w1 = wave[keep][idx - 1]
+        w2 = wave[keep][idx]
+        frac = ((FULLRES_WAVE - w1) / (w2 - w1)).clip(0, 1)
+        v = var[:, idx - 1] * (1 - frac) + var[:, idx] * frac
+        v = np.where(np.isinf(var[:, idx - 1]) | np.isinf(var[:, idx]), np.inf, v)
+        result["ivar"] = (safe[:, None] ** 2 / v).astype(np.float32)
+    return result
+
+
+def to_model_space(flux_linear: np.ndarray, preprocessing: str = "log") -> np.ndarray:
+    """Step 5: normalised linear flux -> the networks' space ("log" or "none")."""
+    if preprocessing == "log":
+        return np.log(flux_linear)
+    if preprocessing == "none":
+        return flux_linear
+    raise ValueError(f"preprocessing: {preprocessing!r} is not 'log' or 'none'")
+
+
+def to_linear(x, preprocessing: str = "log"):
+    """Inverse of :func:`to_model_space` (works on numpy arrays and torch tensors)."""
+    if preprocessing == "log":
+        return x.exp() if hasattr(x, "exp") and not isinstance(x, np.ndarray) else np.exp(x)
+    return x
+
+
+def lowres(x):
+    """Step 6: every 8th point of a full-resolution spectrum (last axis): 4500 -> 563."""
+    return x[..., ::LOWRES_STEP]

@@ -1,0 +1,334 @@
+"""One config path: YAML -> validated dataclasses -> code.
+
+A YAML file holds the paper's settings as nested sections (``data``, ``model``, ``train``, ``run``, ...)
+and an optional ``presets`` section: named lists of dotted overrides (``train.batch_size: 64``) that
+make the same code run small, e.g. ``--preset cpu``. ``--set a.b=v`` overrides go on top. Unknown keys,
+wrong types and impossible values are errors that name the file, the key and the value.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names the file, the key and the value."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Schemas
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class DataConfig:
+    path: str = "data/mock_sdss.h5"   # survey HDF5 file (datasets/schema.py)
+    preprocessing: str = "log"        # "log" (paper) or "none" (linear normalised flux)
+    augment: bool = True              # resize 64->71, random crop 64, flips (training only)
+    cache_dir: str | None = None      # preprocessed cache; default "<path>.cache"
+
+    def check(self, where):
+        _choice(where, "data.preprocessing", self.preprocessing, ("log", "none"))
+
+
+@dataclass
+class ContrastiveModelConfig:
+    image_encoder: str = "resnet50"
+    image_width: int = 64             # ResNet base width (64 = standard)
+    latent_dim: int = 256             # shared by both stages and by generate.py
+    spectrum_base: int = 64
+    spectrum_mults: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    temperature: float = 0.05
+
+    def check(self, where):
+        _choice(where, "model.image_encoder", self.image_encoder, ("resnet18", "resnet50"))
+        _positive(where, "model.latent_dim", self.latent_dim)
+        _positive(where, "model.temperature", self.temperature)
+        _positive(where, "model.spectrum_base", self.spectrum_base)
+        if self.spectrum_base % 8:
+            raise ConfigError(f"{where}: model.spectrum_base: {self.spectrum_base} must be a multiple of 8 "
+                              "(GroupNorm(8))")
+
+
+@dataclass
+class DiffusionModelConfig:
+    image_encoder: str = "resnet18"
+    image_width: int = 64
+    base: int = 64
+    mults: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    attn_levels: list[int] = field(default_factory=lambda: [2])  # 0-based level index (paper: 3rd level)
+    head_dim: int = 32
+    timesteps: int = 250
+    schedule: str = "cosine"
+
+    def check(self, where):
+        _choice(where, "model.image_encoder", self.image_encoder, ("resnet18", "resnet50"))
+        _choice(where, "model.schedule", self.schedule, ("cosine", "linear"))
+        _positive(where, "model.timesteps", self.timesteps)
+        _positive(where, "model.base", self.base)
+        if self.base % 8:
+            raise ConfigError(f"{where}: model.base: {self.base} must be a multiple of 8 (GroupNorm(8))")
+        for lvl in self.attn_levels:
+            if not 0 <= lvl < len(self.mults):
+                raise ConfigError(f"{where}: model.attn_levels: level {lvl} outside 0..{len(self.mults) - 1}")
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "lr"                 # "lr" (563-point low-res) or "sr" (4500-point full-res)
+    batch_size: int = 512             # GLOBAL batch, split across ranks
+    lr: float = 1e-4
+    lr_end: float = 1e-6              # linear (polynomial power 1) decay to this
+    weight_decay: float = 0.0
+    epochs: int = 1000
+    max_iterations: int | None = None  # stop early (CPU preset); the LR schedule spans this if set
+    ema_decay: float | None = 0.9999
+    ema_warmup: int = 0               # iterations over which the EMA momentum ramps up (0 = none)
+    grad_clip: float | None = 1.0
+    seed: int = 0
+    amp: str = "auto"                 # "auto": bf16 autocast on CUDA, fp32 on CPU; "bf16"; "off"
+    compile: bool = False
+    num_workers: int = 0
+
+    def check(self, where):
+        _choice(where, "train.stage", self.stage, ("lr", "sr"))
+        _choice(where, "train.amp", self.amp, ("auto", "bf16", "off"))
+        _positive(where, "train.batch_size", self.batch_size)
+        _positive(where, "train.lr", self.lr)
+        _positive(where, "train.epochs", self.epochs)
+        if self.lr_end < 0 or self.lr_end > self.lr:
+            raise ConfigError(f"{where}: train.lr_end: {self.lr_end} must be in [0, train.lr={self.lr}]")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ConfigError(f"{where}: train.ema_decay: {self.ema_decay} must be in (0, 1) or null")
+        if self.max_iterations is not None:
+            _positive(where, "train.max_iterations", self.max_iterations)
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs/{name}_{stage}"   # {name} and {stage} are filled in
+    checkpoint_every: int = 1000      # iterations
+    validate_every: int = 1000        # iterations (and at the end)
+    log_every: int = 50
+    n_saved: int = 2
+    tensorboard: bool = False         # CSV metrics are always written; TensorBoard if installed and set
+    resume: bool = True               # continue from the last checkpoint in out_dir if there is one
+
+
+@dataclass
+class ValidationConfig:
+    n_galaxies: int = 512             # contrastive retrieval pool / diffusion sample subset
+    n_samples: int = 4                # diffusion: samples per galaxy, best-of MSE
+    sampler: str = "ddim"
+    steps: int = 50
+    figure_every: int = 1             # write the sample figure every N validations
+
+    def check(self, where):
+        _positive(where, "validation.n_galaxies", self.n_galaxies)
+        _positive(where, "validation.n_samples", self.n_samples)
+
+
+@dataclass
+class GenerateConfig:
+    input: str | None = None          # survey HDF5; default: data.path
+    split: str = "test"               # which split of the input ("all" for every galaxy)
+    limit: int | None = None          # at most this many galaxies (demo)
+    output: str = "outputs/generated.fits"
+    checkpoints: dict[str, str] = field(default_factory=lambda: {
+        "diffusion_lr": "runs/diffusion_lr/best.pt", "diffusion_sr": "runs/diffusion_sr/best.pt",
+        "contrastive_lr": "runs/contrastive_lr/best.pt", "contrastive_sr": "runs/contrastive_sr/best.pt"})
+    n_lowres: int = 3                 # N
+    keep_lowres: int = 2              # k
+    n_fullres: int = 3                # M
+    sampler: str = "ancestral"
+    steps: int = 250
+    batch_galaxies: int = 16
+    chunk_galaxies: int = 256         # streaming / resume granularity
+    seed: int = 0
+    figure: str | None = "figures/generated_examples.png"
+
+    def check(self, where):
+        for k in ("n_lowres", "keep_lowres", "n_fullres", "steps", "batch_galaxies", "chunk_galaxies"):
+            _positive(where, f"generate.{k}", getattr(self, k))
+        if self.keep_lowres > self.n_lowres:
+            raise ConfigError(f"{where}: generate.keep_lowres: {self.keep_lowres} > n_lowres={self.n_lowres}")
+        need = {"diffusion_lr", "diffusion_sr", "contrastive_lr", "contrastive_sr"}
+        if set(self.checkpoints) != need:
+            raise ConfigError(f"{where}: generate.checkpoints: keys {sorted(self.checkpoints)}, "
+                              f"expected {sorted(need)}")
+
+
+@dataclass
+class ContrastiveConfig:
+    name: str = "contrastive"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ContrastiveModelConfig = field(default_factory=ContrastiveModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+
+
+@dataclass
+class GenerativeConfig:
+    name: str = "diffusion"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: DiffusionModelConfig = field(default_factory=DiffusionModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------------
+def _positive(where, key, value):
+    if value is None or value <= 0:
+        raise ConfigError(f"{where}: {key}: {value!r} must be > 0")
+
+
+def _choice(where, key, value, choices):
+    if value not in choices:
+        raise ConfigError(f"{where}: {key}: {value!r} is not one of {list(choices)}")
+
+
+def _coerce(where: str, key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(where, key, value, a)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: {key}: {value!r} should be a list")
+        return [_coerce(where, f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {key}: {value!r} should be a mapping")
+        return {str(k): _coerce(where, f"{key}.{k}", v, args[1]) for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: {key}: {value!r} should be a number")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: {key}: {value!r} should be an integer")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key}: {value!r} should be true or false")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {key}: {value!r} should be a string")
+        return value
+    return value
+
+
+def from_dict(cls, data: dict, where: str, prefix: str = ""):
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or '<top>'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: {prefix}{unknown[0]}: unknown key (allowed: {sorted(names)})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        tp = hints[f.name]
+        v = data[f.name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = from_dict(tp, v, where, f"{prefix}{f.name}.")
+        else:
+            kwargs[f.name] = _coerce(where, prefix + f.name, v, tp)
+    obj = cls(**kwargs)
+    return obj
+
+
+def _check_all(obj, where):
+    if hasattr(obj, "check"):
+        obj.check(where)
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            _check_all(v, where)
+
+
+def _set_dotted(d: dict, key: str, value: Any, where: str):
+    parts = key.split(".")
+    cur = d
+    for p in parts[:-1]:
+        nxt = cur.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{where}: {key}: {p!r} is not a section")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.lr=3e-4"`` -> ``("train.lr", 3e-4)``; the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_config(path: str | Path, cls, overrides: list[str] | None = None, preset: str | None = None):
+    """Load YAML ``path`` into dataclass ``cls``; apply ``presets[preset]`` then ``--set`` overrides."""
+    path = Path(path)
+    where = str(path)
+    if not path.exists():
+        raise ConfigError(f"{where}: file: does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: file: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: <top>: expected a mapping")
+    raw = copy.deepcopy(raw)
+    presets = raw.pop("presets", {}) or {}
+    if preset is not None:
+        if preset not in presets:
+            raise ConfigError(f"{where}: presets.{preset}: no such preset (have {sorted(presets)})")
+        for key, value in (presets[preset] or {}).items():
+            _set_dotted(raw, key, value, f"{where} presets.{preset}")
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_dotted(raw, key, value, f"{where} --set")
+    cfg = from_dict(cls, raw, where)
+    _check_all(cfg, where)
+    return cfg
+
+
+def to_dict(cfg) -> dict:
+    """Plain nested dict of a config dataclass (for YAML/JSON and checkpoints)."""
+    return dataclasses.asdict(cfg)
+
+
+def config_from_checkpoint_dict(d: dict, cls, where: str):
+    """Rebuild a config saved in a checkpoint (validated like a file)."""
+    cfg = from_dict(cls, d, where)
+    _check_all(cfg, where)
+    return cfg
+
+
+def resolve_out_dir(cfg) -> Path:
+    """``run.out_dir`` with {name} and {stage} filled in."""
+    return Path(cfg.run.out_dir.format(name=cfg.name, stage=cfg.train.stage))
