@@ -89,7 +89,9 @@ def nt_xent(z_img: torch.Tensor, z_spec: torch.Tensor, temperature: float = 0.05
         Scalar loss.
     """
     if z_img.shape != z_spec.shape or z_img.ndim != 2:
-        raise ValueError(f"nt_xent expects two (N, D) tensors of equal shape, got {z_img.shape}, {z_spec.shape}")
+        raise ValueError(
+            f"nt_xent expects two (N, D) tensors of equal shape, got {z_img.shape}, {z_spec.shape}"
+        )
     n = z_img.shape[0]
     z = torch.cat([z_img, z_spec], dim=0)
     # Similarities in float32: with temperature 0.05 the logits span +-20, too coarse for bf16.

@@ -83,7 +83,8 @@ class SpectrumResNet(nn.Module):
             spec = spec.unsqueeze(1)
         if spec.ndim != 3 or spec.shape[1] != self.in_channels:
             raise ValueError(
-                f"SpectrumResNet expects spectra (B, L) or (B, {self.in_channels}, L), got {tuple(spec.shape)}"
+                f"SpectrumResNet expects spectra (B, L) or (B, {self.in_channels}, L), "
+                f"got {tuple(spec.shape)}"
             )
         h = self.levels(self.stem(spec))
         return self.head(h.mean(dim=-1))

@@ -3,7 +3,7 @@
 Layout at the paper preset (base 64, multipliers (1, 2, 4, 8), attention at level 3 and the bottleneck):
 
     init conv k3 (in_channels -> 64)
-    down level i (width w_i):   ResBlock, ResBlock, [Transformer], stride-2 conv  (no downsampling at the last level)
+    down level i (width w_i):   ResBlock, ResBlock, [Transformer], stride-2 conv (none at the last level)
     bottleneck (512):           ResBlock, Transformer, ResBlock
     up level i (reversed):      ResBlock(skip concat), ResBlock(skip concat), [Transformer], transposed conv
     final ResBlock (concat with the init-conv output), conv 1x1 -> 1 channel (epsilon)
@@ -12,7 +12,8 @@ ResBlock = conv k3 -> GroupNorm(8) -> scale/shift from the time embedding -> ReL
 -> ReLU, plus a 1x1 shortcut when the width changes. Time conditioning is FiLM (scale/shift) after the
 first normalisation, as in Dhariwal & Nichol's "AdaGN".
 Transformer = GroupNorm, linear in, [LayerNorm -> self-attention, LayerNorm -> cross-attention to the image
-tokens, LayerNorm -> GEGLU feed-forward] with residuals, linear out (zero-initialised) + residual.
+tokens, LayerNorm -> GEGLU feed-forward (hidden 2x width)] with residuals, linear out (zero-initialised)
++ residual.
 Attention heads are 32 channels wide.
 """
 
@@ -63,9 +64,10 @@ def upsample_lowres(lowres: torch.Tensor, length: int) -> torch.Tensor:
 class SinusoidalTimeEmbedding(nn.Module):
     """Fourier features of t rescaled to [-1, 1], then an MLP.
 
-    Frequencies are geometric from pi to pi * (T - 1) / 4 (computed in floating point, so nothing
-    overflows); the top frequency advances a quarter turn per diffusion step, below the Nyquist limit of
-    the integer-t grid, so every feature varies with t.
+    Angular frequencies are geometric from pi to (T - 1) / 2 (computed in floating point, so nothing
+    overflows): the top one advances one radian per diffusion step, below the Nyquist limit of the
+    integer-t grid and not a rational fraction of a turn, so every feature takes distinct values for
+    every t instead of aliasing onto a few.
     """
 
     def __init__(self, dim: int, hidden: int, num_timesteps: int = 250):
@@ -74,8 +76,8 @@ class SinusoidalTimeEmbedding(nn.Module):
             raise ValueError(f"time embedding dim must be even, got {dim}")
         self.num_timesteps = num_timesteps
         half = dim // 2
-        max_freq = max((num_timesteps - 1) / 4.0, 1.0)
-        freqs = math.pi * torch.exp(torch.linspace(0.0, math.log(max_freq), half, dtype=torch.float64))
+        top = max((num_timesteps - 1) / 2.0, math.pi)
+        freqs = torch.exp(torch.linspace(math.log(math.pi), math.log(top), half, dtype=torch.float64))
         self.register_buffer("freqs", freqs.float(), persistent=False)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
 
@@ -93,7 +95,9 @@ class SinusoidalTimeEmbedding(nn.Module):
 class ResBlock(nn.Module):
     """Conv k3 + GroupNorm + ReLU residual block with FiLM time conditioning."""
 
-    def __init__(self, in_channels: int, out_channels: int, time_dim: int, groups: int = 8, dropout: float = 0.0):
+    def __init__(
+        self, in_channels: int, out_channels: int, time_dim: int, groups: int = 8, dropout: float = 0.0
+    ):
         super().__init__()
         self.conv1 = nn.Conv1d(in_channels, out_channels, 3, padding=1)
         self.norm1 = nn.GroupNorm(groups, out_channels)
@@ -140,7 +144,7 @@ class Attention(nn.Module):
 class GEGLU(nn.Module):
     """Gated-GELU feed-forward: (x W) * GELU(x V), then a linear back to ``dim``."""
 
-    def __init__(self, dim: int, mult: int = 4):
+    def __init__(self, dim: int, mult: int = 2):
         super().__init__()
         self.proj = nn.Linear(dim, 2 * mult * dim)
         self.out = nn.Linear(mult * dim, dim)
@@ -153,7 +157,7 @@ class GEGLU(nn.Module):
 class TransformerBlock1d(nn.Module):
     """Self-attention, cross-attention to the image tokens and GEGLU on a (B, C, L) feature map."""
 
-    def __init__(self, dim: int, context_dim: int, head_dim: int = 32, groups: int = 8):
+    def __init__(self, dim: int, context_dim: int, head_dim: int = 32, groups: int = 8, ff_mult: int = 2):
         super().__init__()
         self.norm_in = nn.GroupNorm(groups, dim)
         self.proj_in = nn.Linear(dim, dim)
@@ -162,7 +166,7 @@ class TransformerBlock1d(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.cross_attn = Attention(dim, context_dim, head_dim)
         self.norm3 = nn.LayerNorm(dim)
-        self.ff = GEGLU(dim)
+        self.ff = GEGLU(dim, ff_mult)
         self.proj_out = nn.Linear(dim, dim)
         # Zero-initialised output: the block starts as the identity, which keeps early training stable.
         nn.init.zeros_(self.proj_out.weight)
@@ -198,6 +202,8 @@ class UNet1d(nn.Module):
         Channel size of the image tokens (512 for ResNet-18).
     head_dim : int
         Channels per attention head.
+    ff_mult : int
+        GEGLU hidden width / model width (2 matches the paper's parameter count; 4 is the LDM default).
     num_timesteps : int
         T of the diffusion process; t is rescaled by T - 1.
     groups : int
@@ -216,6 +222,7 @@ class UNet1d(nn.Module):
         mid_attn: bool = True,
         context_dim: int = 512,
         head_dim: int = 32,
+        ff_mult: int = 2,
         num_timesteps: int = 250,
         groups: int = 8,
         dropout: float = 0.0,
@@ -230,7 +237,7 @@ class UNet1d(nn.Module):
 
         def transformer(level: int, width: int) -> nn.Module:
             if level in attn_levels:
-                return TransformerBlock1d(width, context_dim, head_dim, groups)
+                return TransformerBlock1d(width, context_dim, head_dim, groups, ff_mult)
             return nn.Identity()
 
         self.down = nn.ModuleList()
@@ -249,7 +256,9 @@ class UNet1d(nn.Module):
             )
             ch = w
         self.mid1 = ResBlock(ch, ch, time_dim, groups, dropout)
-        self.mid_attn = TransformerBlock1d(ch, context_dim, head_dim, groups) if mid_attn else nn.Identity()
+        self.mid_attn = (
+            TransformerBlock1d(ch, context_dim, head_dim, groups, ff_mult) if mid_attn else nn.Identity()
+        )
         self.mid2 = ResBlock(ch, ch, time_dim, groups, dropout)
 
         self.up = nn.ModuleList()

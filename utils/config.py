@@ -60,7 +60,8 @@ class DiffusionModelConfig:
     image_width: int = 64
     base: int = 64
     mults: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
-    attn_levels: list[int] = field(default_factory=lambda: [2])  # 0-based level index (paper: 3rd level)
+    attn_levels: list[int] = field(default_factory=lambda: [3])  # 1-based levels with attention (paper: 3)
+    mid_attn: bool = True             # transformer block in the bottleneck (paper: yes)
     head_dim: int = 32
     timesteps: int = 250
     schedule: str = "cosine"
@@ -73,8 +74,8 @@ class DiffusionModelConfig:
         if self.base % 8:
             raise ConfigError(f"{where}: model.base: {self.base} must be a multiple of 8 (GroupNorm(8))")
         for lvl in self.attn_levels:
-            if not 0 <= lvl < len(self.mults):
-                raise ConfigError(f"{where}: model.attn_levels: level {lvl} outside 0..{len(self.mults) - 1}")
+            if not 1 <= lvl <= len(self.mults):
+                raise ConfigError(f"{where}: model.attn_levels: level {lvl} outside 1..{len(self.mults)}")
 
 
 @dataclass
@@ -287,7 +288,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected key=value")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    if isinstance(value, str):  # YAML 1.1 reads "2e-3" (no dot) as a string; users mean a number
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return key.strip(), value
 
 
 def load_config(path: str | Path, cls, overrides: list[str] | None = None, preset: str | None = None):

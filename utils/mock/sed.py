@@ -29,7 +29,12 @@ N_REST = int(np.ceil((np.log10(10700.0) - REST_LOGLAM0) / DLOGLAM)) + 1
 
 # Windows used to extend the templates beyond their coverage with a per-template power law
 # f_lambda ~ lambda^alpha (least squares in log f vs log lambda). 3330-3600 A sits below the Balmer break,
-# so the fitted slope carries each SSP's near-UV colour: steeply rising for young SSPs, falling for old.
+# so the fitted slope carries each SSP's near-UV colour: rising for young SSPs. For OLD SSPs that window is
+# nearly flat while the real near-UV falls steeply (ellipticals have NUV - u ~ 3 mag AB, i.e.
+# f_lambda(2300)/f_lambda(3550) ~ 0.15, versus ~0.7 from the fitted slope alone), so blueward of the
+# template edge the slope is steepened by UV_STEEPEN * clip(log10(age/1 Gyr), 0, 1): nothing for ages
+# <= 1 Gyr, +4 for 10 Gyr. The extension is anchored at the template edge (continuous).
+UV_STEEPEN = 4.0
 BLUE_FIT = (3330.0, 3600.0)
 RED_FIT = (8700.0, 9250.0)
 
@@ -75,9 +80,13 @@ def load_templates() -> dict:
         out[k, inside] = np.interp(wave[inside], lam_vac, tpl[k])
         for sel, dest in ((bsel, blue), (rsel, red)):
             x = np.log10(lam_vac[sel])
-            slope, icpt = np.polyfit(x, np.log10(np.maximum(tpl[k, sel], 1e-30)), 1)
-            # anchor the power law on the mean level of the fit window (continuous, no jump)
-            out[k, dest] = 10.0 ** (icpt + slope * np.log10(wave[dest]))
+            slope, _ = np.polyfit(x, np.log10(np.maximum(tpl[k, sel], 1e-30)), 1)
+            # the power law passes through the mean level of the fit window (no jump at the edge)
+            edge_x = np.log10(lam_vac[0] if dest is blue else lam_vac[-1])
+            level = np.log10(np.mean(tpl[k, sel])) - slope * np.mean(x) + slope * edge_x  # at the edge
+            if dest is blue:
+                slope = slope + UV_STEEPEN * np.clip(np.log10(ages[k // n_met] / 1.0), 0.0, 1.0)
+            out[k, dest] = 10.0 ** (level + slope * (np.log10(wave[dest]) - edge_x))
     return {"flux": out.astype(np.float32), "ages": ages, "metals": metals, "loglam": ll,
             "n_age": n_age, "n_met": n_met}
 
@@ -94,7 +103,7 @@ def calzetti_k(wave: np.ndarray, rv: float = 4.05) -> np.ndarray:
 
 
 def _age_bin_edges(ages: np.ndarray) -> np.ndarray:
-    """Lookback-time bin edges (Gyr) around the template ages: geometric midpoints, 0 and 13 Gyr at the ends."""
+    """Lookback-time bin edges (Gyr) around the template ages: geometric midpoints, 0 and 13 Gyr at ends."""
     mid = np.sqrt(ages[1:] * ages[:-1])
     return np.concatenate([[0.0], mid, [13.0]])
 
@@ -175,7 +184,7 @@ def gaussian_broaden(flux: np.ndarray, sigma_pix: np.ndarray) -> np.ndarray:
 
 
 def sigma_inst_kms(wave_obs: np.ndarray) -> np.ndarray:
-    """SDSS spectrograph resolution as a Gaussian sigma in km/s: R = 1500 at 3800 A rising to 2500 at 9000 A."""
+    """SDSS spectrograph resolution as a Gaussian sigma (km/s): R = 1500 at 3800 A to 2500 at 9000 A."""
     r = 1500.0 + (np.asarray(wave_obs) - 3800.0) * (1000.0 / 5200.0)
     return C_KMS / (2.3548 * np.clip(r, 1200.0, 2700.0))
 

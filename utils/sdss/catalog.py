@@ -11,6 +11,7 @@ The query runs on SkyServer (``SqlSearch``, 500 000-row cap: :func:`query_skyser
 RA slices) or CasJobs (paste :func:`build_query` output; no cap). The CSV is then read with
 :func:`read_catalog_csv`, which validates before any download starts.
 """
+
 from __future__ import annotations
 
 import csv
@@ -31,10 +32,27 @@ SKYSERVER_URL = "https://skyserver.sdss.org/{release}/SkyServerWS/SearchTools/Sq
 SKYSERVER_ROW_CAP = 500_000
 
 BANDS = "ugriz"
-LICK_COLUMNS = ("lick_hd_a", "lick_hg_a", "lick_hb", "lick_mgb", "lick_fe5270", "lick_fe5335", "lick_nad",
-                "lick_mg2", "d4000_n")
-LINE_COLUMNS = ("h_beta_flux", "h_beta_flux_err", "oiii_5007_flux", "oiii_5007_flux_err", "h_alpha_flux",
-                "h_alpha_flux_err", "nii_6584_flux", "nii_6584_flux_err")
+LICK_COLUMNS = (
+    "lick_hd_a",
+    "lick_hg_a",
+    "lick_hb",
+    "lick_mgb",
+    "lick_fe5270",
+    "lick_fe5335",
+    "lick_nad",
+    "lick_mg2",
+    "d4000_n",
+)
+LINE_COLUMNS = (
+    "h_beta_flux",
+    "h_beta_flux_err",
+    "oiii_5007_flux",
+    "oiii_5007_flux_err",
+    "h_alpha_flux",
+    "h_alpha_flux_err",
+    "nii_6584_flux",
+    "nii_6584_flux_err",
+)
 EXTRA_COLUMNS = ("lgm_tot_p50", "sfr_tot_p50", "bptclass")
 MPAJHU_COLUMNS = LICK_COLUMNS + LINE_COLUMNS + EXTRA_COLUMNS
 # MPA-JHU tables mark "not measured" with this sentinel; it becomes NaN like a missing LEFT JOIN row
@@ -58,27 +76,56 @@ COLUMNS: dict[str, tuple[str, str, str]] = {
     "field": ("i8", "", "imaging field"),
     "velDisp": ("f8", "km/s", "pipeline stellar velocity dispersion"),
     "velDispErr": ("f8", "km/s", "velocity dispersion error"),
-    **{f"cModelMag_{b}": ("f8", "mag", f"composite model magnitude {b} (not extinction-corrected)")
-       for b in BANDS},
+    **{
+        f"cModelMag_{b}": ("f8", "mag", f"composite model magnitude {b} (not extinction-corrected)")
+        for b in BANDS
+    },
     **{f"extinction_{b}": ("f8", "mag", f"Galactic extinction in {b} (SFD98)") for b in BANDS},
-    **{c: ("f8", "Angstrom" if c.startswith("lick_") and c != "lick_mg2" else
-           ("mag" if c == "lick_mg2" else ""), f"MPA-JHU galSpecIndx.{c}") for c in LICK_COLUMNS},
+    **{
+        c: (
+            "f8",
+            "Angstrom" if c.startswith("lick_") and c != "lick_mg2" else ("mag" if c == "lick_mg2" else ""),
+            f"MPA-JHU galSpecIndx.{c}",
+        )
+        for c in LICK_COLUMNS
+    },
     **{c: ("f8", "1e-17 erg/s/cm2", f"MPA-JHU galSpecLine.{c}") for c in LINE_COLUMNS},
-    "lgm_tot_p50": ("f8", "log10(Msun)", "MPA-JHU galSpecExtra total stellar mass, median"),
-    "sfr_tot_p50": ("f8", "log10(Msun/yr)", "MPA-JHU galSpecExtra total SFR, median"),
-    "bptclass": ("f8", "", "MPA-JHU galSpecExtra BPT class (1 SF, 2 low-S/N SF, 3 composite, 4 AGN, "
-                           "5 low-S/N LINER, -1 unclassifiable; NaN no match)"),
+    "lgm_tot_p50": ("f8", "", "MPA-JHU galSpecExtra log10(total stellar mass / Msun), median"),
+    "sfr_tot_p50": ("f8", "", "MPA-JHU galSpecExtra log10(total SFR / (Msun/yr)), median"),
+    "bptclass": (
+        "f8",
+        "",
+        "MPA-JHU galSpecExtra BPT class (1 SF, 2 low-S/N SF, 3 composite, 4 AGN, "
+        "5 low-S/N LINER, -1 unclassifiable; NaN no match)",
+    ),
 }
-REQUIRED = ("specObjID", "objID", "ra", "dec", "z", "plate", "mjd", "fiberID", "run2d", "run", "rerun",
-            "camcol", "field")
+REQUIRED = (
+    "specObjID",
+    "objID",
+    "ra",
+    "dec",
+    "z",
+    "plate",
+    "mjd",
+    "fiberID",
+    "run2d",
+    "run",
+    "rerun",
+    "camcol",
+    "field",
+)
 
 
 class CatalogError(ValueError):
     """A catalogue that cannot be used; the message names the file, the column and the value."""
 
 
-def build_query(release: str = "DR16", limit: int | None = None, ra_range: tuple[float, float] | None = None,
-                z_range: tuple[float, float] = (Z_MIN, Z_MAX)) -> str:
+def build_query(
+    release: str = "DR16",
+    limit: int | None = None,
+    ra_range: tuple[float, float] | None = None,
+    z_range: tuple[float, float] = (Z_MIN, Z_MAX),
+) -> str:
     """The SkyServer/CasJobs SQL selecting the paper's sample with the columns this route needs.
 
     Parameters
@@ -130,9 +177,16 @@ def _http_get(url: str, timeout: float) -> bytes:
         return resp.read()
 
 
-def query_skyserver(out_csv: str | os.PathLike, release: str = "DR16", limit: int | None = None,
-                    base_url: str | None = None, n_ra_slices: int = 1, timeout: float = 600.0,
-                    retries: int = 3, use_astroquery: bool | None = None) -> Path:
+def query_skyserver(
+    out_csv: str | os.PathLike,
+    release: str = "DR16",
+    limit: int | None = None,
+    base_url: str | None = None,
+    n_ra_slices: int = 1,
+    timeout: float = 600.0,
+    retries: int = 3,
+    use_astroquery: bool | None = None,
+) -> Path:
     """Run :func:`build_query` on SkyServer and write one validated CSV (atomically).
 
     Parameters
@@ -155,6 +209,7 @@ def query_skyserver(out_csv: str | os.PathLike, release: str = "DR16", limit: in
     if use_astroquery is None:
         try:
             import astroquery.sdss  # noqa: F401
+
             use_astroquery = base_url is None
         except ImportError:
             use_astroquery = False
@@ -166,6 +221,7 @@ def query_skyserver(out_csv: str | os.PathLike, release: str = "DR16", limit: in
         sql = build_query(release, limit, (lo, hi) if n_ra_slices > 1 else None)
         if use_astroquery:
             from astroquery.sdss import SDSS
+
             tab = SDSS.query_sql(sql, data_release=int(release[2:]), timeout=timeout)
             text = "" if tab is None else _table_to_csv(tab)
         else:
@@ -176,17 +232,23 @@ def query_skyserver(out_csv: str | os.PathLike, release: str = "DR16", limit: in
                     break
                 except OSError as e:
                     if attempt == retries:
-                        raise CatalogError(f"{url}: query: failed after {retries + 1} attempts: {e}") from None
-                    time.sleep(min(60.0, 2.0 ** attempt))
+                        raise CatalogError(
+                            f"{url}: query: failed after {retries + 1} attempts: {e}"
+                        ) from None
+                    time.sleep(min(60.0, 2.0**attempt))
         h, r = _parse_csv_text(text, source=url)
         if h is None:
             continue
         if header is not None and h != header:
-            raise CatalogError(f"{url}: header: RA slice [{lo}, {hi}) returned columns {h}, expected {header}")
+            raise CatalogError(
+                f"{url}: header: RA slice [{lo}, {hi}) returned columns {h}, expected {header}"
+            )
         header = h
         if len(r) >= SKYSERVER_ROW_CAP:
-            raise CatalogError(f"{url}: rows: RA slice [{lo}, {hi}) hit the {SKYSERVER_ROW_CAP}-row cap; "
-                               "use more n_ra_slices")
+            raise CatalogError(
+                f"{url}: rows: RA slice [{lo}, {hi}) hit the {SKYSERVER_ROW_CAP}-row cap; "
+                "use more n_ra_slices"
+            )
         rows.extend(r)
     if header is None:
         raise CatalogError(f"{url}: result: no rows returned")
@@ -233,15 +295,20 @@ def _parse_value(kind: str, s: str, path, col: str, row: int):
             return float(s)
         v = int(s) if s.lstrip("+-").isdigit() else int(float(s))
     except ValueError:
-        raise CatalogError(f"{path}: column {col}: row {row}: value {s!r} is not "
-                           f"{'a number' if kind == 'f8' else 'an integer'}") from None
-    if kind == "u8" and not 0 <= v < 2 ** 64:
+        raise CatalogError(
+            f"{path}: column {col}: row {row}: value {s!r} is not "
+            f"{'a number' if kind == 'f8' else 'an integer'}"
+        ) from None
+    if kind == "u8" and not 0 <= v < 2**64:
         raise CatalogError(f"{path}: column {col}: row {row}: value {s!r} out of the unsigned 64-bit range")
     return v
 
 
-def read_catalog_csv(path: str | os.PathLike, z_range: tuple[float, float] | None = (Z_MIN, Z_MAX),
-                     display_name: str | None = None) -> dict[str, np.ndarray]:
+def read_catalog_csv(
+    path: str | os.PathLike,
+    z_range: tuple[float, float] | None = (Z_MIN, Z_MAX),
+    display_name: str | None = None,
+) -> dict[str, np.ndarray]:
     """Read and validate a catalogue CSV (SkyServer/CasJobs output of :func:`build_query`).
 
     Column names are matched case-insensitively and mapped to :data:`COLUMNS` spelling; unknown columns are
@@ -289,7 +356,7 @@ def read_catalog_csv(path: str | os.PathLike, z_range: tuple[float, float] | Non
                     vals.append(float(s) if s else np.nan)
                 except ValueError:
                     kind = "S"
-                    vals = [r[j].strip() for r in rows[:i + 1]]
+                    vals = [r[j].strip() for r in rows[: i + 1]]
                 continue
             vals.append(_parse_value(kind, row[j], name, col, i + 2))
         kind = kind or "f8"
@@ -302,13 +369,16 @@ def read_catalog_csv(path: str | os.PathLike, z_range: tuple[float, float] | Non
         bad = ~((out[col] >= lo) & (out[col] <= hi))
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise CatalogError(f"{name}: column {col}: row {i + 2}: value {out[col][i]!r} outside [{lo}, {hi}]")
+            raise CatalogError(
+                f"{name}: column {col}: row {i + 2}: value {out[col][i]!r} outside [{lo}, {hi}]"
+            )
     if z_range is not None:
         bad = ~((out["z"] >= z_range[0]) & (out["z"] <= z_range[1]))
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise CatalogError(f"{name}: column z: row {i + 2}: value {out['z'][i]!r} outside "
-                               f"[{z_range[0]}, {z_range[1]}]")
+            raise CatalogError(
+                f"{name}: column z: row {i + 2}: value {out['z'][i]!r} outside [{z_range[0]}, {z_range[1]}]"
+            )
     for col in ("camcol",):
         bad = ~np.isin(out[col], np.arange(1, 7))
         if bad.any():
@@ -316,6 +386,7 @@ def read_catalog_csv(path: str | os.PathLike, z_range: tuple[float, float] | Non
             raise CatalogError(f"{name}: column {col}: row {i + 2}: value {out[col][i]} not in 1..6")
     ids, counts = np.unique(out["specObjID"], return_counts=True)
     if (counts > 1).any():
-        raise CatalogError(f"{name}: column specObjID: value {ids[counts > 1][0]} appears "
-                           f"{counts[counts > 1][0]} times")
+        raise CatalogError(
+            f"{name}: column specObjID: value {ids[counts > 1][0]} appears {counts[counts > 1][0]} times"
+        )
     return out

@@ -10,6 +10,7 @@ so a partial mirror made with rsync/wget works as is. Guarantees:
   manifest lists as complete and that still have that size, so a killed run resumes where it stopped;
 * failures go to ``<out_dir>/failures.csv`` (url, path, kind, reason, attempts).
 """
+
 from __future__ import annotations
 
 import bz2
@@ -52,6 +53,7 @@ class InvalidFileError(Exception):
 @dataclass(frozen=True)
 class Task:
     """One file to fetch: ``url`` -> ``<out_dir>/<rel>``; kind is "spec" or "frame"."""
+
     url: str
     rel: str
     kind: str
@@ -65,31 +67,50 @@ def spec_lite_relpath(plate: int, mjd: int, fiber: int, run2d: str | bytes, rele
     """
     run2d = run2d.decode() if isinstance(run2d, bytes) else str(run2d).strip()
     survey = "eboss" if run2d.startswith("v") else "sdss"
-    return (f"{release.lower()}/{survey}/spectro/redux/{run2d}/spectra/lite/{int(plate):04d}/"
-            f"spec-{int(plate):04d}-{int(mjd)}-{int(fiber):04d}.fits")
+    return (
+        f"{release.lower()}/{survey}/spectro/redux/{run2d}/spectra/lite/{int(plate):04d}/"
+        f"spec-{int(plate):04d}-{int(mjd)}-{int(fiber):04d}.fits"
+    )
 
 
-def frame_relpath(run: int, camcol: int, field: int, band: str, rerun: int = 301, release: str = "DR16") -> str:
-    """SAS path (below the ``sas`` root) of a calibrated frame ``frame-{band}-{run:06d}-{camcol}-{field:04d}``."""
-    return (f"{release.lower()}/eboss/photoObj/frames/{int(rerun)}/{int(run)}/{int(camcol)}/"
-            f"frame-{band}-{int(run):06d}-{int(camcol)}-{int(field):04d}.fits.bz2")
+def frame_relpath(
+    run: int, camcol: int, field: int, band: str, rerun: int = 301, release: str = "DR16"
+) -> str:
+    """SAS path (below ``sas``) of the calibrated frame ``frame-{band}-{run:06d}-{camcol}-{field:04d}``."""
+    return (
+        f"{release.lower()}/eboss/photoObj/frames/{int(rerun)}/{int(run)}/{int(camcol)}/"
+        f"frame-{band}-{int(run):06d}-{int(camcol)}-{int(field):04d}.fits.bz2"
+    )
 
 
-def plan_downloads(catalog: dict, base_url: str = SAS_URL, release: str = "DR16", bands: str = BANDS,
-                   spectra: bool = True, frames: bool = True) -> list[Task]:
+def plan_downloads(
+    catalog: dict,
+    base_url: str = SAS_URL,
+    release: str = "DR16",
+    bands: str = BANDS,
+    spectra: bool = True,
+    frames: bool = True,
+) -> list[Task]:
     """The deduplicated download list for a catalogue (frames are shared by galaxies in the same field)."""
     base = base_url.rstrip("/")
     tasks: dict[str, Task] = {}
     n = len(catalog["specObjID"])
     for i in range(n):
         if spectra:
-            rel = spec_lite_relpath(catalog["plate"][i], catalog["mjd"][i], catalog["fiberID"][i],
-                                    catalog["run2d"][i], release)
+            rel = spec_lite_relpath(
+                catalog["plate"][i], catalog["mjd"][i], catalog["fiberID"][i], catalog["run2d"][i], release
+            )
             tasks.setdefault(rel, Task(f"{base}/{rel}", rel, "spec"))
         if frames:
             for b in bands:
-                rel = frame_relpath(catalog["run"][i], catalog["camcol"][i], catalog["field"][i], b,
-                                    catalog["rerun"][i], release)
+                rel = frame_relpath(
+                    catalog["run"][i],
+                    catalog["camcol"][i],
+                    catalog["field"][i],
+                    b,
+                    catalog["rerun"][i],
+                    release,
+                )
                 tasks.setdefault(rel, Task(f"{base}/{rel}", rel, "frame"))
     return list(tasks.values())
 
@@ -117,8 +138,9 @@ def open_frame(path: str | os.PathLike) -> tuple[np.ndarray, fits.Header]:
     except (OSError, ValueError, EOFError) as e:
         raise InvalidFileError(f"{path}: file: not a readable (bz2) FITS frame: {e}") from None
     if data is None or data.ndim != 2:
-        raise InvalidFileError(f"{path}: HDU0: expected a 2-D image, got "
-                               f"{None if data is None else data.shape}")
+        raise InvalidFileError(
+            f"{path}: HDU0: expected a 2-D image, got {None if data is None else data.shape}"
+        )
     return np.asarray(data, dtype=np.float32), header
 
 
@@ -161,12 +183,26 @@ def _fetch(url: str, dest_part: Path, timeout: float) -> int:
     return n
 
 
-RETRYABLE = (ConnectionError, TimeoutError, socket.timeout, urllib.error.URLError, http.client.HTTPException,
-             InvalidFileError, OSError)
+RETRYABLE = (
+    ConnectionError,
+    TimeoutError,
+    socket.timeout,
+    urllib.error.URLError,
+    http.client.HTTPException,
+    InvalidFileError,
+    OSError,
+)
 
 
-def download_one(task: Task, out_dir: Path, timeout: float = 60.0, retries: int = 5, backoff: float = 1.0,
-                 max_backoff: float = 60.0, validate: bool = True) -> dict:
+def download_one(
+    task: Task,
+    out_dir: Path,
+    timeout: float = 60.0,
+    retries: int = 5,
+    backoff: float = 1.0,
+    max_backoff: float = 60.0,
+    validate: bool = True,
+) -> dict:
     """Fetch one file with retries; returns a manifest record (``status`` "ok" or "failed")."""
     dest = out_dir / task.rel
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -177,8 +213,16 @@ def download_one(task: Task, out_dir: Path, timeout: float = 60.0, retries: int 
             if validate:
                 VALIDATORS[task.kind](dest)
             data = dest.read_bytes()
-            return {"path": task.rel, "url": task.url, "kind": task.kind, "status": "ok", "bytes": len(data),
-                    "sha256": hashlib.sha256(data).hexdigest(), "attempts": 0, "adopted": True}
+            return {
+                "path": task.rel,
+                "url": task.url,
+                "kind": task.kind,
+                "status": "ok",
+                "bytes": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "attempts": 0,
+                "adopted": True,
+            }
         except InvalidFileError:
             dest.unlink()
     reason = ""
@@ -190,8 +234,15 @@ def download_one(task: Task, out_dir: Path, timeout: float = 60.0, retries: int 
                 VALIDATORS[task.kind](part)
             digest = hashlib.sha256(part.read_bytes()).hexdigest()
             os.replace(part, dest)
-            return {"path": task.rel, "url": task.url, "kind": task.kind, "status": "ok", "bytes": n,
-                    "sha256": digest, "attempts": attempt}
+            return {
+                "path": task.rel,
+                "url": task.url,
+                "kind": task.kind,
+                "status": "ok",
+                "bytes": n,
+                "sha256": digest,
+                "attempts": attempt,
+            }
         except PermanentError as e:
             reason = str(e)
             part.unlink(missing_ok=True)
@@ -202,8 +253,14 @@ def download_one(task: Task, out_dir: Path, timeout: float = 60.0, retries: int 
             if attempt <= retries:
                 delay = min(max_backoff, backoff * 2 ** (attempt - 1))
                 time.sleep(delay + random.uniform(0, delay))
-    return {"path": task.rel, "url": task.url, "kind": task.kind, "status": "failed", "reason": reason,
-            "attempts": attempt}
+    return {
+        "path": task.rel,
+        "url": task.url,
+        "kind": task.kind,
+        "status": "failed",
+        "reason": reason,
+        "attempts": attempt,
+    }
 
 
 def load_manifest(out_dir: str | os.PathLike) -> dict[str, dict]:
@@ -229,9 +286,17 @@ def is_complete(out_dir: Path, rec: dict | None) -> bool:
     return p.exists() and p.stat().st_size == rec["bytes"]
 
 
-def download_all(tasks: list[Task], out_dir: str | os.PathLike, workers: int = 8, timeout: float = 60.0,
-                 retries: int = 5, backoff: float = 1.0, max_backoff: float = 60.0, validate: bool = True,
-                 progress: bool = True) -> dict:
+def download_all(
+    tasks: list[Task],
+    out_dir: str | os.PathLike,
+    workers: int = 8,
+    timeout: float = 60.0,
+    retries: int = 5,
+    backoff: float = 1.0,
+    max_backoff: float = 60.0,
+    validate: bool = True,
+    progress: bool = True,
+) -> dict:
     """Download ``tasks`` into ``out_dir`` with ``workers`` threads; resumable via the manifest.
 
     Parameters
@@ -256,10 +321,15 @@ def download_all(tasks: list[Task], out_dir: str | os.PathLike, workers: int = 8
     lock = threading.Lock()
     failures: list[dict] = []
     n_ok = 0
-    with open(out_dir / "manifest.jsonl", "a") as man, ThreadPoolExecutor(max_workers=max(1, workers)) as ex, \
-            tqdm(total=len(todo), desc="download", unit="file", disable=not progress) as bar:
-        futs = [ex.submit(download_one, t, out_dir, timeout, retries, backoff, max_backoff, validate)
-                for t in todo]
+    with (
+        open(out_dir / "manifest.jsonl", "a") as man,
+        ThreadPoolExecutor(max_workers=max(1, workers)) as ex,
+        tqdm(total=len(todo), desc="download", unit="file", disable=not progress) as bar,
+    ):
+        futs = [
+            ex.submit(download_one, t, out_dir, timeout, retries, backoff, max_backoff, validate)
+            for t in todo
+        ]
         for fut in as_completed(futs):
             rec = fut.result()
             with lock:
@@ -275,9 +345,16 @@ def download_all(tasks: list[Task], out_dir: str | os.PathLike, workers: int = 8
     fail_path = out_dir / "failures.csv"
     tmp = fail_path.with_name(fail_path.name + ".partial")
     with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["url", "path", "kind", "reason", "attempts"], extrasaction="ignore")
+        w = csv.DictWriter(
+            fh, fieldnames=["url", "path", "kind", "reason", "attempts"], extrasaction="ignore"
+        )
         w.writeheader()
         w.writerows(sorted(failures, key=lambda r: r["path"]))
     os.replace(tmp, fail_path)
-    return {"n_tasks": len(tasks), "skipped": len(tasks) - len(todo), "downloaded": n_ok,
-            "failed": len(failures), "failures": failures}
+    return {
+        "n_tasks": len(tasks),
+        "skipped": len(tasks) - len(todo),
+        "downloaded": n_ok,
+        "failed": len(failures),
+        "failures": failures,
+    }

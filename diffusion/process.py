@@ -1,0 +1,162 @@
+"""The Gaussian (DDPM) diffusion process: schedule buffers, forward noising and the epsilon loss.
+
+Network-agnostic: the denoiser enters only as ``model_fn(x_t, t, **model_kwargs) -> eps``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffusion.schedule import SCHEDULES
+
+__all__ = ["GaussianDiffusion", "extract"]
+
+
+def extract(buf: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Gather ``buf[t]`` and reshape to broadcast against ``like`` (B, ...); cast to ``like``'s dtype."""
+    out = buf.to(like.device)[t.to(like.device).long()]
+    return out.reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)
+
+
+class GaussianDiffusion(nn.Module):
+    """DDPM forward process with epsilon parameterisation.
+
+    All schedule tensors are registered buffers (float32, computed in float64), so they follow
+    ``.to(device)`` and appear in the ``state_dict``. Index ``t`` runs over ``0 .. T - 1``; ``betas[t]``
+    takes ``x_{t-1}`` to ``x_t`` with ``x_{-1} = x_0`` the data, and ``alphas_cumprod[t] = prod_{s<=t}(1 -
+    betas[s])``.
+
+    Parameters
+    ----------
+    num_timesteps : int
+        T (paper: 250).
+    schedule : {"cosine", "linear"}
+        Name of a schedule in ``diffusion.schedule.SCHEDULES`` (paper: cosine).
+    betas : torch.Tensor, optional
+        Explicit betas; overrides ``schedule``.
+    """
+
+    def __init__(self, num_timesteps: int = 250, schedule: str = "cosine", betas: torch.Tensor | None = None):
+        super().__init__()
+        if betas is None:
+            if schedule not in SCHEDULES:
+                raise ValueError(f"schedule={schedule!r}: expected one of {sorted(SCHEDULES)}")
+            betas = SCHEDULES[schedule](num_timesteps)
+        betas = torch.as_tensor(betas, dtype=torch.float64)
+        if betas.ndim != 1 or not ((betas > 0) & (betas < 1)).all():
+            raise ValueError("betas must be a 1-D tensor with values in (0, 1)")
+        self.num_timesteps = int(betas.numel())
+        self.schedule = schedule
+        alphas = 1.0 - betas
+        abar = torch.cumprod(alphas, dim=0)
+        abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+        post_var = betas * (1.0 - abar_prev) / (1.0 - abar)
+        buffers = dict(
+            betas=betas,
+            alphas=alphas,
+            alphas_cumprod=abar,
+            alphas_cumprod_prev=abar_prev,
+            sqrt_alphas_cumprod=abar.sqrt(),
+            sqrt_one_minus_alphas_cumprod=(1.0 - abar).sqrt(),
+            sqrt_recip_alphas_cumprod=abar.rsqrt(),
+            sqrt_recipm1_alphas_cumprod=(1.0 / abar - 1.0).sqrt(),
+            posterior_variance=post_var,
+            # post_var[0] == 0; use post_var[1] there so the log stays finite.
+            posterior_log_variance_clipped=torch.log(torch.cat([post_var[1:2], post_var[1:]])),
+            posterior_mean_coef1=betas * abar_prev.sqrt() / (1.0 - abar),
+            posterior_mean_coef2=(1.0 - abar_prev) * alphas.sqrt() / (1.0 - abar),
+        )
+        for name, value in buffers.items():
+            self.register_buffer(name, value.float())
+
+    def sample_timesteps(
+        self, batch: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Draw one t per sample uniformly from {0, ..., T - 1}."""
+        gen_device = generator.device if generator is not None else device
+        t = torch.randint(0, self.num_timesteps, (batch,), generator=generator, device=gen_device)
+        return t.to(device)
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Draw ``x_t ~ q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I)`` given the noise."""
+        return (
+            extract(self.sqrt_alphas_cumprod, t, x0) * x0
+            + extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+        )
+
+    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """Invert ``q_sample``: ``x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)``."""
+        return (
+            extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
+            - extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+        )
+
+    def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """Epsilon implied by an ``x_0`` estimate (used after clipping ``x_0``)."""
+        return (extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0) / extract(
+            self.sqrt_recipm1_alphas_cumprod, t, x_t
+        )
+
+    def q_posterior(
+        self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of ``q(x_{t-1} | x_t, x_0)``."""
+        mean = (
+            extract(self.posterior_mean_coef1, t, x_t) * x0 + extract(self.posterior_mean_coef2, t, x_t) * x_t
+        )
+        return mean, extract(self.posterior_variance, t, x_t)
+
+    def training_loss(
+        self,
+        model_fn: Callable[..., torch.Tensor],
+        x0: torch.Tensor,
+        *,
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        reduction: str = "mean",
+        **model_kwargs,
+    ) -> torch.Tensor:
+        """Epsilon-prediction MSE at a random noise level per sample.
+
+        Parameters
+        ----------
+        model_fn : callable
+            ``model_fn(x_t, t, **model_kwargs) -> eps`` of ``x0``'s shape (e.g. a ``ConditionalDenoiser``,
+            with ``images=``/``context=``/``lowres=`` passed through ``model_kwargs``).
+        x0 : torch.Tensor
+            Clean spectra (B, ...).
+        t : torch.Tensor, optional
+            (B,) timesteps; drawn uniformly from {0, ..., T - 1} per sample if omitted.
+        noise : torch.Tensor, optional
+            Standard normal noise like ``x0``; drawn if omitted.
+        generator : torch.Generator, optional
+            Source of randomness for ``t`` and ``noise``.
+        reduction : {"mean", "none"}
+            "none" returns the per-sample loss (B,).
+
+        Returns
+        -------
+        torch.Tensor
+            Scalar loss, or (B,) with ``reduction="none"``.
+        """
+        b = x0.shape[0]
+        if t is None:
+            t = self.sample_timesteps(b, x0.device, generator)
+        if noise is None:
+            gen_device = generator.device if generator is not None else x0.device
+            noise = torch.randn(x0.shape, generator=generator, device=gen_device, dtype=x0.dtype).to(
+                x0.device
+            )
+        eps = model_fn(self.q_sample(x0, t, noise), t, **model_kwargs)
+        # MSE in float32 even under bf16 autocast: the loss is a small difference of O(1) numbers.
+        loss = F.mse_loss(eps.float(), noise.float(), reduction="none").reshape(b, -1).mean(dim=1)
+        if reduction == "none":
+            return loss
+        if reduction != "mean":
+            raise ValueError(f"reduction={reduction!r}: expected 'mean' or 'none'")
+        return loss.mean()

@@ -1,0 +1,240 @@
+"""Tests of the spectroscopic toolbox (analysis/) on real SDSS fixtures and synthetic spectra."""
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
+import pytest
+from scipy.interpolate import CubicSpline
+from scipy.ndimage import gaussian_filter1d
+
+from analysis import (
+    BPT_NAMES,
+    LICK_BANDS,
+    classify,
+    d4000,
+    dn4000,
+    fit_redshift,
+    fit_redshifts,
+    fit_spectrum,
+    lick_indices,
+)
+from analysis.bpt import AGN, COMPOSITE, STAR_FORMING, UNCLASSIFIED
+from analysis.indices import BREAK_BANDS
+from analysis.redshift import ZW_NODATA
+from datasets.sdss_spec import read_spec
+
+DATA = os.path.join(os.path.dirname(__file__), "data", "sdss")
+LITE = ["spec-0266-51602-0573", "spec-0266-51630-0623", "spec-1045-52725-0628", "spec-0266-51602-0001"]
+
+
+@functools.cache
+def spec(name):
+    return read_spec(os.path.join(DATA, name + ".fits"))
+
+
+@functools.cache
+def fit(name):
+    s = spec(name)
+    return fit_spectrum(s.wave, s.flux, s.z, s.ivar)
+
+
+def preprocess(s):
+    """The paper's preprocessing: 4000-8500 A, 1 A cubic spline, sigma 2 A smoothing, mean 1 in 6900-6950."""
+    w = s.wave
+    keep = (w > 4000) & (w < 8500)
+    grid = np.arange(4000.0, 8500.0)                       # round(min)..round(max): 4500 points
+    f = CubicSpline(w[keep], s.flux[keep])(grid)
+    f = gaussian_filter1d(f, 2.0)
+    f /= f[(grid >= 6900) & (grid <= 6950)].mean()
+    return grid, f
+
+
+# ---------------------------------------------------------------- redshift
+@pytest.mark.parametrize("name", LITE)
+def test_redshift_matches_pipeline(name):
+    s = spec(name)
+    r = fit_redshift(s.wave, s.flux, s.ivar)
+    assert r.zwarning == 0, r.message
+    assert abs(r.z - s.z) < 1e-3
+    assert 0 < r.z_err < 1e-3
+
+
+@pytest.mark.parametrize("name", LITE)
+def test_redshift_without_ivar(name):
+    s = spec(name)
+    r = fit_redshift(s.wave, s.flux)
+    assert abs(r.z - s.z) < 1e-3
+
+
+def test_redshift_boss_out_of_range_is_flagged():
+    s = spec("spec-3586-55181-0003")            # z = 0.59, ZWARNING = 4 in the pipeline, outside 0-0.35
+    assert s.meta["HDU2"] == "SPALL"
+    r = fit_redshift(s.wave, s.flux, s.ivar)
+    assert r.zwarning != 0 and r.message
+    assert not r.ok
+
+
+def test_redshift_no_coverage_is_nodata():
+    w = np.linspace(3000.0, 3300.0, 300)
+    r = fit_redshift(w, np.ones_like(w))
+    assert r.zwarning & ZW_NODATA and np.isnan(r.z) and "wave" in r.message
+
+
+def test_redshift_batch_equals_single():
+    s = spec("spec-1045-52725-0628")
+    grid, f = preprocess(s)
+    batch = fit_redshifts(grid, np.vstack([f, 1.1 * f]))
+    one = fit_redshift(grid, f)
+    assert batch[0].z == pytest.approx(one.z, abs=1e-7)
+    assert batch[1].z == pytest.approx(one.z, abs=1e-7)
+
+
+# ---------------------------------------------------------------- pPXF
+@pytest.mark.parametrize("name,tol", [("spec-0266-51602-0573", 0.15), ("spec-0266-51602-0001", 0.15),
+                                      ("spec-1045-52725-0628", 0.15), ("spec-0266-51630-0623", 0.15)])
+def test_sigma_matches_vdisp(name, tol):
+    # 0623 is a BROADLINE AGN, but its host's stellar absorption lines are still well measured
+    r = fit(name)
+    vd = spec(name).meta["VDISP"]
+    assert r.success, r.message
+    assert abs(r.sigma_v - vd) / vd < tol
+    assert 0 < r.sigma_v_err < 0.3 * r.sigma_v
+    assert 0.5 < r.chi2_dof < 2.0
+    assert 0.06 < r.age_lw < 18 and -0.8 < r.metallicity_lw < 0.3 and r.ebv >= 0
+
+
+def test_starforming_fixture_is_bpt_star_forming():
+    r = fit("spec-1045-52725-0628")
+    L, E = r.lines, r.line_errors
+    keys = ["[NII]6584", "Halpha", "[OIII]5007", "Hbeta"]
+    code = classify(*[L[k] for k in keys], *[E[k] for k in keys])
+    assert int(code) == STAR_FORMING, (BPT_NAMES[int(code)], {k: L[k] for k in keys})
+    assert all(L[k] / E[k] > 10 for k in keys)
+    # Balmer decrement above case B (dusty star-forming galaxy), below absurd
+    assert 2.7 < L["Halpha"] / L["Hbeta"] < 10
+
+
+def test_boss_fixture_fit_has_clear_outcome():
+    s = spec("spec-3586-55181-0003")
+    r = fit_spectrum(s.wave, s.flux, s.z, s.ivar)     # never raises
+    assert isinstance(r.success, bool) and r.message
+    assert r.library == "bc03"                        # rest frame starts at 2240 A: MIUSCAT cannot cover
+
+
+def test_fit_out_of_template_range_fails_cleanly():
+    w = np.linspace(4000, 4100, 200)
+    r = fit_spectrum(w, np.ones_like(w), z=1.5)
+    assert not r.success and "template range" in r.message
+
+
+def test_preprocessed_spectrum_redshift_and_sigma():
+    s = spec("spec-0266-51602-0001")
+    grid, f = preprocess(s)
+    assert grid.size == 4500 and grid[0] == 4000 and grid[-1] == 8499
+    r = fit_redshift(grid, f, extra_sigma=2.0)
+    assert abs(r.z - s.z) < 1e-3
+    res = fit_spectrum(grid, f, r.z, extra_sigma=2.0)
+    assert res.success, res.message
+    assert abs(res.sigma_v - s.meta["VDISP"]) / s.meta["VDISP"] < 0.2
+
+
+# ---------------------------------------------------------------- indices
+def test_dn4000_of_a_step():
+    # f_nu = 1 blueward of 3975 A and 1.7 redward (rest); f_lambda = f_nu / lambda^2
+    z = 0.1
+    wave = np.arange(3800.0, 4800.0, 0.5)
+    rest = wave / (1 + z)
+    fnu = np.where(rest < 3975.0, 1.0, 1.7)
+    val, err = dn4000(wave, fnu / rest ** 2, z)
+    assert val == pytest.approx(1.7, rel=1e-9)
+    assert np.isnan(err)
+    # flat f_lambda: ratio of <lambda^2> over the two bands, by hand
+    (b0, b1), (r0, r1) = BREAK_BANDS["Dn4000"]
+    expect = ((r1 ** 3 - r0 ** 3) / (r1 - r0)) / ((b1 ** 3 - b0 ** 3) / (b1 - b0))
+    val, _ = dn4000(wave, np.ones_like(wave), z)
+    assert val == pytest.approx(expect, rel=2e-4)
+    assert 1.0 < d4000(wave, fnu / rest ** 2, z)[0] < 1.7 + 1e-9
+
+
+def _gaussian_line_spectrum(name, ew, z, wave):
+    (i0, i1), _, _, _ = LICK_BANDS[name]
+    c = 0.5 * (i0 + i1)
+    sig = 2.0
+    rest = wave / (1 + z)
+    return 1.0 - ew / (np.sqrt(2 * np.pi) * sig) * np.exp(-0.5 * ((rest - c) / sig) ** 2)
+
+
+@pytest.mark.parametrize("name", ["Hbeta", "Mgb", "Fe5270", "NaD", "Hdelta_A"])
+def test_lick_ew_of_gaussian_line(name):
+    z = 0.08
+    wave = np.arange(4000.0, 8500.0, 1.0)
+    f = _gaussian_line_spectrum(name, 3.0, z, wave)
+    val, _ = lick_indices(wave, f, z, names=[name])[name]
+    assert val == pytest.approx(3.0, abs=0.01)
+
+
+def test_lick_vectorised_matches_single_and_nan_outside():
+    rng = np.random.default_rng(1)
+    wave = np.arange(4000.0, 8500.0, 1.0)
+    zs = rng.uniform(0.02, 0.15, 20)
+    flux = np.vstack([_gaussian_line_spectrum("Mgb", 4.0, z, wave) for z in zs])
+    flux *= rng.uniform(0.5, 2.0, (20, 1))
+    out = lick_indices(wave, flux, zs)
+    np.testing.assert_allclose(out["Mgb"][0], 4.0, atol=0.02)
+    single = lick_indices(wave, flux[3], zs[3])
+    for k in ("Mgb", "Fe5335", "Mg2", "NaD"):
+        assert single[k][0] == pytest.approx(out[k][0][3], rel=1e-12)
+    # bands outside 4000-8499 A observed give NaN, no crash: Dn4000 (blue band from 3851 A rest)
+    # at z = 0.01, TiO2 (red band to 6417 A rest) at z = 0.4
+    edge = lick_indices(wave, flux[:2], [0.01, 0.4], names=["TiO2", "Mgb"])
+    dn = dn4000(wave, flux[:2], [0.01, 0.4])[0]
+    assert np.isnan(dn[0]) and np.isfinite(dn[1])
+    assert np.isfinite(edge["TiO2"][0][0]) and np.isnan(edge["TiO2"][0][1])
+    assert np.all(np.isfinite(edge["Mgb"][0]))
+
+
+def test_errors_scale_with_ivar():
+    z = 0.05
+    wave = 10 ** np.arange(np.log10(3800), np.log10(9000), 1e-4)
+    f = _gaussian_line_spectrum("Fe5270", 2.0, z, wave)
+    ivar = np.full_like(f, 100.0)
+    a = lick_indices(wave, f, z, ivar=ivar, names=["Fe5270", "Mg2"])
+    b = lick_indices(wave, f, z, ivar=4 * ivar, names=["Fe5270", "Mg2"])
+    for k in a:
+        assert a[k][1] > 0
+        assert a[k][1] / b[k][1] == pytest.approx(2.0, rel=1e-9)
+    d1, d2 = dn4000(wave, f, z, ivar)[1], dn4000(wave, f, z, 4 * ivar)[1]
+    assert d1 / d2 == pytest.approx(2.0, rel=1e-9)
+    # Monte Carlo check of the Fe5270 error
+    rng = np.random.default_rng(0)
+    noisy = f + rng.normal(0, 0.1, (400, f.size))
+    vals = lick_indices(wave, noisy, z, names=["Fe5270"])["Fe5270"][0]
+    assert np.std(vals) == pytest.approx(a["Fe5270"][1], rel=0.15)
+
+
+def test_lick_on_real_spectrum_is_sensible():
+    s = spec("spec-0266-51602-0001")
+    out = lick_indices(s.wave, s.flux, s.z, s.ivar)
+    mgb, err = out["Mgb"]
+    assert 1.0 < mgb < 6.0 and 0 < err < 1.0
+    assert 0.05 < out["Mg2"][0] < 0.4
+    val, e = dn4000(s.wave, s.flux, s.z, s.ivar)
+    assert 1.1 < val < 2.3 and 0 < e < 0.1
+
+
+# ---------------------------------------------------------------- BPT
+def test_bpt_classify_regions():
+    # (x, y) points: SF, composite, AGN (Seyfert), AGN (LINER, x > 0.47)
+    x = np.array([-0.6, -0.2, -0.2, 0.6])
+    y = np.array([-0.3, -0.1, 0.9, 0.0])
+    ha = np.ones(4)
+    hb = np.ones(4)
+    codes = classify(10 ** x, ha, 10 ** y, hb)
+    assert codes.tolist() == [STAR_FORMING, COMPOSITE, AGN, AGN]
+    # low S/N or missing line -> unclassified
+    hb_err = np.array([0.1, 1.0, 0.1, 0.1])
+    codes = classify(10 ** x, ha, 10 ** y, hb, 10 ** x / 10, ha / 10, 10 ** y / 10, hb_err)
+    assert codes.tolist() == [STAR_FORMING, UNCLASSIFIED, AGN, AGN]
+    assert classify(np.nan, 1.0, 1.0, 1.0) == UNCLASSIFIED

@@ -1,0 +1,271 @@
+"""Diffusion process and samplers: schedule invariants, q_sample, loss, sampler correctness, seeding."""
+
+import os
+
+import pytest
+import torch
+
+from diffusion.process import GaussianDiffusion
+from diffusion.samplers import (
+    SAMPLERS,
+    NoiseSource,
+    ancestral,
+    ancestral_step,
+    ddim,
+    ddim_step,
+    dpmpp_2m,
+    get_sampler,
+    timesteps,
+)
+from diffusion.schedule import cosine_betas, linear_betas
+from models.unet1d import UNet1d
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _threads():
+    # One thread unless GALSPEC_TEST_THREADS says otherwise: these networks are small, and on 2 shared
+    # cores OpenMP spin-waiting made 2 threads ~5x slower than 1 here. Restored after the module.
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("GALSPEC_TEST_THREADS", "1")))
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def diffusion():
+    return GaussianDiffusion(250, "cosine")
+
+
+def gaussian_eps_model(diffusion, mu, s):
+    """Exact epsilon for data ~ N(mu, s^2) per coordinate (s = 0: a single point)."""
+
+    def model_fn(x, t):
+        a = diffusion.sqrt_alphas_cumprod[t].reshape(-1, *[1] * (x.ndim - 1)).to(x.dtype)
+        sg = diffusion.sqrt_one_minus_alphas_cumprod[t].reshape(-1, *[1] * (x.ndim - 1)).to(x.dtype)
+        return sg * (x - a * mu) / (a * a * s * s + sg * sg)
+
+    return model_fn
+
+
+@pytest.mark.parametrize("name", ["cosine", "linear"])
+def test_schedule_invariants(name):
+    d = GaussianDiffusion(250, name)
+    betas, abar = d.betas.double(), d.alphas_cumprod.double()
+    assert ((betas > 0) & (betas <= 0.999 + 1e-7)).all()
+    assert (abar[1:] < abar[:-1]).all()
+    torch.testing.assert_close(abar, torch.cumprod(1 - betas, 0), rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(d.alphas_cumprod_prev[1:], d.alphas_cumprod[:-1])
+    assert abar[0] > 0.999 and abar[-1] < 1e-3
+
+
+def test_cosine_matches_closed_form():
+    # abar_t of Nichol & Dhariwal at the *end* of step t: f(t + 1) / f(0), not off by one.
+    T, s = 250, 0.008
+    betas = cosine_betas(T, s)
+    f = torch.cos((torch.arange(T + 1, dtype=torch.float64) / T + s) / (1 + s) * torch.pi / 2) ** 2
+    abar = torch.cumprod(1 - betas, 0)
+    torch.testing.assert_close(abar[:-1], (f[1:] / f[0])[:-1], rtol=1e-10, atol=1e-12)
+    assert betas.max() == pytest.approx(0.999)
+
+
+def test_linear_betas_rescaled():
+    assert linear_betas(1000)[0].item() == pytest.approx(1e-4)
+    assert linear_betas(250)[-1].item() == pytest.approx(0.08)
+
+
+def test_buffers_in_state_dict(diffusion):
+    state = diffusion.state_dict()
+    for key in [
+        "betas",
+        "alphas_cumprod",
+        "posterior_variance",
+        "posterior_mean_coef1",
+        "sqrt_alphas_cumprod",
+    ]:
+        assert key in state
+    assert diffusion.to(torch.float64).betas.dtype == torch.float64
+    diffusion.float()
+
+
+def test_q_sample_statistics(diffusion):
+    x0 = torch.full((4000, 8), 0.5)
+    for t in [0, 60, 249]:
+        tv = torch.full((4000,), t)
+        xt = diffusion.q_sample(x0, tv, torch.randn_like(x0))
+        a = diffusion.alphas_cumprod[t].item()
+        assert xt.mean().item() == pytest.approx(0.5 * a**0.5, abs=0.01)
+        assert xt.var().item() == pytest.approx(1 - a, abs=0.01 + 0.03 * (1 - a))
+
+
+def test_predict_x0_inverts_q_sample(diffusion):
+    x0, noise = torch.randn(5, 1, 30), torch.randn(5, 1, 30)
+    t = torch.tensor([0, 10, 100, 200, 240])
+    xt = diffusion.q_sample(x0, t, noise)
+    torch.testing.assert_close(diffusion.predict_x0(xt, t, noise), x0, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(diffusion.predict_eps(xt, t, x0), noise, atol=1e-3, rtol=1e-3)
+
+
+def test_training_loss_draws_all_timesteps(diffusion):
+    seen = []
+
+    def model_fn(x, t, context=None):
+        assert context == "ctx"
+        seen.append(t)
+        return torch.zeros_like(x)
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        loss = diffusion.training_loss(model_fn, torch.randn(256, 16), generator=g, context="ctx")
+        assert loss.item() == pytest.approx(1.0, abs=0.05)  # eps = 0 scores E[noise^2] = 1
+    t = torch.cat(seen)
+    assert t.min() == 0 and t.max() == 249
+    assert len(torch.unique(t)) == 250
+    counts = torch.bincount(t, minlength=250).float()
+    # Uniform: ~20 per bin, Poisson scatter 1 / sqrt(20) = 0.22 of the mean; halves balanced to ~1 %.
+    assert counts.std() / counts.mean() < 0.3
+    assert abs(counts[:125].sum() - counts[125:].sum()) / counts.sum() < 0.03
+    per_sample = diffusion.training_loss(model_fn, torch.randn(3, 16), reduction="none", context="ctx")
+    assert per_sample.shape == (3,)
+
+
+def test_training_loss_zero_for_exact_model(diffusion):
+    x0 = torch.full((8, 1, 12), 0.3)
+    loss = diffusion.training_loss(gaussian_eps_model(diffusion, 0.3, 0.0), x0)
+    assert loss.item() < 1e-6
+
+
+def test_timesteps_spacings(diffusion):
+    for spacing in ["uniform", "quadratic", "logsnr"]:
+        for n in [1, 2, 7, 50, 249, 250]:
+            ts = timesteps(diffusion, n, spacing)
+            assert len(ts) == n and ts[0] == 249 and all(a > b for a, b in zip(ts, ts[1:]))
+            assert n == 1 or ts[-1] == 0
+    assert timesteps(diffusion, None) == list(range(249, -1, -1))
+    with pytest.raises(ValueError, match="steps"):
+        timesteps(diffusion, 251)
+
+
+def test_ddim_eta1_full_steps_matches_ancestral_mean(diffusion):
+    eps_fn = gaussian_eps_model(diffusion, 0.4, 0.7)
+    x = torch.randn(3, 1, 20)
+    for t in range(249, -1, -1):
+        eps = eps_fn(x, torch.full((3,), t))
+        mean_a, std_a = ancestral_step(diffusion, x, t, eps, variance="posterior")
+        mean_d, std_d = ddim_step(diffusion, x, t, t - 1, eps, eta=1.0)
+        torch.testing.assert_close(mean_d, mean_a, atol=2e-5, rtol=1e-4)
+        assert std_d == pytest.approx(std_a.flatten()[0].item(), rel=1e-4, abs=1e-7)
+        if t > 0:
+            # Paper's ancestral variance beta_t >= posterior variance; same mean.
+            mean_b, std_b = ancestral_step(diffusion, x, t, eps)
+            torch.testing.assert_close(mean_b, mean_a)
+            assert std_b.flatten()[0] ** 2 == pytest.approx(diffusion.betas[t].item(), rel=1e-5)
+        x = mean_a + std_a * torch.randn_like(x)
+
+
+def test_ddim_eta1_reproduces_ancestral_trajectory(diffusion):
+    eps_fn = gaussian_eps_model(diffusion, -0.2, 0.5)
+    shape = (2, 1, 16)
+    a = ancestral(eps_fn, shape, diffusion, noise=NoiseSource([5, 6]), variance="posterior")
+    d = ddim(eps_fn, shape, diffusion, steps=250, noise=NoiseSource([5, 6]), eta=1.0)
+    torch.testing.assert_close(d, a, atol=1e-4, rtol=1e-4)
+
+
+def test_point_mass_recovered_in_few_steps(diffusion):
+    model = gaussian_eps_model(diffusion, 1.3, 0.0)
+    x_T = NoiseSource([0, 1]).randn((2, 1, 10))
+    for sampler, steps in [(ddim, 1), (ddim, 3), (dpmpp_2m, 3), (dpmpp_2m, 10)]:
+        out = sampler(model, x_T, diffusion, steps)
+        torch.testing.assert_close(out, torch.full_like(out, 1.3), atol=1e-3, rtol=0)
+
+
+def test_ode_samplers_converge_for_gaussian_data(diffusion):
+    mu, s = 0.7, 0.3
+    model = gaussian_eps_model(diffusion, mu, s)
+    x_T = NoiseSource(range(4)).randn((4, 32)).double()
+    a_T = diffusion.sqrt_alphas_cumprod[-1].double()
+    s_T = diffusion.sqrt_one_minus_alphas_cumprod[-1].double()
+    # Probability-flow ODE of a Gaussian is affine: the exact endpoint of x_T.
+    exact = mu + s * (x_T - a_T * mu) / torch.sqrt(a_T**2 * s**2 + s_T**2)
+
+    def err(sampler, steps):
+        return (sampler(model, x_T, diffusion, steps) - exact).abs().max().item()
+
+    assert err(dpmpp_2m, 10) < 0.02
+    assert err(dpmpp_2m, 10) < err(ddim, 10) / 5
+    assert err(ddim, 250) < err(ddim, 50) < err(ddim, 10)
+    assert err(ddim, 250) < 0.01
+
+
+def test_ancestral_samples_data_distribution(diffusion):
+    mu, s = -0.5, 0.4
+    model = gaussian_eps_model(diffusion, mu, s)
+    x = ancestral(model, (400, 16), diffusion, noise=NoiseSource(range(400)))
+    assert x.mean().item() == pytest.approx(mu, abs=0.02)
+    assert x.std().item() == pytest.approx(s, abs=0.02)
+
+
+@pytest.mark.parametrize("name,opts", [("ancestral", {}), ("ddim", {"eta": 0.5}), ("dpmpp_2m", {})])
+def test_batch_composition_independence(diffusion, name, opts):
+    # An elementwise model is batch-invariant bit for bit, so any difference would come from the sampler.
+    model = gaussian_eps_model(diffusion, 0.1, 0.6)
+    sampler = get_sampler(name)
+    steps = None if name == "ancestral" else 10
+
+    def run(seeds):
+        return sampler(model, (len(seeds), 1, 24), diffusion, steps, NoiseSource(seeds), **opts)
+
+    both = run([11, 22])
+    assert torch.equal(both[0:1], run([11]))
+    assert torch.equal(both[1:2], run([22]))
+    assert torch.equal(run([22, 11, 33])[1:2], run([11]))
+    assert not torch.allclose(both[0], both[1])
+
+
+def test_batch_composition_independence_with_unet():
+    # A real network adds only float round-off between batch sizes (different kernel blocking).
+    d = GaussianDiffusion(20)
+    unet = UNet1d(base=8, mults=(1, 2), attn_levels=(), mid_attn=False, num_timesteps=20).eval()
+    for p in unet.parameters():
+        p.data.mul_(0.3)  # keep the untrained network's eps O(1) so x0 does not blow up
+
+    def run(seeds):
+        with torch.no_grad():
+            return ddim(unet, (len(seeds), 1, 24), d, 5, NoiseSource(seeds), eta=1.0)
+
+    torch.testing.assert_close(run([11, 22])[1:2], run([22]), atol=1e-5, rtol=1e-5)
+
+
+def test_sampler_registry_and_errors(diffusion):
+    assert set(SAMPLERS) == {"ancestral", "ddim", "dpmpp_2m"}
+    with pytest.raises(ValueError, match="sampler="):
+        get_sampler("euler")
+    with pytest.raises(ValueError, match="NoiseSource"):
+        ddim(lambda x, t: x, (2, 3), diffusion, 5)
+    with pytest.raises(ValueError, match="2 seeds"):
+        NoiseSource([1, 2]).randn((3, 4))
+    with pytest.raises(ValueError, match="ancestral"):
+        ancestral(lambda x, t: x, torch.zeros(1, 3), diffusion, steps=10)
+
+
+def test_tiny_unet_overfits_fixed_spectra():
+    torch.manual_seed(0)
+    d = GaussianDiffusion(50)
+    unet = UNet1d(base=8, mults=(1, 2), attn_levels=(), mid_attn=False, num_timesteps=50)
+    wave = torch.linspace(0, 1, 32)
+    x0 = torch.stack([torch.sin(6 * wave + k) * 0.5 + 0.2 * k for k in range(8)])[:, None]
+    opt = torch.optim.Adam(unet.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(1)
+    losses = []
+    for _ in range(100):
+        loss = d.training_loss(unet, x0, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < 0.5 * first

@@ -1,0 +1,213 @@
+"""Networks: shapes, parameter counts at the paper preset, attention behaviour, NT-Xent values."""
+
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.contrastive import ContrastiveModel, nt_xent, score, score_candidates
+from models.resnet1d import SpectrumResNet
+from models.resnet2d import resnet18, resnet50
+from models.unet1d import Attention, ConditionalDenoiser, SinusoidalTimeEmbedding, UNet1d, upsample_lowres
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _threads():
+    # One thread unless GALSPEC_TEST_THREADS says otherwise: these networks are small, and on 2 shared
+    # cores OpenMP spin-waiting made 2 threads ~5x slower than 1 here. Restored after the module.
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("GALSPEC_TEST_THREADS", "1")))
+    yield
+    torch.set_num_threads(before)
+
+
+SMALL_UNET = dict(base=16, mults=(1, 2, 4, 8), attn_levels=(3,))
+
+
+def n_params(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def test_resnet2d_shapes_and_sizes():
+    x = torch.randn(2, 5, 64, 64)
+    r18, r50 = resnet18(), resnet50()
+    assert r18.forward_features(x).shape == (2, 512, 2, 2)
+    assert r50.forward_features(x).shape == (2, 2048, 2, 2)
+    assert r18(x).shape == (2, 512) and r50(x).shape == (2, 2048)
+    assert 11.1e6 < n_params(r18) < 11.3e6
+    assert 23.4e6 < n_params(r50) < 23.6e6
+    with pytest.raises(ValueError, match="5"):
+        r18(torch.randn(2, 3, 64, 64))
+
+
+@pytest.mark.parametrize("length", [563, 4500])
+def test_spectrum_resnet_shapes(length):
+    enc = SpectrumResNet(latent_dim=32, base=8, mults=(1, 2, 4))
+    assert enc(torch.randn(2, length)).shape == (2, 32)
+    assert enc(torch.randn(2, 1, length)).shape == (2, 32)
+
+
+def test_paper_contrastive_size():
+    model = ContrastiveModel()
+    assert 19.5e6 < n_params(model.spectrum_encoder) < 20.0e6  # paper ~19.7 M
+    image = n_params(model.image_trunk) + n_params(model.image_head)
+    assert 23.7e6 < image < 24.2e6  # paper ~23.8 M with a 128-d head; ours is 256-d
+    assert 42e6 < n_params(model) < 45e6
+
+
+def test_contrastive_embeddings_unit_norm():
+    model = ContrastiveModel(image_encoder="resnet18", latent_dim=16, spectrum_base=8, spectrum_mults=(1, 2))
+    z_img, z_spec = model(torch.randn(2, 5, 64, 64), torch.randn(2, 563))
+    assert z_img.shape == z_spec.shape == (2, 16)
+    torch.testing.assert_close(z_img.norm(dim=-1), torch.ones(2))
+    torch.testing.assert_close(z_spec.norm(dim=-1), torch.ones(2))
+
+
+def test_nt_xent_hand_computed():
+    z_img = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    z_spec = F.normalize(torch.tensor([[1.0, 1.0], [0.0, 1.0]]), dim=-1)
+    tau = 0.5
+    z = torch.cat([z_img, z_spec])
+    sim = (z @ z.T).tolist()
+    partner = [2, 3, 0, 1]
+    losses = []
+    for i in range(4):
+        denom = sum(math.exp(sim[i][j] / tau) for j in range(4) if j != i)
+        losses.append(-math.log(math.exp(sim[i][partner[i]] / tau) / denom))
+    expected = sum(losses) / 4
+    assert nt_xent(z_img, z_spec, tau).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_nt_xent_prefers_matched_pairs():
+    z_img = F.normalize(torch.randn(8, 16), dim=-1)
+    z_spec = F.normalize(z_img + 0.1 * torch.randn(8, 16), dim=-1)
+    matched = nt_xent(z_img, z_spec)
+    shuffled = nt_xent(z_img, z_spec[torch.roll(torch.arange(8), 1)])
+    assert matched < shuffled
+
+
+def test_scores():
+    z_img = F.normalize(torch.randn(3, 4), dim=-1)
+    cand = F.normalize(torch.randn(3, 5, 4), dim=-1)
+    s = score_candidates(z_img, cand)
+    assert s.shape == (3, 5)
+    torch.testing.assert_close(s[:, 2], score(z_img, cand[:, 2]))
+    all_pairs = score_candidates(z_img, cand[:, 0])
+    assert all_pairs.shape == (3, 3)
+    torch.testing.assert_close(all_pairs.diagonal(), score(z_img, cand[:, 0]))
+
+
+def test_time_embedding_varies_in_every_dim():
+    emb = SinusoidalTimeEmbedding(64, 256, num_timesteps=250)
+    feats = emb.features(torch.arange(250))
+    assert torch.isfinite(feats).all()
+    # Every feature takes many distinct values over t: nothing constant, nothing aliased to a few values.
+    spread = feats.max(dim=0).values - feats.min(dim=0).values
+    assert (spread > 0.1).all()
+    assert all(len(torch.unique(feats[:, k].round(decimals=4))) > 20 for k in range(64))
+
+
+@pytest.mark.parametrize("in_channels,length", [(1, 563), (2, 4500), (1, 37)])
+def test_denoiser_shapes(in_channels, length):
+    model = ConditionalDenoiser(in_channels=in_channels, **SMALL_UNET)
+    x = torch.randn(2, length)
+    lowres = torch.randn(2, 563) if in_channels == 2 else None
+    eps = model(x, torch.tensor([0, 249]), images=torch.randn(2, 5, 64, 64), lowres=lowres)
+    assert eps.shape == x.shape
+    eps3 = model(x[:, None], torch.tensor([3, 4]), images=torch.randn(2, 5, 64, 64), lowres=lowres)
+    assert eps3.shape == (2, 1, length)
+
+
+def test_sr_denoiser_requires_lowres():
+    model = ConditionalDenoiser(in_channels=2, **SMALL_UNET)
+    low = ConditionalDenoiser(in_channels=1, **SMALL_UNET)
+    assert n_params(model) - n_params(low) == 3 * 16  # only the init conv sees the extra channel
+    with pytest.raises(ValueError, match="lowres"):
+        model(torch.randn(1, 64), torch.tensor([1]), images=torch.randn(1, 5, 64, 64))
+
+
+def test_upsample_lowres_is_linear_interpolation():
+    line = torch.linspace(-1.0, 2.0, 563)[None]
+    up = upsample_lowres(line, 4500)
+    assert up.shape == (1, 1, 4500)
+    torch.testing.assert_close(up[0, 0], torch.linspace(-1.0, 2.0, 4500), atol=1e-5, rtol=0)
+
+
+def test_context_reuse_matches_images_and_candidates():
+    model = ConditionalDenoiser(**SMALL_UNET).eval()
+    images = torch.randn(2, 5, 64, 64)
+    x = torch.randn(2, 3, 64)  # 2 galaxies x 3 candidates
+    t = torch.tensor([10, 20, 30])
+    with torch.no_grad():
+        context = model.encode_context(images)
+        assert context.shape == (2, 4, 512)
+        a = model(x.reshape(6, 64), t.repeat(2), context=context.repeat_interleave(3, dim=0))
+        for g in range(2):
+            b = model(x[g], t, images=images[g : g + 1].expand(3, -1, -1, -1))
+            torch.testing.assert_close(a[3 * g : 3 * g + 3], b, atol=1e-5, rtol=1e-5)
+
+
+def test_cross_attention_depends_on_context_not_token_order():
+    attn = Attention(64, context_dim=512, head_dim=32)
+    assert attn.heads == 2
+    x = torch.randn(2, 10, 64)
+    ctx = torch.randn(2, 4, 512)
+    out = attn(x, ctx)
+    torch.testing.assert_close(attn(x, ctx[:, [2, 0, 3, 1]]), out, atol=1e-6, rtol=1e-5)
+    assert (attn(x, torch.randn(2, 4, 512)) - out).abs().max() > 1e-3
+
+
+def test_unet_heads_and_conditioning():
+    unet = UNet1d(**SMALL_UNET, context_dim=512).eval()
+    blocks = [m for m in unet.modules() if isinstance(m, Attention)]
+    assert len(blocks) == 6  # self + cross in down level 3, bottleneck, up level 3
+    assert all(b.heads == b.to_q.out_features // 32 for b in blocks)
+    # Perturb the zero-initialised output projections so conditioning reaches the output.
+    for name, p in unet.named_parameters():
+        if "proj_out" in name:
+            torch.nn.init.normal_(p, std=0.1)
+    x, t = torch.randn(2, 1, 100), torch.tensor([5, 100])
+    ctx = torch.randn(2, 4, 512)
+    with torch.no_grad():
+        out = unet(x, t, ctx)
+        torch.testing.assert_close(unet(x, t, ctx[:, [3, 1, 0, 2]]), out, atol=1e-5, rtol=1e-5)
+        assert (unet(x, t, torch.randn(2, 4, 512)) - out).abs().max() > 1e-3
+        assert (unet(x, torch.tensor([6, 101]), ctx) - out).abs().max() > 1e-4
+
+
+def test_bf16_autocast_forward():
+    model = ConditionalDenoiser(**SMALL_UNET)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        eps = model(torch.randn(2, 96), torch.tensor([1, 2]), images=torch.randn(2, 5, 64, 64))
+    assert torch.isfinite(eps.float()).all()
+
+
+def test_paper_denoiser_size_and_train_step():
+    torch.manual_seed(1)
+    model = ConditionalDenoiser()  # paper preset: base 64, mults (1,2,4,8), attention at level 3 + mid
+    total, encoder = n_params(model), n_params(model.image_encoder)
+    assert 34e6 < total < 38e6  # paper ~35.9 M
+    assert 11.1e6 < encoder < 11.3e6  # paper 11.2 M
+
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    x, images = torch.randn(2, 563), torch.randn(2, 5, 64, 64)
+    t, noise = torch.tensor([3, 200]), torch.randn(2, 563)
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = F.mse_loss(model(x, t, images=images), noise)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in model.parameters())
+    # The transformers' zero-initialised output projections get gradients now, so everything behind them
+    # (attention, feed-forward, the image encoder) trains from the second step on.
+    proj_out = [p for n, p in model.named_parameters() if "proj_out.weight" in n]
+    assert len(proj_out) == 3 and all(p.grad.abs().sum() > 0 for p in proj_out)
+    opt.step()
+    for p, old in zip(model.parameters(), before):
+        assert torch.equal(p, old) == bool((p.grad == 0).all())

@@ -1,0 +1,139 @@
+"""Training loops: they learn, resume exactly, scale out over gloo, and reject bad configs/checkpoints."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.cli import main
+from utils.config import ConfigError, ContrastiveConfig, GenerativeConfig, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY_CONTRASTIVE = ["model.image_encoder=resnet18", "model.image_width=8", "model.spectrum_base=8",
+                    "model.spectrum_mults=[1,2,4]", "model.latent_dim=16", "train.batch_size=16",
+                    "train.lr=2e-3", "run.log_every=2", "validation.n_galaxies=8"]
+TINY_DIFFUSION = ["model.image_width=8", "model.base=8", "model.mults=[1,2,4]", "model.attn_levels=[2]",
+                  "model.timesteps=20", "train.batch_size=16", "train.lr=2e-3", "train.ema_decay=0.9",
+                  "run.log_every=2", "validation.n_galaxies=4", "validation.n_samples=2",
+                  "validation.steps=5"]
+
+
+def _args(survey, out, tiny, iters, extra=()):
+    sets = tiny + [f"data.path={survey}", f"run.out_dir={out}", f"train.max_iterations={iters}",
+                   f"run.checkpoint_every={max(iters // 2, 1)}", f"run.validate_every={iters}",
+                   f"data.cache_dir={Path(out).parent / 'cache'}"]
+    argv = ["--threads", "2"]
+    for s in sets + list(extra):
+        argv += ["--set", s]
+    return argv
+
+
+def _final(out):
+    return json.loads((Path(out) / "final_metrics.json").read_text())
+
+
+def test_contrastive_learns_the_synthetic_survey(synthetic_survey, tmp_path):
+    out = tmp_path / "c"
+    assert main("contrastive", _args(synthetic_survey, out, TINY_CONTRASTIVE, 60)) == 0
+    m = _final(out)
+    # 8 validation galaxies: chance median rank is 4.5; a trained ranker does clearly better
+    assert m["iteration"] == 60 and m["median_rank"] <= 2.5, m
+    ck = torch.load(out / "best.pt", weights_only=False)
+    assert ck["run"]["kind"] == "contrastive" and ck["run"]["config"]["model"]["latent_dim"] == 16
+    assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(ck)
+    assert (out / "metrics.csv").read_text().count("\n") > 5
+
+
+def _weights(path):
+    ck = torch.load(path, weights_only=False)
+    return ck["model"], ck.get("ema_model")
+
+
+@pytest.mark.parametrize("stage", ["lr", "sr"])
+def test_killed_and_resumed_diffusion_run_ends_with_identical_weights(synthetic_survey, tmp_path, stage):
+    straight, resumed = tmp_path / "a", tmp_path / "b"
+    extra = [f"train.stage={stage}"]
+    assert main("generative", _args(synthetic_survey, straight, TINY_DIFFUSION, 8, extra)) == 0
+    # "killed" at iteration 3 (not an epoch boundary: 48 train galaxies / 16 = 3 iterations per epoch... so 5)
+    assert main("generative", _args(synthetic_survey, resumed, TINY_DIFFUSION, 8, extra)
+                + ["--stop-iteration", "5"]) == 0
+    assert torch.load(resumed / "last.pt", weights_only=False)["trainer"]["iteration"] == 5
+    assert main("generative", _args(synthetic_survey, resumed, TINY_DIFFUSION, 8, extra)) == 0
+    (ma, ea), (mb, eb) = _weights(straight / "last.pt"), _weights(resumed / "last.pt")
+    for k in ma:
+        torch.testing.assert_close(ma[k], mb[k], rtol=0, atol=0, msg=k)
+        torch.testing.assert_close(ea[k], eb[k], rtol=0, atol=0, msg=k)
+
+
+def test_diffusion_loss_falls_and_beats_mean_spectrum(synthetic_survey, tmp_path):
+    out = tmp_path / "d"
+    assert main("generative", _args(synthetic_survey, out, TINY_DIFFUSION, 80,
+                                     ["validation.steps=10", "train.ema_decay=0.8"])) == 0
+    rows = [r for r in (out / "metrics.csv").read_text().splitlines()[1:] if r.split(",")[3]]
+    import csv
+    data = [r for r in csv.DictReader(open(out / "metrics.csv")) if r.get("loss")]
+    first = sum(float(r["loss"]) for r in data[:3]) / 3
+    last = sum(float(r["loss"]) for r in data[-3:]) / 3
+    assert rows and last < 0.6 * first, (first, last)
+    assert any(p.name.startswith("samples_") for p in out.iterdir())
+
+
+def test_two_gloo_processes_keep_identical_weights(synthetic_survey, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, str(ROOT / "train_contrastive.py"), "--nproc", "2", "--backend", "gloo",
+           "--threads", "1"] + _args(synthetic_survey, out, TINY_CONTRASTIVE, 4)[2:]
+    cmd += ["--set", "run.checkpoint_every=4"]
+    # each rank also dumps its own weights so we can compare them
+    env = {"GALSPEC_DUMP_RANK_WEIGHTS": str(out / "rank{rank}.pt"), **__import__("os").environ}
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    w0 = torch.load(out / "rank0.pt")
+    w1 = torch.load(out / "rank1.pt")
+    for k in w0:
+        torch.testing.assert_close(w0[k], w1[k], msg=k)
+    assert _final(out)["iteration"] == 4
+
+
+def test_bad_config_is_a_one_line_error(tmp_path, capsys):
+    cfgfile = ROOT / "params_generative.yml"
+    with pytest.raises(ConfigError, match=r"params_generative.yml --set: .*train.bogus: unknown key|"
+                                          r"train.bogus: unknown key"):
+        load_config(cfgfile, GenerativeConfig, ["train.bogus=1"])
+    with pytest.raises(ConfigError, match="train.batch_size: 'big' should be an integer"):
+        load_config(cfgfile, GenerativeConfig, ["train.batch_size=big"])
+    with pytest.raises(ConfigError, match="train.stage: 'hr' is not one of"):
+        load_config(cfgfile, GenerativeConfig, ["train.stage=hr"])
+    with pytest.raises(ConfigError, match="presets.gpu: no such preset"):
+        load_config(cfgfile, GenerativeConfig, preset="gpu")
+    bad = tmp_path / "bad.yml"
+    bad.write_text("model:\n  image_encoder: vgg\n")
+    with pytest.raises(ConfigError, match=r"bad.yml: model.image_encoder: 'vgg' is not one of"):
+        load_config(bad, ContrastiveConfig)
+    assert main("contrastive", ["--config", str(bad)]) == 2
+    assert "bad.yml: model.image_encoder" in capsys.readouterr().err
+
+
+def test_paper_configs_hold_the_papers_numbers():
+    c = load_config(ROOT / "params_contrastive.yml", ContrastiveConfig)
+    assert (c.model.image_encoder, c.model.latent_dim, c.model.temperature) == ("resnet50", 256, 0.05)
+    assert (c.train.batch_size, c.train.lr, c.train.lr_end, c.train.weight_decay, c.train.epochs) == \
+        (2048, 1e-4, 1e-6, 1e-3, 500)
+    g = load_config(ROOT / "params_generative.yml", GenerativeConfig)
+    assert (g.model.timesteps, g.model.schedule, g.model.base, g.model.mults) == (250, "cosine", 64, [1, 2, 4, 8])
+    assert (g.train.batch_size, g.train.ema_decay, g.train.epochs) == (512, 0.9999, 1000)
+    assert (g.generate.n_lowres, g.generate.keep_lowres, g.generate.n_fullres) == (3, 2, 3)
+    # the cpu preset is an overlay of the same schema
+    cpu = load_config(ROOT / "params_generative.yml", GenerativeConfig, preset="cpu")
+    assert cpu.train.max_iterations and cpu.model.timesteps == 250
+
+
+def test_bad_checkpoint_is_a_clear_error(synthetic_survey, tmp_path, capsys):
+    out = tmp_path / "e"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"not a checkpoint")
+    assert main("contrastive", _args(synthetic_survey, out, TINY_CONTRASTIVE, 2)) == 2
+    err = capsys.readouterr().err
+    assert "last.pt: file: not a readable torch checkpoint" in err and err.count("\n") == 1

@@ -1,0 +1,14 @@
+"""Train the CLIP-style contrastive image/spectrum network (one per resolution).
+
+    python train_contrastive.py                       # paper settings from params_contrastive.yml
+    python train_contrastive.py --preset cpu --stage sr
+    python train_contrastive.py --set train.batch_size=256 --nproc 2 --backend gloo
+
+Reads the YAML beside this file unless --config is given; resumes from <out_dir>/last.pt if present.
+"""
+import sys
+
+from training.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main("contrastive"))

@@ -1,0 +1,14 @@
+"""Train the conditional diffusion models: low-res (stage lr) and super-resolution (stage sr).
+
+    python train_generative.py                        # paper settings from params_generative.yml
+    python train_generative.py --preset cpu --stage sr
+    python train_generative.py --nproc 4 --backend nccl
+
+Reads the YAML beside this file unless --config is given; resumes from <out_dir>/last.pt if present.
+"""
+import sys
+
+from training.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main("generative"))

@@ -1,0 +1,37 @@
+"""Small plotting helpers shared by the figure writers (matplotlib, Agg backend)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def rgb_image(image: np.ndarray, bands=(3, 2, 1), q: float = 8.0) -> np.ndarray:
+    """(5, H, W) image (nanomaggies or standardised) -> (H, W, 3) asinh-stretched RGB of i, r, g.
+
+    A Lupton-style asinh stretch on the summed intensity, scaled per image from the 99.5th percentile,
+    so both bright and faint galaxies are visible.
+    """
+    rgb = np.stack([image[b] for b in bands], axis=-1).astype(np.float64)
+    rgb = rgb - np.percentile(rgb, 5, axis=(0, 1), keepdims=True)
+    intensity = rgb.mean(axis=-1, keepdims=True)
+    scale = np.percentile(intensity, 99.5) + 1e-12
+    stretched = np.arcsinh(q * np.clip(intensity, 0, None) / scale) / np.arcsinh(q)
+    out = rgb * stretched / np.maximum(intensity, 1e-12)
+    return np.clip(out, 0, 1)
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 90) -> Path:
+    """Save atomically (temporary name, then rename) and close the figure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".partial" + path.suffix)
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
