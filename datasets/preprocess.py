@@ -106,10 +106,19 @@ def to_model_space(flux_linear: np.ndarray, preprocessing: str = "log") -> np.nd
     raise ValueError(f"preprocessing: {preprocessing!r} is not 'log' or 'none'")
 
 
+LOG_FLUX_MAX = 10.0  # e^10 = 22000x the 6900-6950 A mean: no real spectrum; caps diverged samples
+
+
 def to_linear(x, preprocessing: str = "log"):
-    """Inverse of :func:`to_model_space` (works on numpy arrays and torch tensors)."""
+    """Inverse of :func:`to_model_space` (numpy arrays and torch tensors).
+
+    Log values are capped at LOG_FLUX_MAX first, so a diverged sample of an untrained model gives a large
+    but finite linear flux (and finite MSE) instead of inf.
+    """
     if preprocessing == "log":
-        return x.exp() if hasattr(x, "exp") and not isinstance(x, np.ndarray) else np.exp(x)
+        if isinstance(x, np.ndarray):
+            return np.exp(np.minimum(x, LOG_FLUX_MAX))
+        return x.clamp(max=LOG_FLUX_MAX).exp()
     return x
 
 

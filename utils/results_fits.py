@@ -55,18 +55,22 @@ def write_spectra_fits(
     wave,
     header: dict | None = None,
     units: dict | None = None,
+    cubes: dict | None = None,
 ) -> Path:
     """Write predicted/observed spectra with per-galaxy columns to one FITS file (atomically).
 
     Parameters
     ----------
     path : output file (``.fits``).
-    table : per-galaxy columns, name -> (N,) array (e.g. id, ra, dec, z, mse); strings allowed.
+    table : per-galaxy columns, name -> (N,) or (N, K) array (e.g. id, ra, dec, z, per-candidate
+        scores); strings allowed.
     spectra : name -> (N, L) array on the grid ``wave`` (e.g. flux_pred, flux_obs, ivar_obs).
     wave : (L,) wavelength in Angstrom (vacuum, observed frame unless the header says otherwise).
     header : provenance (checkpoints, config, sampler, steps, seed, ...); any JSON-able values.
     units : column name -> unit string (astropy-parsable, e.g. ``FLUX_UNIT``, ``IVAR_UNIT``, "deg", "");
         ra/dec default to deg.
+    cubes : extra image HDUs, EXTNAME -> ((N, K, L_c) array, (L_c,) linear wavelength grid in Angstrom),
+        e.g. every generated candidate; the grid goes into the HDU's WCS (CRVAL1/CDELT1, CUNIT1).
 
     Returns
     -------
@@ -81,8 +85,8 @@ def write_spectra_fits(
     t = Table()
     for name, vals in table.items():
         vals = np.asarray(vals)
-        if vals.ndim != 1:
-            raise ResultsFileError(f"{path}: table/{name}: shape {vals.shape}, expected (N,)")
+        if vals.ndim not in (1, 2):
+            raise ResultsFileError(f"{path}: table/{name}: shape {vals.shape}, expected (N,) or (N, K)")
         if n is None:
             n = len(vals)
         if len(vals) != n:
@@ -128,12 +132,33 @@ def write_spectra_fits(
     tmp = path.with_name(path.name + ".partial")
     try:
         with open(tmp, "wb") as fh:
-            fits.HDUList([primary, spec_hdu, wave_hdu]).writeto(fh)
+            fits.HDUList([primary, spec_hdu, wave_hdu] + _cube_hdus(path, cubes or {}, n)).writeto(fh)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def _cube_hdus(path, cubes: dict, n: int) -> list:
+    hdus = []
+    for name, (arr, grid) in cubes.items():
+        arr = np.asarray(arr, dtype=np.float32)
+        grid = np.asarray(grid, dtype=np.float64)
+        if arr.ndim != 3 or arr.shape[0] != n or arr.shape[2] != grid.size:
+            raise ResultsFileError(f"{path}: cubes/{name}: shape {arr.shape}, expected ({n}, K, {grid.size})")
+        step = np.diff(grid)
+        if grid.size > 1 and not np.allclose(step, step[0]):
+            raise ResultsFileError(f"{path}: cubes/{name}: wavelength grid is not linear")
+        hdu = fits.ImageHDU(arr, name=name)
+        hdu.header["CTYPE1"] = "WAVE"
+        hdu.header["CUNIT1"] = "Angstrom"
+        hdu.header["CRPIX1"] = 1.0
+        hdu.header["CRVAL1"] = float(grid[0])
+        hdu.header["CDELT1"] = float(step[0]) if grid.size > 1 else 1.0
+        hdu.header["COMMENT"] = "axis 3: galaxy (row of SPECTRA), axis 2: candidate, axis 1: wavelength"
+        hdus.append(hdu)
+    return hdus
 
 
 def read_spectra_fits(path: str | os.PathLike) -> dict:
@@ -142,7 +167,8 @@ def read_spectra_fits(path: str | os.PathLike) -> dict:
     Returns
     -------
     dict with ``table`` (name -> (N,) array), ``spectra`` (name -> (N, L) array), ``wave`` (L,) Angstrom,
-    ``header`` (provenance dict) and ``units`` (column -> unit string).
+    ``header`` (provenance dict), ``units`` (column -> unit string) and ``cubes`` (EXTNAME ->
+    ((N, K, L_c) array, (L_c,) grid)).
     """
     path = Path(path)
     try:
@@ -155,6 +181,12 @@ def read_spectra_fits(path: str | os.PathLike) -> dict:
                 raise ResultsFileError(f"{path}: HDU {need}: missing")
         wave = np.asarray(hdul["WAVELENGTH"].data, dtype=np.float64)
         header = json.loads(hdul[0].header.get("PROVJSON", "{}"))
+        cubes = {}
+        for hdu in hdul[3:]:
+            if isinstance(hdu, fits.ImageHDU) and hdu.data is not None and hdu.data.ndim == 3:
+                h = hdu.header
+                grid = h["CRVAL1"] + h["CDELT1"] * (np.arange(hdu.data.shape[2]) + 1 - h["CRPIX1"])
+                cubes[hdu.name] = (np.asarray(hdu.data), grid)
     t = Table.read(path, hdu="SPECTRA")
     table, spectra, units = {}, {}, {}
     for name in t.colnames:
@@ -167,7 +199,8 @@ def read_spectra_fits(path: str | os.PathLike) -> dict:
             spectra[name] = arr
         else:
             table[name] = arr
-    return {"table": table, "spectra": spectra, "wave": wave, "header": header, "units": units}
+    return {"table": table, "spectra": spectra, "wave": wave, "header": header, "units": units,
+            "cubes": cubes}
 
 
 def to_specutils(path: str | os.PathLike, column: str = "flux_pred", ivar_column: str | None = None):

@@ -286,8 +286,8 @@ def line_luminosities(rng: np.random.Generator, p: dict, seds: dict) -> dict:
     t04 = -1.492 + 1.847 * logm - 0.08026 * logm**2
     oh = t04 - 0.25 + rng.normal(0, 0.08, m)
     x_raw = (oh - 8.90) / 0.57  # Pettini & Pagel N2; saturates at high metallicity (smooth minimum)
-    x = np.clip(-0.2 - 0.08 * np.log1p(np.exp((-0.2 - x_raw) / 0.08)), -1.3, None)
-    y = 0.61 / (x - 0.05) + 1.30 - 0.12 + rng.normal(0, 0.09, m)
+    x = np.clip(-0.28 - 0.08 * np.log1p(np.exp((-0.28 - x_raw) / 0.08)), -1.3, None)
+    y = 0.61 / (x - 0.05) + 1.30 - 0.15 + rng.normal(0, 0.08, m)
     x = x + rng.normal(0, 0.04, m)
     oii = 10 ** (0.5 - 1.2 * (x + 0.8) ** 2 + rng.normal(0, 0.08, m))
     l_ha = seds["d"]["sfr"] / KENNICUTT_HA
@@ -304,7 +304,7 @@ def line_luminosities(rng: np.random.Generator, p: dict, seds: dict) -> dict:
                               10 ** rng.normal(-0.15, 0.08, m), ew * cont_b),
                   "sigma": 0.8 * p["sigma_b"], "ebv_gas": p["b_ebv"] / 0.44}
     # AGN
-    p_agn = 0.8 / (1 + np.exp(-(logm - 10.5) / 0.2)) * (0.25 + 0.75 * p["bt_mass"]) * \
+    p_agn = 0.5 / (1 + np.exp(-(logm - 10.5) / 0.2)) * (0.25 + 0.75 * p["bt_mass"]) * \
         np.where(p["red"], 1.0, 0.7)
     is_agn = rng.random(m) < p_agn
     sey = rng.random(m) < 0.35
@@ -547,7 +547,7 @@ def _catalog(rng, p, seds, lines, comp_flux, fib, comp_obs, fibre_line, line_sig
     for k in range(len(names)):
         g = np.exp(-0.5 * ((wave[None, :] - lo[:, k:k + 1]) / line_sigma_aa[:, k:k + 1].clip(0.5)) ** 2)
         g /= g.sum(1, keepdims=True) * (wave * np.log(10) * DLOGLAM)[None, :]
-        err = 1.2 / np.sqrt((g**2 / var_s).sum(1))
+        err = 1.0 / np.sqrt((g**2 / var_s).sum(1))
         sn[:, k] = fibre_line[:, k] / err
     out_names = {"oii_3727": ("oii_3726", "oii_3729"), "hb": ("hb",), "oiii_4959": ("oiii_4959",),
                  "oiii_5007": ("oiii_5007",), "oi_6300": ("oi_6300",), "ha": ("ha",),
