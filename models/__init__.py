@@ -1,0 +1,19 @@
+"""Networks: 2-D ResNets, the 1-D spectrum ResNet, the contrastive model and the conditional 1-D UNet."""
+
+from models.contrastive import ContrastiveModel, nt_xent, score, score_candidates
+from models.resnet1d import SpectrumResNet
+from models.resnet2d import resnet18, resnet50
+from models.unet1d import ConditionalDenoiser, UNet1d, upsample_lowres
+
+__all__ = [
+    "ContrastiveModel",
+    "nt_xent",
+    "score",
+    "score_candidates",
+    "SpectrumResNet",
+    "resnet18",
+    "resnet50",
+    "ConditionalDenoiser",
+    "UNet1d",
+    "upsample_lowres",
+]

@@ -32,6 +32,8 @@ class ContrastiveModel(nn.Module):
         Width of the 1-D ResNet (paper: 64, (1, 2, 4, 8, 16)).
     in_bands : int
         Image bands.
+    image_width : int
+        Base width of the image ResNet (64 = standard; smaller for tests and CPU presets).
     """
 
     def __init__(
@@ -41,6 +43,7 @@ class ContrastiveModel(nn.Module):
         spectrum_base: int = 64,
         spectrum_mults: tuple[int, ...] = (1, 2, 4, 8, 16),
         in_bands: int = 5,
+        image_width: int = 64,
     ):
         super().__init__()
         if image_encoder not in IMAGE_ENCODERS:
@@ -51,8 +54,9 @@ class ContrastiveModel(nn.Module):
             spectrum_base=spectrum_base,
             spectrum_mults=tuple(spectrum_mults),
             in_bands=in_bands,
+            image_width=image_width,
         )
-        self.image_trunk = IMAGE_ENCODERS[image_encoder](in_bands)
+        self.image_trunk = IMAGE_ENCODERS[image_encoder](in_bands, image_width)
         self.image_head = nn.Linear(self.image_trunk.out_channels, latent_dim)
         self.spectrum_encoder = SpectrumResNet(latent_dim, spectrum_base, tuple(spectrum_mults))
 

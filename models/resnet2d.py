@@ -78,25 +78,28 @@ class ResNet2d(nn.Module):
         Blocks per stage, e.g. ``(2, 2, 2, 2)`` for ResNet-18.
     in_channels : int
         Image bands (5 for SDSS u, g, r, i, z).
+    width : int
+        Stem and first-stage width (64 = standard); stage i has ``width * 2**i``. Smaller values
+        make test- and CPU-sized models.
     """
 
-    def __init__(self, block: type, layers: tuple[int, ...], in_channels: int = 5):
+    def __init__(self, block: type, layers: tuple[int, ...], in_channels: int = 5, width: int = 64):
         super().__init__()
         self.in_channels = in_channels
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False),
-            nn.BatchNorm2d(64),
+            nn.Conv2d(in_channels, width, 7, 2, 3, bias=False),
+            nn.BatchNorm2d(width),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(3, 2, 1),
         )
-        stages, channels = [], 64
+        stages, channels = [], width
         for i, n in enumerate(layers):
-            width = 64 * 2**i
+            stage_width = width * 2**i
             blocks = []
             for j in range(n):
                 stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(block(channels, width, stride))
-                channels = width * block.expansion
+                blocks.append(block(channels, stage_width, stride))
+                channels = stage_width * block.expansion
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
         self.out_channels = channels
@@ -115,11 +118,11 @@ class ResNet2d(nn.Module):
         return self.forward_features(x).mean(dim=(2, 3))
 
 
-def resnet18(in_channels: int = 5) -> ResNet2d:
-    """ResNet-18 trunk (BasicBlock, [2, 2, 2, 2]); 512-channel output, ~11.2 M parameters."""
-    return ResNet2d(BasicBlock, (2, 2, 2, 2), in_channels)
+def resnet18(in_channels: int = 5, width: int = 64) -> ResNet2d:
+    """ResNet-18 trunk (BasicBlock, [2, 2, 2, 2]); 8 * width output channels (512, ~11.2 M parameters)."""
+    return ResNet2d(BasicBlock, (2, 2, 2, 2), in_channels, width)
 
 
-def resnet50(in_channels: int = 5) -> ResNet2d:
-    """ResNet-50 trunk (Bottleneck, [3, 4, 6, 3]); 2048-channel output, ~23.5 M parameters."""
-    return ResNet2d(Bottleneck, (3, 4, 6, 3), in_channels)
+def resnet50(in_channels: int = 5, width: int = 64) -> ResNet2d:
+    """ResNet-50 trunk (Bottleneck, [3, 4, 6, 3]); 32 * width output channels (2048, ~23.5 M parameters)."""
+    return ResNet2d(Bottleneck, (3, 4, 6, 3), in_channels, width)

@@ -118,13 +118,17 @@ class ResBlock(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head (self- or cross-) attention via ``scaled_dot_product_attention``; heads = dim / head_dim."""
+    """Multi-head (self- or cross-) attention via ``scaled_dot_product_attention``.
+
+    heads = dim / head_dim (paper: 32-channel heads); a width below ``head_dim`` (tiny test models) gets
+    a single head of the full width.
+    """
 
     def __init__(self, dim: int, context_dim: int | None = None, head_dim: int = 32):
         super().__init__()
-        if dim % head_dim:
+        self.heads = max(dim // head_dim, 1)
+        if dim % self.heads or (dim >= head_dim and dim % head_dim):
             raise ValueError(f"attention width {dim} is not a multiple of head_dim {head_dim}")
-        self.heads = dim // head_dim
         context_dim = context_dim or dim
         self.to_q = nn.Linear(dim, dim, bias=False)
         self.to_k = nn.Linear(context_dim, dim, bias=False)
@@ -342,19 +346,25 @@ class ConditionalDenoiser(nn.Module):
         Trunk whose final spatial map gives the cross-attention tokens (64x64 -> 2x2 = 4 tokens).
     in_bands : int
         Image bands.
+    image_width : int
+        Base width of the image ResNet (64 = standard); the token size is 8x (ResNet-18) or 32x it.
     **unet_kwargs
         Passed to ``UNet1d`` (``in_channels=2`` makes the super-resolution model).
     """
 
-    def __init__(self, image_encoder: str = "resnet18", in_bands: int = 5, **unet_kwargs):
+    def __init__(
+        self, image_encoder: str = "resnet18", in_bands: int = 5, image_width: int = 64, **unet_kwargs
+    ):
         super().__init__()
         encoders = {"resnet18": resnet18, "resnet50": resnet50}
         if image_encoder not in encoders:
             raise ValueError(f"image_encoder={image_encoder!r}: expected one of {sorted(encoders)}")
-        self.image_encoder = encoders[image_encoder](in_bands)
+        self.image_encoder = encoders[image_encoder](in_bands, image_width)
         unet_kwargs.setdefault("context_dim", self.image_encoder.out_channels)
         self.unet = UNet1d(**unet_kwargs)
-        self.config = dict(image_encoder=image_encoder, in_bands=in_bands, **unet_kwargs)
+        self.config = dict(
+            image_encoder=image_encoder, in_bands=in_bands, image_width=image_width, **unet_kwargs
+        )
 
     @property
     def in_channels(self) -> int:

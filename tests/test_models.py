@@ -211,3 +211,16 @@ def test_paper_denoiser_size_and_train_step():
     opt.step()
     for p, old in zip(model.parameters(), before):
         assert torch.equal(p, old) == bool((p.grad == 0).all())
+
+
+def test_narrow_models_for_cpu_presets():
+    enc = resnet18(width=8)
+    assert enc.forward_features(torch.randn(2, 5, 64, 64)).shape == (2, 64, 2, 2)
+    assert Attention(16, head_dim=32).heads == 1  # below one head's width: a single head
+    with pytest.raises(ValueError, match="head_dim"):
+        Attention(48, head_dim=32)
+    model = ConditionalDenoiser(image_width=8, base=8, mults=(1, 2, 4), attn_levels=(2,))
+    assert model.encode_context(torch.randn(2, 5, 64, 64)).shape == (2, 4, 64)
+    assert model(torch.randn(2, 50), torch.tensor([0, 9]), images=torch.randn(2, 5, 64, 64)).shape == (2, 50)
+    con = ContrastiveModel("resnet18", latent_dim=8, spectrum_base=8, spectrum_mults=(1, 2), image_width=8)
+    assert con.encode_image(torch.randn(2, 5, 64, 64)).shape == (2, 8)

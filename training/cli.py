@@ -9,13 +9,14 @@ from pathlib import Path
 import ignite.distributed as idist
 import torch
 
-from utils.config import ConfigError, ContrastiveConfig, GenerativeConfig, load_config
+from utils.config import BaselineConfig, ConfigError, ContrastiveConfig, GenerativeConfig, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def parse_args(kind: str, argv=None):
-    default = ROOT / ("params_contrastive.yml" if kind == "contrastive" else "params_generative.yml")
+    default = ROOT / {"contrastive": "params_contrastive.yml", "baseline": "params_baseline.yml"}.get(
+        kind, "params_generative.yml")
     p = argparse.ArgumentParser(description=f"Train the {kind} networks (Doorenbos et al. 2024).")
     p.add_argument("--config", default=str(default), help="YAML config (default: %(default)s)")
     p.add_argument("--preset", default=None, help="apply the config's presets.<name> overlay, e.g. 'cpu'")
@@ -34,7 +35,7 @@ def parse_args(kind: str, argv=None):
 
 
 def load(kind: str, args):
-    cls = ContrastiveConfig if kind == "contrastive" else GenerativeConfig
+    cls = {"contrastive": ContrastiveConfig, "baseline": BaselineConfig}.get(kind, GenerativeConfig)
     overrides = list(args.overrides)
     if args.stage:
         overrides.append(f"train.stage={args.stage}")
@@ -47,7 +48,12 @@ def _worker(local_rank, kind, cfg, stop_iteration, threads):
     from training.engine import train
     from training.tasks import ContrastiveTask, DiffusionTask
     torch.set_num_threads(threads)
-    task = ContrastiveTask(cfg.train.stage) if kind == "contrastive" else DiffusionTask(cfg.train.stage, cfg.model)
+    if kind == "baseline":
+        from training.baseline import BaselineTask
+        task = BaselineTask()
+    else:
+        task = (ContrastiveTask(cfg.train.stage) if kind == "contrastive"
+                else DiffusionTask(cfg.train.stage, cfg.model))
     return train(local_rank, cfg, task, stop_iteration=stop_iteration)
 
 

@@ -24,12 +24,12 @@ def build_contrastive(model_cfg) -> ContrastiveModel:
     """The CLIP-style image/spectrum model of a ``ContrastiveModelConfig``."""
     return ContrastiveModel(image_encoder=model_cfg.image_encoder, latent_dim=model_cfg.latent_dim,
                             spectrum_base=model_cfg.spectrum_base,
-                            spectrum_mults=tuple(model_cfg.spectrum_mults))
+                            spectrum_mults=tuple(model_cfg.spectrum_mults), image_width=model_cfg.image_width)
 
 
 def build_denoiser(model_cfg, stage: str) -> ConditionalDenoiser:
     """The conditional UNet of a ``DiffusionModelConfig``: 1 input channel (lr) or 2 (sr)."""
-    return ConditionalDenoiser(image_encoder=model_cfg.image_encoder,
+    return ConditionalDenoiser(image_encoder=model_cfg.image_encoder, image_width=model_cfg.image_width,
                                in_channels=2 if stage == "sr" else 1, base=model_cfg.base,
                                mults=tuple(model_cfg.mults), attn_levels=tuple(model_cfg.attn_levels),
                                mid_attn=model_cfg.mid_attn, head_dim=model_cfg.head_dim,

@@ -184,6 +184,26 @@ class GenerativeConfig:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
 
 
+@dataclass
+class BaselineModelConfig:
+    image_encoder: str = "resnet18"   # image -> (z, Dn4000, sigma_v, AGN) CNN (training/baseline.py)
+    image_width: int = 64             # used if models.resnet2d's constructor takes a width
+
+    def check(self, where):
+        _choice(where, "model.image_encoder", self.image_encoder, ("resnet18", "resnet50"))
+        _positive(where, "model.image_width", self.image_width)
+
+
+@dataclass
+class BaselineConfig:
+    name: str = "baseline"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: BaselineModelConfig = field(default_factory=BaselineModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Loading
 # ----------------------------------------------------------------------------------------------------------

@@ -1,0 +1,67 @@
+"""Score generated spectra: the paper's science read-out vs the truth, the measurement ceiling and baselines.
+
+    python evaluate.py --results outputs/generated.fits                       # survey from the file's header
+    python evaluate.py --results outputs/generated.fits --baselines runs/baseline/best.pt --max-fit 25
+
+Writes <report>.json / <report>.md (one table: predicted | observed | noiseless | cnn | retrieval |
+train_mean) and figures/eval_*.png. See docs/EVALUATION.md for every number.
+"""
+
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--results", default="outputs/generated.fits", help="generate.py output (default: %(default)s)"
+    )
+    p.add_argument("--survey", default=None, help="survey HDF5 (default: the results header's 'input')")
+    p.add_argument("--out-dir", default="figures", help="figure directory (default: %(default)s)")
+    p.add_argument(
+        "--report", default="outputs/eval_report", help="writes <report>.json and .md (default: %(default)s)"
+    )
+    p.add_argument(
+        "--max-fit", type=int, default=25, help="galaxies in the pPXF subset (default: %(default)s)"
+    )
+    p.add_argument(
+        "--baselines", nargs="*", default=[], help="supervised CNN checkpoint(s) (train_baseline.py)"
+    )
+    p.add_argument(
+        "--no-retrieval", action="store_true", help="skip the contrastive nearest-neighbour baseline"
+    )
+    p.add_argument(
+        "--workers", type=int, default=2, help="processes for the pPXF fits (default: %(default)s)"
+    )
+    p.add_argument(
+        "--pool-size",
+        type=int,
+        default=5000,
+        help="training spectra for retrieval/mean (default: %(default)s)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    from evaluation.run import EvaluationError, evaluate
+    from training.engine import CheckpointError
+
+    try:
+        evaluate(
+            a.results,
+            a.survey,
+            a.out_dir,
+            a.report,
+            a.max_fit,
+            a.baselines,
+            not a.no_retrieval,
+            a.workers,
+            a.pool_size,
+            a.seed,
+        )
+    except (EvaluationError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Baselines of the evaluation, all on the same split as the generative chain.
+
+* ``train_mean``: the mean preprocessed spectrum of the training split (one spectrum for every galaxy:
+  its measured properties are constant — the floor any image-conditioned method must beat);
+* ``retrieval``: for each test image, the TRAINING spectrum whose full-res contrastive embedding is
+  closest to the image's embedding (the contrastive network of the generation chain, no generation);
+* ``cnn``: the supervised CNN of training/baseline.py (z, Dn4000, sigma_v, AGN directly from the image).
+"""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import torch
+
+from datasets.galaxy import ImageAugment, SurveyCache
+from datasets.preprocess import to_model_space
+
+
+def _raw_images(survey_path, rows: np.ndarray) -> np.ndarray:
+    uniq, inv = np.unique(rows, return_inverse=True)
+    with h5py.File(survey_path, "r") as f:
+        return f["images"][uniq][inv].astype(np.float32)
+
+
+def _standardised(images: np.ndarray, band_mean, band_std) -> torch.Tensor:
+    m = np.asarray(band_mean, np.float32)[None, :, None, None]
+    s = np.asarray(band_std, np.float32)[None, :, None, None]
+    x = torch.from_numpy((images - m) / s)
+    return ImageAugment()(x, train=False)  # resize 64 -> 71, centre crop 64 (evaluation view)
+
+
+def train_pool(cache: SurveyCache, max_rows: int, seed: int = 0) -> np.ndarray:
+    """Sorted training rows (valid spectra), a seeded random subset of at most ``max_rows``."""
+    rows = cache.indices("train")
+    if len(rows) > max_rows:
+        rows = np.random.default_rng(seed).choice(rows, max_rows, replace=False)
+    return np.sort(rows)
+
+
+def train_mean_spectrum(cache: SurveyCache, pool: np.ndarray) -> np.ndarray:
+    """(4500,) mean normalised linear spectrum of the training rows ``pool``."""
+    return np.asarray(cache.flux_fullres[pool], dtype=np.float64).mean(0)
+
+
+def _load_contrastive(path, device):
+    try:
+        from generation.chain import load_model
+
+        return load_model("contrastive_sr", path, device)
+    except ImportError:  # generation module not available: rebuild from the checkpoint directly
+        from types import SimpleNamespace
+
+        from training.engine import load_checkpoint
+        from training.tasks import build_contrastive
+        from utils.config import ContrastiveConfig, config_from_checkpoint_dict
+
+        ck = load_checkpoint(path)
+        cfg = config_from_checkpoint_dict(ck["run"]["config"], ContrastiveConfig, f"{path}: run.config")
+        model = build_contrastive(cfg.model)
+        model.load_state_dict(ck.get("ema_model") or ck["model"])
+        return SimpleNamespace(
+            model=model.to(device).eval(),
+            cfg=cfg,
+            band_mean=np.asarray(ck["run"]["band_mean"]),
+            band_std=np.asarray(ck["run"]["band_std"]),
+        )
+
+
+@torch.no_grad()
+def retrieve(
+    contrastive_path,
+    survey_path,
+    cache: SurveyCache,
+    rows: np.ndarray,
+    pool: np.ndarray,
+    device="cpu",
+    batch: int = 256,
+) -> dict:
+    """Nearest training spectrum (contrastive image->spectrum score) for each survey row in ``rows``.
+
+    Returns dict ``flux`` (N, 4500) normalised linear flux of the retrieved spectra, ``train_row`` (N,)
+    their survey rows and ``score`` (N,) the dot-product score.
+    """
+    lm = _load_contrastive(contrastive_path, device)
+    model, pre = lm.model, lm.cfg.data.preprocessing
+    zs = []
+    for s in range(0, len(pool), batch):
+        spec = to_model_space(np.asarray(cache.flux_fullres[pool[s : s + batch]], np.float64), pre)
+        zs.append(model.encode_spectrum(torch.from_numpy(spec.astype(np.float32)).to(device)).float().cpu())
+    z_spec = torch.cat(zs)
+    imgs = _raw_images(survey_path, rows)
+    best, score = [], []
+    for s in range(0, len(rows), batch):
+        zi = (
+            model.encode_image(_standardised(imgs[s : s + batch], lm.band_mean, lm.band_std).to(device))
+            .float()
+            .cpu()
+        )
+        sim = zi @ z_spec.T
+        v, k = sim.max(1)
+        best.append(k.numpy())
+        score.append(v.numpy())
+    best = np.concatenate(best)
+    train_row = pool[best]
+    uniq, inv = np.unique(train_row, return_inverse=True)
+    return {
+        "flux": np.asarray(cache.flux_fullres[uniq], np.float64)[inv],
+        "train_row": train_row,
+        "score": np.concatenate(score),
+    }
+
+
+@torch.no_grad()
+def cnn_predict(path, survey_path, rows: np.ndarray, device="cpu", batch: int = 256) -> dict:
+    """Predictions of the supervised CNN checkpoint ``path`` for survey rows ``rows``.
+
+    Returns dict of (N,) arrays: z, dn4000, sigma_v (km/s), agn_prob, bpt_agn (1 if agn_prob > 0.5).
+    """
+    from training.baseline import BaselineNet
+    from training.engine import CheckpointError, load_checkpoint
+    from utils.config import BaselineConfig, config_from_checkpoint_dict
+
+    ck = load_checkpoint(path)
+    if ck["run"].get("kind") != "baseline":
+        raise CheckpointError(
+            f"{path}: run.kind: {ck['run'].get('kind')!r}, expected 'baseline' "
+            "(train it with train_baseline.py)"
+        )
+    cfg = config_from_checkpoint_dict(ck["run"]["config"], BaselineConfig, f"{path}: run.config")
+    model = BaselineNet(cfg.model.image_encoder, cfg.model.image_width)
+    model.load_state_dict(ck.get("ema_model") or ck["model"])
+    model.to(device).eval()
+    imgs = _raw_images(survey_path, rows)
+    parts = [
+        model.predict(
+            _standardised(imgs[s : s + batch], ck["run"]["band_mean"], ck["run"]["band_std"]).to(device)
+        )
+        for s in range(0, len(rows), batch)
+    ]
+    out = {k: np.concatenate([p[k] for p in parts]).astype(np.float64) for k in parts[0]}
+    out["agn"] = (out["agn_prob"] > 0.5).astype(np.int64)
+    return out

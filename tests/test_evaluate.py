@@ -1,0 +1,250 @@
+"""evaluate.py / evaluation/ and the supervised CNN baseline (training/baseline.py)."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from evaluation import metrics as M
+
+
+# ----------------------------------------------------------------------------------------------------------
+# metric functions against hand-computed values
+# ----------------------------------------------------------------------------------------------------------
+def test_sigma_nmad_bias_outliers_by_hand():
+    zt = np.array([0.1, 0.1, 0.1, 0.1, 0.1])
+    zp = np.array([0.1, 0.111, 0.089, 0.122, 0.3])  # dz = 0, .011, -.011, .022, .2
+    # dz/(1+z) = 0, .01, -.01, .02, .1818; median dz = .011 -> |dz - med| = .011,0,.022,.011,.189
+    # -> median .011
+    assert M.sigma_nmad(zp, zt) == pytest.approx(1.48 * 0.011 / 1.1)
+    assert M.z_bias(zp, zt) == pytest.approx(0.01)
+    assert M.outlier_fraction(zp, zt) == pytest.approx(0.2)  # only 0.2/1.1 > 0.05
+    assert M.outlier_fraction(np.r_[zp[:4], np.nan], zt) == pytest.approx(0.2)  # failed fit = outlier
+    assert np.isnan(M.sigma_nmad([0.1, np.nan], [0.1, 0.1]))
+
+
+def test_classification_metrics_by_hand():
+    true = np.array([0, 0, 0, 0, 2, 2])
+    pred = np.array([0, 0, 0, 2, 2, 0])
+    assert M.accuracy(pred, true) == pytest.approx(4 / 6)
+    assert M.balanced_accuracy(pred, true) == pytest.approx((3 / 4 + 1 / 2) / 2)
+    cm = M.confusion_matrix(pred, true, [0, 1, 2, -1])
+    assert cm[0, 0] == 3 and cm[0, 2] == 1 and cm[2, 2] == 1 and cm[2, 0] == 1 and cm.sum() == 6
+
+
+def test_pearson_scatter_and_spectral_errors():
+    x = np.arange(10.0)
+    assert M.pearson(x, 2 * x + 1) == pytest.approx(1.0)
+    assert M.pearson(x, -x) == pytest.approx(-1.0)
+    assert np.isnan(M.pearson(x, np.ones(10)))  # constant: undefined, not 0
+    assert M.robust_scatter(x + 0.5, x) == pytest.approx(0.0)
+    obs = np.ones((2, 4))
+    e = M.spectral_errors(obs + np.array([[0.1], [0.2]]), obs, np.full((2, 4), 100.0))
+    np.testing.assert_allclose(e["mse"], [0.01, 0.04])
+    np.testing.assert_allclose(e["chi2n"], [1.0, 4.0])
+
+
+def test_pit_and_coverage_on_calibrated_and_overconfident_toys():
+    rng = np.random.default_rng(0)
+    n, m = 4000, 40
+    mu = rng.normal(size=n)
+    truth = mu + rng.normal(size=n)  # truth ~ N(mu, 1)
+    good = mu[:, None] + rng.normal(size=(n, m))  # calibrated samples
+    narrow = mu[:, None] + 0.3 * rng.normal(size=(n, m))  # over-confident samples
+    # the sample 16/84 percentiles of m draws cover 0.68 (m-1)/(m+1) of a calibrated truth, not 0.68
+    assert M.expected_coverage(m) == pytest.approx(0.68 * 39 / 41)
+    assert M.interval_coverage(good, truth) == pytest.approx(M.expected_coverage(m), abs=0.025)
+    assert M.interval_coverage(good[:, :3], truth) == pytest.approx(M.expected_coverage(3), abs=0.025)
+    assert M.interval_coverage(narrow, truth) < 0.35
+    assert M.pit_uniformity(M.pit_values(good, truth)) < 0.03
+    assert M.pit_uniformity(M.pit_values(narrow, truth)) > 0.15
+    # M = 3 (what generate.py draws by default): the randomised PIT is still uniform when calibrated
+    assert M.pit_uniformity(M.pit_values(good[:, :3], truth)) < 0.03
+
+
+# ----------------------------------------------------------------------------------------------------------
+# evaluate on tiny fake results from the synthetic survey
+# ----------------------------------------------------------------------------------------------------------
+def _fake_results(survey, path, mode="perfect", m=3):
+    from datasets.galaxy import build_cache
+    from datasets.preprocess import FULLRES_WAVE
+    from utils.results_fits import write_spectra_fits
+
+    c = build_cache(survey)
+    rows = c.indices("test")
+    obs = np.asarray(c.flux_fullres[rows], np.float64)
+    iv = np.asarray(c.ivar_fullres[rows])
+    pred = obs.copy() if mode == "perfect" else obs[np.roll(np.arange(len(rows)), 3)]
+    rng = np.random.default_rng(0)
+    cand = pred[:, None] * (1 + 0.01 * rng.standard_normal((len(rows), m, 1)))
+    with h5py.File(survey) as f:
+        ids = f["catalog/id"][:][rows]
+    write_spectra_fits(
+        path,
+        {"id": ids, "status": np.array(["ok"] * len(rows)), "row": rows},
+        {"flux_pred": pred, "flux_obs": obs, "ivar_obs": iv},
+        FULLRES_WAVE,
+        header={"input": str(survey), "config": {}},
+        cubes={"FULLRES_CANDIDATES": (cand, FULLRES_WAVE)},
+    )
+    return path
+
+
+def _lick_rho(rep):
+    return np.median(
+        [
+            r["values"]["predicted"]
+            for r in rep["table"]
+            if r["quantity"].startswith("lick_") and r["metric"] == "pearson_rho_vs_observed"
+        ]
+    )
+
+
+def _row(rep, section_start, quantity, metric):
+    for r in rep["table"]:
+        if r["section"].startswith(section_start) and r["quantity"] == quantity and r["metric"] == metric:
+            return r["values"]
+    raise KeyError((section_start, quantity, metric))
+
+
+@pytest.fixture(scope="module")
+def perfect_and_shuffled(synthetic_survey, tmp_path_factory):
+    from evaluation.run import evaluate
+
+    d = tmp_path_factory.mktemp("eval")
+    out = {}
+    for mode in ("perfect", "shuffled"):
+        res = _fake_results(synthetic_survey, d / f"{mode}.fits", mode)
+        out[mode] = evaluate(
+            res,
+            out_dir=d / f"fig_{mode}",
+            report=d / f"rep_{mode}",
+            max_fit=0,
+            figures=mode == "perfect",
+            log=lambda *a: None,
+        )
+    out["dir"] = d
+    return out
+
+
+def test_predicted_equal_observed_scores_perfectly(perfect_and_shuffled):
+    rep = perfect_and_shuffled["perfect"]
+    assert _row(rep, "spectrum", "flux", "mse_median")["predicted"] == 0.0
+    assert _row(rep, "indices", "dn4000", "pearson_rho_vs_observed")["predicted"] == pytest.approx(
+        1.0, abs=1e-3
+    )
+    # observed indices are measured at the ivar-weighted z fit, predicted ones at the unweighted fit, so weak
+    # (synthetic: featureless) Lick indices differ slightly even for identical spectra
+    assert _lick_rho(rep) > 0.7
+    z_pred = _row(rep, "redshift", "z", "sigma_nmad")
+    assert z_pred["predicted"] < 1e-3
+    figs = {p.split("/")[-1] for p in rep["figures"]}
+    assert {"eval_spectral_errors.png", "eval_redshift.png", "eval_lick.png", "eval_calibration.png"} <= figs
+
+
+def test_shuffled_prediction_scores_clearly_worse(perfect_and_shuffled):
+    good, bad = perfect_and_shuffled["perfect"], perfect_and_shuffled["shuffled"]
+    assert _row(bad, "spectrum", "flux", "mse_median")["predicted"] > 1e-3
+    assert _row(bad, "indices", "dn4000", "pearson_rho_vs_observed")["predicted"] < 0.8
+    assert _lick_rho(bad) < _lick_rho(good) - 0.3
+    assert (
+        _row(bad, "redshift", "z", "sigma_nmad")["predicted"]
+        > 10 * _row(good, "redshift", "z", "sigma_nmad")["predicted"]
+    )
+
+
+def test_report_json_has_the_three_way_table(perfect_and_shuffled):
+    rep = json.loads((perfect_and_shuffled["dir"] / "rep_perfect.json").read_text())
+    assert {"predicted", "observed", "noiseless", "train_mean"} <= set(rep["columns"])
+    row = _row(rep, "redshift", "z", "sigma_nmad")
+    assert set(row) == {"predicted", "observed", "noiseless", "cnn", "retrieval", "train_mean"}
+    assert row["train_mean"] > row["observed"]  # the constant baseline is worse than the ceiling
+    assert rep["calibration"]["n_candidates"] == 3
+    assert (perfect_and_shuffled["dir"] / "rep_perfect.md").read_text().count("| redshift |") == 3
+
+
+def test_ppxf_subset_fills_population_and_bpt_rows(synthetic_survey, tmp_path):
+    from evaluation.run import evaluate
+
+    res = _fake_results(synthetic_survey, tmp_path / "r.fits")
+    rep = evaluate(
+        res,
+        out_dir=tmp_path,
+        report=tmp_path / "rep",
+        max_fit=2,
+        workers=1,
+        figures=False,
+        log=lambda *a: None,
+    )
+    assert rep["n_fit"] == 2
+    assert _row(rep, "populations", "pPXF", "success_frac")["predicted"] == 1.0
+    assert _row(rep, "AGN", "AGN presence", "accuracy_vs_observed")["predicted"] == 1.0
+
+
+def test_clear_errors(synthetic_survey, tmp_path):
+    from evaluation.run import EvaluationError, load_inputs
+
+    with pytest.raises(EvaluationError, match="nope.fits: file: does not exist"):
+        load_inputs(tmp_path / "nope.fits")
+    res = _fake_results(synthetic_survey, tmp_path / "r.fits")
+    with pytest.raises(EvaluationError, match="missing.h5: file: survey does not exist"):
+        load_inputs(res, tmp_path / "missing.h5")
+    from tests.synthetic import write_synthetic_survey
+
+    other = write_synthetic_survey(tmp_path / "other.h5", n=64, seed=0)
+    with h5py.File(other, "r+") as f:
+        f["catalog/id"][:] = f["catalog/id"][:] + 5
+    with pytest.raises(EvaluationError, match=r"id: row \d+ has id \d+ but .*mismatched rows"):
+        load_inputs(res, other)
+
+
+def test_cli_returns_2_with_one_line_error(tmp_path, capsys):
+    import evaluate
+
+    assert evaluate.main(["--results", str(tmp_path / "none.fits")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "none.fits: file: does not exist" in err and "\n" not in err
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the supervised CNN baseline
+# ----------------------------------------------------------------------------------------------------------
+def test_baseline_task_trains_and_loss_falls(synthetic_survey, tmp_path):
+    import csv
+    from pathlib import Path
+
+    from training.baseline import BaselineTask
+    from training.engine import train
+    from utils.config import BaselineConfig, load_config
+
+    root = Path(__file__).resolve().parent.parent
+    cfg = load_config(
+        root / "params_baseline.yml",
+        BaselineConfig,
+        [
+            f"data.path={synthetic_survey}",
+            f"run.out_dir={tmp_path / 'run'}",
+            "train.batch_size=8",
+            "train.max_iterations=20",
+            "run.log_every=1",
+            "run.validate_every=20",
+            "run.checkpoint_every=20",
+            "validation.n_galaxies=8",
+        ],
+        preset="cpu",
+    )
+    metrics = train(0, cfg, BaselineTask())
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    losses = [float(r["loss"]) for r in rows if r.get("loss")]
+    assert len(losses) == 20
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    assert np.isfinite(metrics["loss"]) and "z_sigma_nmad" in metrics
+    # the checkpoint alone predicts in physical units (target standardisation stored in the model)
+    from evaluation.baselines import cnn_predict
+
+    pred = cnn_predict(tmp_path / "run" / "best.pt", synthetic_survey, np.arange(6))
+    assert pred["z"].shape == (6,) and np.all((pred["agn_prob"] >= 0) & (pred["agn_prob"] <= 1))
+    assert np.all(np.abs(pred["z"] - 0.1) < 0.5)
