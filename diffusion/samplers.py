@@ -136,8 +136,9 @@ def _tvec(t: int, x: torch.Tensor) -> torch.Tensor:
 
 def _x0_and_eps(diffusion, x, t, eps, clip_x0):
     x0 = diffusion.predict_x0(x, t, eps)
-    if clip_x0 is not None:
-        x0 = x0.clamp(-clip_x0, clip_x0)
+    if clip_x0 is not None:  # a bound c (clip to [-c, c]) or a data range (lo, hi)
+        lo, hi = (-clip_x0, clip_x0) if isinstance(clip_x0, (int, float)) else clip_x0
+        x0 = x0.clamp(lo, hi)
         eps = diffusion.predict_eps(x, t, x0)
     return x0, eps
 

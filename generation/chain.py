@@ -24,7 +24,7 @@ from diffusion.process import GaussianDiffusion
 from diffusion.samplers import SAMPLERS, NoiseSource
 from models.contrastive import score_candidates
 from training.engine import CheckpointError, autocast_context, load_checkpoint
-from training.tasks import build_contrastive, build_denoiser, build_diffusion
+from training.tasks import build_contrastive, build_denoiser, build_diffusion, clip_range
 from utils.config import ContrastiveConfig, GenerativeConfig, config_from_checkpoint_dict
 
 ROLES = {  # role -> (kind, stage)
@@ -129,12 +129,16 @@ class GenerationChain:
         with autocast_context(self.device, self.amp):
             context = lm.model.encode_context(images).repeat_interleave(n, dim=0)
         noise = NoiseSource(seeds, device=self.device)
+        if lowres is not None:
+            lowres = lm.model.normalize_lowres(lowres)
 
         def model_fn(x, t):
             with autocast_context(self.device, self.amp):
                 return lm.model(x, t, context=context, lowres=lowres).float()
         steps = None if self.g.sampler == "ancestral" else self.g.steps
-        return SAMPLERS[self.g.sampler](model_fn, (len(seeds), length), lm.diffusion, steps=steps, noise=noise)
+        x = SAMPLERS[self.g.sampler](model_fn, (len(seeds), length), lm.diffusion, steps=steps, noise=noise,
+                                     clip_x0=clip_range(lm.model))
+        return lm.model.denormalize(x)
 
     def _rank(self, role, images, candidates, n):
         lm = self.m[role]

@@ -56,9 +56,19 @@ def upsample_lowres(lowres: torch.Tensor, length: int) -> torch.Tensor:
     """
     if lowres.ndim == 2:
         lowres = lowres.unsqueeze(1)
-    # align_corners=True maps first->first and last->last pixel, matching "every 8th point" sub-sampling
-    # up to the final partial step (563 * 8 = 4504 > 4500).
-    return F.interpolate(lowres, size=length, mode="linear", align_corners=True)
+    n_low = lowres.shape[-1]
+    if n_low == length:  # already on the target grid (e.g. a training crop interpolated beforehand)
+        return lowres
+    # low-res pixel j IS full-res pixel 8 j (every 8th point), so full-res pixel i sits at low-res
+    # position i / 8: interpolate exactly there (flat beyond the last low-res pixel) rather than
+    # stretching 563 points end to end over 4500 (which drifts by 3 pixels across the spectrum)
+    step = 8.0 if n_low == -(-length // 8) else (length - 1) / max(n_low - 1, 1)  # full px per low px
+    pos = torch.arange(length, device=lowres.device, dtype=torch.float32) / step
+    pos = pos.clamp(max=n_low - 1)
+    i0 = pos.floor().long().clamp(max=n_low - 2 if n_low > 1 else 0)
+    frac = (pos - i0).to(lowres.dtype)
+    i1 = (i0 + 1).clamp(max=n_low - 1)
+    return lowres[..., i0] * (1 - frac) + lowres[..., i1] * frac
 
 
 class SinusoidalTimeEmbedding(nn.Module):
@@ -348,14 +358,24 @@ class ConditionalDenoiser(nn.Module):
         Image bands.
     image_width : int
         Base width of the image ResNet (64 = standard); the token size is 8x (ResNet-18) or 32x it.
+    data_length : int, optional
+        Length of the spectra it generates (563 or 4500); gives the per-pixel data scaling buffers
+        ``data_mean``/``data_std`` (identity unless set from the training data: see ``normalize``).
     **unet_kwargs
         Passed to ``UNet1d`` (``in_channels=2`` makes the super-resolution model).
     """
 
     def __init__(
-        self, image_encoder: str = "resnet18", in_bands: int = 5, image_width: int = 64, **unet_kwargs
+        self, image_encoder: str = "resnet18", in_bands: int = 5, image_width: int = 64,
+        data_length: int | None = None, **unet_kwargs
     ):
         super().__init__()
+        # the diffusion runs on (x - data_mean) / data_std; identity by default (the paper's raw log flux)
+        self.register_buffer("data_mean", torch.zeros(data_length or 1))
+        self.register_buffer("data_std", torch.ones(data_length or 1))
+        # per-pixel range of the (scaled) training data: samplers clip x0 predictions to it
+        self.register_buffer("data_lo", torch.full((data_length or 1,), -torch.inf))
+        self.register_buffer("data_hi", torch.full((data_length or 1,), torch.inf))
         encoders = {"resnet18": resnet18, "resnet50": resnet50}
         if image_encoder not in encoders:
             raise ValueError(f"image_encoder={image_encoder!r}: expected one of {sorted(encoders)}")
@@ -365,6 +385,21 @@ class ConditionalDenoiser(nn.Module):
         self.config = dict(
             image_encoder=image_encoder, in_bands=in_bands, image_width=image_width, **unet_kwargs
         )
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Spectra (model space) -> the diffusion's data space."""
+        return (x - self.data_mean) / self.data_std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`normalize` (applied to samples)."""
+        return x * self.data_std + self.data_mean
+
+    def normalize_lowres(self, lowres: torch.Tensor) -> torch.Tensor:
+        """The super-resolution model's conditioning: low-res spectra with the scaling of their pixels
+        (every 8th pixel of the full-resolution statistics)."""
+        if self.data_mean.numel() == lowres.shape[-1] or self.data_mean.numel() == 1:
+            return self.normalize(lowres)
+        return (lowres - self.data_mean[::8]) / self.data_std[::8]
 
     @property
     def in_channels(self) -> int:

@@ -52,8 +52,8 @@ def _worker(local_rank, kind, cfg, stop_iteration, threads):
         from training.baseline import BaselineTask
         task = BaselineTask()
     else:
-        task = (ContrastiveTask(cfg.train.stage) if kind == "contrastive"
-                else DiffusionTask(cfg.train.stage, cfg.model))
+        task = (ContrastiveTask(cfg.train.stage, cfg.train.crop_length) if kind == "contrastive"
+                else DiffusionTask(cfg.train.stage, cfg.model, cfg.train.crop_length))
     return train(local_rank, cfg, task, stop_iteration=stop_iteration)
 
 

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -143,10 +144,14 @@ def train(local_rank: int, cfg, task, stop_iteration: int | None = None) -> dict
     total = cfg.train.max_iterations or cfg.train.epochs * epoch_length
     max_epochs = math.ceil(total / epoch_length)
 
-    model = task.build_model(cfg).to(device)
+    model = task.build_model(cfg)
+    if hasattr(task, "init_model"):
+        task.init_model(model, train_ds, cfg)
+    model = model.to(device)
     if cfg.train.compile:
         model = torch.compile(model)
-    model = idist.auto_model(model, sync_bn=False)
+    # SyncBatchNorm needs CUDA; on CPU DDP broadcasts rank 0's BatchNorm buffers at every forward instead
+    model = idist.auto_model(model, sync_bn=world > 1 and device.type == "cuda")
     optimizer = idist.auto_optim(torch.optim.Adam(model.parameters(), lr=cfg.train.lr,
                                                   weight_decay=cfg.train.weight_decay))
     lr_scheduler = PiecewiseLinear(optimizer, "lr", milestones_values=[(0, cfg.train.lr),
@@ -249,12 +254,12 @@ def train(local_rank: int, cfg, task, stop_iteration: int | None = None) -> dict
                   + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)
         best(evaluator)
         if rank == 0 and best.last_checkpoint:
-            _atomic_copy(out_dir / best.last_checkpoint, out_dir / "best.pt")
+            _atomic_copy(out_dir / Path(best.last_checkpoint).name, out_dir / "best.pt")
 
     def _checkpoint(engine):
         periodic(engine)
         if rank == 0 and periodic.last_checkpoint:
-            _atomic_copy(out_dir / periodic.last_checkpoint, out_dir / "last.pt")
+            _atomic_copy(out_dir / Path(periodic.last_checkpoint).name, out_dir / "last.pt")
 
     every_val = Events.ITERATION_COMPLETED(every=cfg.run.validate_every)
     every_ckpt = Events.ITERATION_COMPLETED(every=cfg.run.checkpoint_every)
@@ -271,9 +276,14 @@ def train(local_rank: int, cfg, task, stop_iteration: int | None = None) -> dict
                 _checkpoint(engine)
             engine.terminate()
 
-    if rank == 0:
+    if rank == 0 and sys.stderr.isatty():
         ProgressBar(persist=False, desc=f"{cfg.name}_{cfg.train.stage}").attach(
             trainer, output_transform=lambda out: {"loss": out["loss"]})
+    elif rank == 0:  # logs and CI: one line per log interval instead of a redrawn bar
+        @trainer.on(Events.ITERATION_COMPLETED(every=cfg.run.log_every))
+        def _print(engine):
+            print(f"[{cfg.name}_{cfg.train.stage}] iteration {engine.state.iteration}/{total} "
+                  f"loss {engine.state.output['loss']:.4g}", flush=True)
 
     last = out_dir / "last.pt"
     if cfg.run.resume and last.exists():
@@ -291,6 +301,9 @@ def train(local_rank: int, cfg, task, stop_iteration: int | None = None) -> dict
     else:
         trainer.run(loader, max_epochs=max_epochs, epoch_length=epoch_length)
         metrics = dict(evaluator.state.metrics or {})
+    if world > 1:  # end with rank 0's BatchNorm statistics everywhere (what its checkpoint holds)
+        for buf in raw_model.buffers():
+            buf.copy_(idist.broadcast(buf, src=0))
     dump = os.environ.get("GALSPEC_DUMP_RANK_WEIGHTS")
     if dump:  # tests compare the ranks' weights after DDP training
         torch.save(raw_model.state_dict(), dump.format(rank=rank))

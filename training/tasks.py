@@ -8,11 +8,11 @@ import numpy as np
 import torch
 
 from datasets.galaxy import GalaxyDataset, ImageAugment
-from datasets.preprocess import to_linear
+from datasets.preprocess import N_FULLRES, N_LOWRES, to_linear, to_model_space
 from diffusion.process import GaussianDiffusion
 from diffusion.samplers import SAMPLERS, NoiseSource
 from models.contrastive import ContrastiveModel, nt_xent
-from models.unet1d import ConditionalDenoiser
+from models.unet1d import ConditionalDenoiser, upsample_lowres
 
 RESOLUTION = {"lr": "lowres", "sr": "fullres"}
 
@@ -30,6 +30,7 @@ def build_contrastive(model_cfg) -> ContrastiveModel:
 def build_denoiser(model_cfg, stage: str) -> ConditionalDenoiser:
     """The conditional UNet of a ``DiffusionModelConfig``: 1 input channel (lr) or 2 (sr)."""
     return ConditionalDenoiser(image_encoder=model_cfg.image_encoder, image_width=model_cfg.image_width,
+                               data_length=N_FULLRES if stage == "sr" else N_LOWRES,
                                in_channels=2 if stage == "sr" else 1, base=model_cfg.base,
                                mults=tuple(model_cfg.mults), attn_levels=tuple(model_cfg.attn_levels),
                                mid_attn=model_cfg.mid_attn, head_dim=model_cfg.head_dim,
@@ -79,8 +80,9 @@ class ContrastiveTask:
     score_name = "mean_rank"
     score_sign = -1.0
 
-    def __init__(self, stage: str):
+    def __init__(self, stage: str, crop_length: int | None = None):
         self.stage = stage
+        self.crop_length = crop_length
         self.resolution = RESOLUTION[stage]
 
     def build_model(self, cfg):
@@ -88,7 +90,12 @@ class ContrastiveTask:
         return build_contrastive(cfg.model)
 
     def loss(self, model, batch, generator):
-        z_img, z_spec = model(batch["image"], batch["spectrum"])
+        spec = batch["spectrum"]
+        if self.crop_length and self.crop_length < spec.shape[-1]:
+            # a window of the spectrum; the encoder is convolutional with a global mean pool, so the whole
+            # spectrum's embedding at inference is the (normalised) average over its windows
+            spec, _ = random_windows(spec, None, self.crop_length, generator)
+        z_img, z_spec = model(batch["image"], spec)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # negatives from every rank: gather embeddings (gradients flow through the local shard)
             import ignite.distributed as idist
@@ -109,14 +116,39 @@ class ContrastiveTask:
 # ----------------------------------------------------------------------------------------------------------
 # diffusion
 # ----------------------------------------------------------------------------------------------------------
+def clip_range(model):
+    """x0 clipping bounds of a denoiser: the per-pixel range of its training data (stored in the model
+    by ``init_model``), or None where it was not recorded (the paper's unscaled setting).
+
+    With the cosine schedule the terminal alpha-bar is ~0, so early x0 = (x_t - sqrt(1-abar) eps)/sqrt(abar)
+    estimates are unbounded; clipping them to the data range keeps a short-trained model's samples sane."""
+    if not torch.isfinite(model.data_lo).all():
+        return None
+    return (model.data_lo, model.data_hi)
+
+
+def random_windows(x0, lowres, length: int, generator):
+    """One random window of ``length`` pixels per spectrum (start a multiple of 8, so it is aligned with
+    the low-res grid); the low-res conditioning is interpolated to full resolution first and cut the same
+    way. The denoiser is convolutional, so it then samples whole spectra."""
+    b, n = x0.shape
+    starts = torch.randint(0, (n - length) // 8 + 1, (b,), generator=generator).to(x0.device) * 8
+    idx = starts[:, None] + torch.arange(length, device=x0.device)
+    out = torch.gather(x0, 1, idx)
+    if lowres is not None:
+        lowres = torch.gather(upsample_lowres(lowres, n)[:, 0], 1, idx)
+    return out, lowres
+
+
 class DiffusionTask:
     """Epsilon-prediction loss at t ~ U{0..T-1}; validation = best-of-n sample MSE in linear flux."""
     kind = "diffusion"
     score_name = "mse_best"
     score_sign = -1.0
 
-    def __init__(self, stage: str, model_cfg):
+    def __init__(self, stage: str, model_cfg, crop_length: int | None = None):
         self.stage = stage
+        self.crop_length = crop_length
         self.resolution = RESOLUTION[stage]
         self.with_lowres = stage == "sr"
         self.diffusion = build_diffusion(model_cfg)
@@ -125,14 +157,42 @@ class DiffusionTask:
     def build_model(self, cfg):
         return build_denoiser(cfg.model, self.stage)
 
+    def init_model(self, model, train_ds, cfg):
+        """With ``model.standardize``, set the per-pixel data scaling from the training spectra."""
+        if not cfg.model.standardize:
+            return
+        cache = train_ds.cache
+        arr = cache.flux_lowres if self.resolution == "lowres" else cache.flux_fullres
+        rows = np.sort(train_ds.rows)
+        s1 = np.zeros(arr.shape[1])
+        s2 = np.zeros(arr.shape[1])
+        lo = np.full(arr.shape[1], np.inf)
+        hi = np.full(arr.shape[1], -np.inf)
+        for i in range(0, rows.size, 2048):
+            x = to_model_space(np.asarray(arr[rows[i:i + 2048]], dtype=np.float64), cfg.data.preprocessing)
+            s1 += x.sum(0)
+            s2 += (x ** 2).sum(0)
+            lo, hi = np.minimum(lo, x.min(0)), np.maximum(hi, x.max(0))
+        mean = s1 / rows.size
+        std = np.sqrt(np.maximum(s2 / rows.size - mean ** 2, 0))
+        std = np.maximum(std, 0.05 * np.median(std))  # no near-zero scale at the normalisation window
+        model.data_mean.copy_(torch.from_numpy(mean).float())
+        model.data_std.copy_(torch.from_numpy(std).float())
+        model.data_lo.copy_(torch.from_numpy((lo - mean) / std).float())
+        model.data_hi.copy_(torch.from_numpy((hi - mean) / std).float())
+
     def loss(self, model, batch, generator):
         self.diffusion = self.diffusion.to(batch["spectrum"].device)
-        lowres = batch.get("lowres")
+        raw = model.module if hasattr(model, "module") else model
+        x0 = raw.normalize(batch["spectrum"])
+        lowres = raw.normalize_lowres(batch["lowres"]) if "lowres" in batch else None
+        if self.crop_length and self.crop_length < x0.shape[-1]:
+            x0, lowres = random_windows(x0, lowres, self.crop_length, generator)
         # images go through forward() (not a precomputed context) so DDP sees the encoder's gradients
 
         def model_fn(x, t):
             return model(x, t, images=batch["image"], lowres=lowres)
-        return self.diffusion.training_loss(model_fn, batch["spectrum"], generator=generator)
+        return self.diffusion.training_loss(model_fn, x0, generator=generator)
 
     @torch.no_grad()
     def sample(self, model, images, device, n_samples, sampler, steps, seeds, lowres=None):
@@ -142,7 +202,7 @@ class DiffusionTask:
         context = model.encode_context(_eval_images(images).to(device))
         b = images.shape[0]
         context = context.repeat_interleave(n_samples, dim=0)
-        lr = None if lowres is None else lowres.to(device).repeat_interleave(n_samples, dim=0)
+        lr = None if lowres is None else model.normalize_lowres(lowres.to(device)).repeat_interleave(n_samples, 0)
         length = 4500 if self.stage == "sr" else 563
         item_seeds = [int(s) * 1000 + k for s in seeds for k in range(n_samples)]
         noise = NoiseSource(item_seeds, device=device)
@@ -150,8 +210,9 @@ class DiffusionTask:
         def model_fn(x, t):
             return model(x, t, context=context, lowres=lr)
         x = SAMPLERS[sampler](model_fn, (b * n_samples, length), self.diffusion,
-                              steps=None if sampler == "ancestral" else steps, noise=noise)
-        return x.reshape(b, n_samples, length).float().cpu()
+                              steps=None if sampler == "ancestral" else steps, noise=noise,
+                              clip_x0=clip_range(model))
+        return model.denormalize(x).reshape(b, n_samples, length).float().cpu()
 
     def validate(self, model, val_ds, cfg, device, figure=None):
         n = min(cfg.validation.n_galaxies, len(val_ds))

@@ -65,6 +65,8 @@ class DiffusionModelConfig:
     head_dim: int = 32
     timesteps: int = 250
     schedule: str = "cosine"
+    standardize: bool = False         # diffuse per-pixel standardised spectra (training mean/std kept in the
+                                      # model); false = the paper's raw log flux
 
     def check(self, where):
         _choice(where, "model.image_encoder", self.image_encoder, ("resnet18", "resnet50"))
@@ -94,6 +96,9 @@ class TrainConfig:
     amp: str = "auto"                 # "auto": bf16 autocast on CUDA, fp32 on CPU; "bf16"; "off"
     compile: bool = False
     num_workers: int = 0
+    crop_length: int | None = None    # train on random windows of this many spectral pixels (null = whole
+                                      # spectrum, paper); the networks are convolutional and are applied to
+                                      # whole spectra at validation and generation
 
     def check(self, where):
         _choice(where, "train.stage", self.stage, ("lr", "sr"))
@@ -107,6 +112,8 @@ class TrainConfig:
             raise ConfigError(f"{where}: train.ema_decay: {self.ema_decay} must be in (0, 1) or null")
         if self.max_iterations is not None:
             _positive(where, "train.max_iterations", self.max_iterations)
+        if self.crop_length is not None and (self.crop_length <= 0 or self.crop_length % 8):
+            raise ConfigError(f"{where}: train.crop_length: {self.crop_length} must be a positive multiple of 8")
 
 
 @dataclass
@@ -331,13 +338,19 @@ def load_config(path: str | Path, cls, overrides: list[str] | None = None, prese
         raise ConfigError(f"{where}: <top>: expected a mapping")
     raw = copy.deepcopy(raw)
     presets = raw.pop("presets", {}) or {}
+    parsed = [parse_override(t) for t in overrides or []]
     if preset is not None:
         if preset not in presets:
             raise ConfigError(f"{where}: presets.{preset}: no such preset (have {sorted(presets)})")
-        for key, value in (presets[preset] or {}).items():
+        flat = dict(presets[preset] or {})
+        by_stage = {k: flat.pop(k) for k in ("lr", "sr") if isinstance(flat.get(k), dict)}
+        for key, value in flat.items():
             _set_dotted(raw, key, value, f"{where} presets.{preset}")
-    for text in overrides or []:
-        key, value = parse_override(text)
+        # a preset may hold stage-specific values (presets.<name>.lr / .sr), applied for the stage in force
+        stage = dict(parsed).get("train.stage", (raw.get("train") or {}).get("stage", "lr"))
+        for key, value in (by_stage.get(stage) or {}).items():
+            _set_dotted(raw, key, value, f"{where} presets.{preset}.{stage}")
+    for key, value in parsed:
         _set_dotted(raw, key, value, f"{where} --set")
     cfg = from_dict(cls, raw, where)
     _check_all(cfg, where)

@@ -1,0 +1,160 @@
+"""generate.py: the chain end to end, batch/seed invariance, resume after SIGKILL, sharding, bad input."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from generation.chain import GenerationError, galaxy_seed
+from generation.cli import main as generate_main
+from tests.test_training import TINY_CONTRASTIVE, TINY_DIFFUSION, _args
+from training.cli import main as train_main
+from utils.results_fits import read_spectra_fits
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_survey, tmp_path_factory):
+    """Four tiny trained models on the synthetic survey (a few iterations each: this tests plumbing)."""
+    root = tmp_path_factory.mktemp("models")
+    ck = {}
+    for kind, tiny in (("contrastive", TINY_CONTRASTIVE), ("generative", TINY_DIFFUSION)):
+        for stage in ("lr", "sr"):
+            out = root / f"{kind}_{stage}"
+            extra = [f"train.stage={stage}", "model.standardize=true"] if kind == "generative" else \
+                [f"train.stage={stage}"]
+            assert train_main(kind, _args(synthetic_survey, out, tiny, 3, extra)) == 0
+            role = ("diffusion_" if kind == "generative" else "contrastive_") + stage
+            ck[role] = str(out / "best.pt")
+    return ck
+
+
+def _gen_args(survey, ck, out, extra=()):
+    sets = [f"generate.checkpoints.{k}={v}" for k, v in ck.items()]
+    sets += TINY_DIFFUSION + [f"data.path={survey}", f"generate.output={out}", "generate.sampler=ddim",
+                              "generate.steps=4", "generate.batch_galaxies=3", "generate.chunk_galaxies=4",
+                              "generate.split=all", "generate.limit=10", "generate.figure=null"]
+    argv = ["--threads", "2"]
+    for s in sets + list(extra):
+        argv += ["--set", s]
+    return argv
+
+
+def test_chain_writes_every_galaxy_with_all_candidates(synthetic_survey, trained, tmp_path):
+    out = tmp_path / "gen.fits"
+    assert generate_main(_gen_args(synthetic_survey, trained, out)) == 0
+    res = read_spectra_fits(out)
+    t = res["table"]
+    assert len(t["id"]) == 10 and (t["status"] == "ok").all()
+    assert res["spectra"]["flux_pred"].shape == (10, 4500) and np.isfinite(res["spectra"]["flux_pred"]).all()
+    assert (res["spectra"]["flux_pred"] > 0).all()
+    assert t["lowres_scores"].shape == (10, 3) and t["fullres_scores"].shape == (10, 3)
+    cands, grid = res["cubes"]["FULLRES_CANDIDATES"]
+    assert cands.shape == (10, 3, 4500) and grid[0] == 4000 and grid[-1] == 8499
+    # the prediction is the top-scored full-res candidate, and kept = the 2 best low-res candidates
+    np.testing.assert_allclose(res["spectra"]["flux_pred"], cands[np.arange(10), t["top"]], rtol=1e-6)
+    assert (t["top"] == t["fullres_scores"].argmax(1)).all()
+    best2 = np.argsort(-t["lowres_scores"], axis=1)[:, :2]
+    assert (np.sort(best2, 1) == np.sort(t["kept"], 1)).all()
+    assert res["header"]["sampler"] == "ddim" and res["header"]["steps"] == 4
+    assert not (tmp_path / "gen.fits.parts").exists()
+
+
+def test_output_does_not_depend_on_batch_or_chunk_size(synthetic_survey, trained, tmp_path):
+    a, b = tmp_path / "a.fits", tmp_path / "b.fits"
+    assert generate_main(_gen_args(synthetic_survey, trained, a)) == 0
+    assert generate_main(_gen_args(synthetic_survey, trained, b, ["generate.batch_galaxies=7",
+                                                                  "generate.chunk_galaxies=10"])) == 0
+    fa, fb = read_spectra_fits(a), read_spectra_fits(b)
+    # equal up to float rounding (BLAS kernels differ with the batch size; rounding differences grow a
+    # little through the sampling steps), and the same candidates win
+    np.testing.assert_allclose(fa["spectra"]["flux_pred"], fb["spectra"]["flux_pred"], rtol=2e-3, atol=1e-5)
+    assert (fa["table"]["top"] == fb["table"]["top"]).all()
+    assert galaxy_seed(0, 5) == galaxy_seed(0, 5) != galaxy_seed(1, 5)
+
+
+def test_sigkilled_run_resumes_to_the_identical_result(synthetic_survey, trained, tmp_path):
+    ref = tmp_path / "ref.fits"
+    assert generate_main(_gen_args(synthetic_survey, trained, ref, ["generate.chunk_galaxies=2"])) == 0
+    out = tmp_path / "killed.fits"
+    cmd = [sys.executable, str(ROOT / "generate.py")] + _gen_args(synthetic_survey, trained, out,
+                                                                  ["generate.chunk_galaxies=2"])
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = Path(str(out) + ".parts")
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(parts.glob("part_*.npz"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_done = len(list(parts.glob("part_*.npz")))
+    assert 2 <= n_done < 5 and not out.exists()
+    assert generate_main(_gen_args(synthetic_survey, trained, out, ["generate.chunk_galaxies=2"])) == 0
+    r, k = read_spectra_fits(ref), read_spectra_fits(out)
+    assert list(k["table"]["id"]) == list(r["table"]["id"])  # every galaxy exactly once, in order
+    np.testing.assert_array_equal(k["spectra"]["flux_pred"], r["spectra"]["flux_pred"])
+    np.testing.assert_array_equal(k["cubes"]["LOWRES_CANDIDATES"][0], r["cubes"]["LOWRES_CANDIDATES"][0])
+
+
+def test_two_gloo_processes_give_the_single_process_result(synthetic_survey, trained, tmp_path):
+    one, two = tmp_path / "one.fits", tmp_path / "two.fits"
+    assert generate_main(_gen_args(synthetic_survey, trained, one)) == 0
+    cmd = [sys.executable, str(ROOT / "generate.py"), "--nproc", "2", "--backend", "gloo"]
+    cmd += _gen_args(synthetic_survey, trained, two)[2:] + ["--threads", "1"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = read_spectra_fits(one), read_spectra_fits(two)
+    assert list(a["table"]["id"]) == list(b["table"]["id"])
+    # each rank runs 1 thread here (2 in the single-process run): equal up to BLAS rounding
+    np.testing.assert_allclose(a["spectra"]["flux_pred"], b["spectra"]["flux_pred"], rtol=2e-3, atol=1e-5)
+    assert (a["table"]["top"] == b["table"]["top"]).all()
+
+
+def test_nan_image_is_flagged_and_the_rest_complete(synthetic_survey, trained, tmp_path):
+    bad = tmp_path / "bad.h5"
+    with h5py.File(synthetic_survey) as f, h5py.File(bad, "w") as g:
+        img = f["images"][:10]
+        img[3, 1, 5, 5] = np.nan
+        g["images"] = img
+        g["catalog/id"] = np.arange(10) + 500
+    out = tmp_path / "flag.fits"
+    assert generate_main(_gen_args(bad, trained, out) + ["--input", str(bad)]) == 0
+    t = read_spectra_fits(out)["table"]
+    assert t["status"][3] == "image has NaN/inf pixels" and (np.delete(t["status"], 3) == "ok").all()
+    assert t["id"][3] == 503
+
+
+def test_bad_inputs_fail_before_any_work(synthetic_survey, trained, tmp_path, capsys):
+    wrong = tmp_path / "wrong.h5"
+    with h5py.File(wrong, "w") as g:
+        g["images"] = np.zeros((4, 3, 64, 64), np.float32)
+    assert generate_main(_gen_args(synthetic_survey, trained, tmp_path / "x.fits")
+                         + ["--input", str(wrong)]) == 2
+    assert "images: shape (4, 3, 64, 64)" in capsys.readouterr().err
+    swapped = dict(trained, diffusion_sr=trained["diffusion_lr"])
+    assert generate_main(_gen_args(synthetic_survey, swapped, tmp_path / "y.fits")) == 2
+    err = capsys.readouterr().err
+    assert "run.stage: 'lr', but it is given as diffusion_sr" in err
+    missing = dict(trained, contrastive_lr=str(tmp_path / "nope.pt"))
+    assert generate_main(_gen_args(synthetic_survey, missing, tmp_path / "z.fits")) == 2
+    assert "nope.pt: file: does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "x.fits").exists() and not (tmp_path / "y.fits").exists()
+
+
+def test_mismatched_latent_sizes_are_rejected(synthetic_survey, trained, tmp_path):
+    from generation.chain import ROLES, GenerationChain, load_model
+    from utils.config import GenerativeConfig, load_config
+    out = tmp_path / "c_sr"
+    assert train_main("contrastive", _args(synthetic_survey, out, TINY_CONTRASTIVE, 1,
+                                           ["train.stage=sr", "model.latent_dim=8"])) == 0
+    ck = dict(trained, contrastive_sr=str(out / "best.pt"))
+    models = {r: load_model(r, ck[r], torch.device("cpu")) for r in ROLES}
+    g = load_config(ROOT / "params_generative.yml", GenerativeConfig).generate
+    with pytest.raises(GenerationError, match="model.latent_dim: 8 differs"):
+        GenerationChain(models, g, torch.device("cpu"))
