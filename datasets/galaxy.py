@@ -109,8 +109,8 @@ def _write_cache(path: Path, root: Path, summary: dict, chunk: int, progress: bo
             img = f["images"][s:s + chunk].astype(np.float64)
             bad = ~np.isfinite(img).all(axis=(1, 2, 3))
             if bad.any():
-                raise DatasetError(f"{path}: images: galaxy row {s + int(np.flatnonzero(bad)[0])} has NaN/inf "
-                                   "pixels")
+                row = s + int(np.flatnonzero(bad)[0])
+                raise DatasetError(f"{path}: images: galaxy row {row} has NaN/inf pixels")
             img = img[train[s:s + chunk]]
             s1 += img.sum(axis=(0, 2, 3))
             s2 += (img ** 2).sum(axis=(0, 2, 3))
@@ -222,7 +222,8 @@ class EpochBatchSampler(torch.utils.data.Sampler):
             raise DatasetError(f"train.batch_size: {batch_size} is not divisible by world size {world_size}")
         if drop_last and n < batch_size:
             raise DatasetError(f"train.batch_size: {batch_size} is larger than the split ({n} galaxies)")
-        self.n, self.batch_size, self.seed, self.shuffle, self.drop_last = n, batch_size, seed, shuffle, drop_last
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.shuffle, self.drop_last = shuffle, drop_last
         self.rank, self.world_size = rank, world_size
         self.epoch, self._skip = 0, 0
 

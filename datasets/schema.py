@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Mapping
 
 import h5py
 import numpy as np
@@ -156,7 +156,8 @@ def validate_survey(path: str | os.PathLike, check_values: bool = True, display_
     try:
         f = h5py.File(p, "r")
     except OSError as e:
-        raise SurveyFileError(f"{name}: file: not a readable HDF5 file (truncated or corrupt?): {e}") from None
+        raise SurveyFileError(f"{name}: file: not a readable HDF5 file (truncated or corrupt?): {e}"
+                              ) from None
     with f:
         if f.attrs.get("schema") != SCHEMA_NAME:
             _fail(name, "attrs/schema", f"is {f.attrs.get('schema')!r}, expected {SCHEMA_NAME!r}")

@@ -73,6 +73,23 @@ class GaussianDiffusion(nn.Module):
         for name, value in buffers.items():
             self.register_buffer(name, value.float())
 
+    def truncated(self, alpha_bar_min: float) -> GaussianDiffusion:
+        """The same process restricted to the steps with alpha-bar >= ``alpha_bar_min``.
+
+        Sampling it starts at t_max = max{t : abar_t >= alpha_bar_min} from N(0, I) instead of at T - 1
+        (timesteps keep their values, so the denoiser sees the t it was trained on). The cosine schedule's
+        last steps have abar ~ 1e-4 .. 1e-8, where an epsilon-model's x0 estimate is unusable unless it is
+        trained to near perfection; skipping them costs a small prior mismatch (x_tmax has signal
+        sqrt(abar) x0). 0 keeps every step (the paper).
+        """
+        if alpha_bar_min <= 0:
+            return self
+        keep = int((self.alphas_cumprod >= alpha_bar_min).sum())
+        if keep < 2:
+            raise ValueError(f"alpha_bar_min={alpha_bar_min} leaves fewer than 2 timesteps")
+        process = GaussianDiffusion(betas=self.betas[:keep].double(), schedule=self.schedule)
+        return process.to(self.betas.device)
+
     def sample_timesteps(
         self, batch: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None
     ) -> torch.Tensor:

@@ -57,8 +57,9 @@ def load_model(role: str, path: str, device: torch.device) -> LoadedModel:
         raise GenerationError(f"{path}: run.kind: {run.get('kind')!r}, but it is given as {role} "
                               f"(needs a {kind} checkpoint)")
     if run.get("stage") != stage:
+        what = "super-resolution" if stage == "sr" else "low-res"
         raise GenerationError(f"{path}: run.stage: {run.get('stage')!r}, but it is given as {role} "
-                              f"(needs stage {stage!r}: {'super-resolution' if stage == 'sr' else 'low-res'})")
+                              f"(needs stage {stage!r}: {what})")
     cls = ContrastiveConfig if kind == "contrastive" else GenerativeConfig
     cfg = config_from_checkpoint_dict(run["config"], cls, f"{path}: run.config")
     if kind == "contrastive":
@@ -81,7 +82,7 @@ def load_model(role: str, path: str, device: torch.device) -> LoadedModel:
 def check_compatible(models: dict[str, LoadedModel]) -> None:
     """The four models must share the data space: preprocessing, band statistics, latent sizes."""
     ref = models["diffusion_lr"]
-    for role, m in models.items():
+    for m in models.values():
         if m.cfg.data.preprocessing != ref.cfg.data.preprocessing:
             raise GenerationError(f"{m.path}: data.preprocessing: {m.cfg.data.preprocessing!r} differs from "
                                   f"{ref.path}'s {ref.cfg.data.preprocessing!r}")
@@ -91,9 +92,11 @@ def check_compatible(models: dict[str, LoadedModel]) -> None:
     lr, sr = models["contrastive_lr"], models["contrastive_sr"]
     if lr.cfg.model.latent_dim != sr.cfg.model.latent_dim:
         raise GenerationError(f"{sr.path}: model.latent_dim: {sr.cfg.model.latent_dim} differs from "
-                              f"{lr.path}'s {lr.cfg.model.latent_dim} (the rankers must share one latent size)")
+                              f"{lr.path}'s {lr.cfg.model.latent_dim} (the rankers must share one latent "
+                              "size)")
     if models["diffusion_lr"].cfg.model.timesteps != models["diffusion_sr"].cfg.model.timesteps:
-        raise GenerationError(f"{models['diffusion_sr'].path}: model.timesteps differs from the low-res model's")
+        raise GenerationError(f"{models['diffusion_sr'].path}: model.timesteps differs from the low-res "
+                              "model's")
 
 
 def galaxy_seed(seed: int, galaxy_id: int) -> int:
@@ -135,8 +138,9 @@ class GenerationChain:
         def model_fn(x, t):
             with autocast_context(self.device, self.amp):
                 return lm.model(x, t, context=context, lowres=lowres).float()
-        steps = None if self.g.sampler == "ancestral" else self.g.steps
-        x = SAMPLERS[self.g.sampler](model_fn, (len(seeds), length), lm.diffusion, steps=steps, noise=noise,
+        process = lm.diffusion.truncated(self.g.alpha_bar_min)
+        steps = None if self.g.sampler == "ancestral" else min(self.g.steps, process.num_timesteps)
+        x = SAMPLERS[self.g.sampler](model_fn, (len(seeds), length), process, steps=steps, noise=noise,
                                      clip_x0=clip_range(lm.model))
         return lm.model.denormalize(x)
 

@@ -2,20 +2,20 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-import ignite.distributed as idist
 import torch
 
 from utils.config import ConfigError, GenerativeConfig, load_config, to_dict
+from utils.launch import launch, threads_per_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Images -> ranked full-resolution spectra (Doorenbos et al. 2024).")
+    p = argparse.ArgumentParser(description="Images -> ranked full-resolution spectra "
+                                "(Doorenbos et al. 2024).")
     p.add_argument("--config", default=str(ROOT / "params_generative.yml"))
     p.add_argument("--preset", default=None)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -51,16 +51,5 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     input_path = args.input or cfg.generate.input or cfg.data.path
-    backend = args.backend
-    if backend is None and args.nproc > 1:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-    threads = args.threads or max(1, (os.cpu_count() or 1) // max(args.nproc, 1))
-    try:
-        with idist.Parallel(backend=backend, nproc_per_node=args.nproc if backend else None) as parallel:
-            parallel.run(_worker, cfg, input_path, args, threads)
-    except ValueError as e:
-        if type(e).__name__ in ("GenerationError", "CheckpointError", "ConfigError", "ResultsFileError"):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
-    return 0
+    threads = threads_per_process(args.nproc, args.threads)
+    return launch(_worker, (cfg, input_path, args, threads), args.nproc, args.backend)

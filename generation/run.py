@@ -169,7 +169,8 @@ def generate(gen_cfg, cfg_dict: dict, input_path, device=None, amp: str = "auto"
     table = {"id": merged.pop("id"), "status": merged.pop("status"),
              "row": src.rows.astype(np.int64), **{k: v for k, v in src.columns.items()}}
     scores = merged["fullres_scores"]
-    table["score_top"] = np.take_along_axis(scores, np.maximum(merged["top"], 0)[:, None].astype(int), 1)[:, 0]
+    top = np.maximum(merged["top"], 0)[:, None].astype(int)
+    table["score_top"] = np.take_along_axis(scores, top, 1)[:, 0]
     table["top"] = merged.pop("top")
     for k in ("lowres_scores", "kept", "fullres_scores", "fullres_parent"):
         table[k] = merged.pop(k)

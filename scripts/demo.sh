@@ -8,7 +8,7 @@ bash scripts/setup.sh
 PY=.venv/bin/python
 N=${GALSPEC_DEMO_N:-6000}            # galaxies in the mock (the paper-scale run uses ~10^5 real ones)
 DATA=data/mock_sdss.h5
-LIMIT=${GALSPEC_DEMO_GENERATE:-200}  # test galaxies to generate spectra for
+LIMIT=${GALSPEC_DEMO_GENERATE:-120}  # test galaxies to generate spectra for
 t0=$(date +%s)
 step() { echo; echo "=== [$(( $(date +%s) - t0 )) s] $*"; }
 

@@ -5,12 +5,34 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter1d
 
-from datasets.galaxy import (DatasetError, EpochBatchSampler, GalaxyDataset, ImageAugment, build_cache,
-                             make_loader)
-from datasets.preprocess import (FULLRES_WAVE, LOWRES_WAVE, N_FULLRES, N_LOWRES, lowres, preprocess_spectra,
-                                 to_linear, to_model_space)
-from datasets.schema import (N_LOGLAM, SurveyFileError, assign_split, create_survey, read_catalog,
-                             sdss_loglam_grid, validate_survey, write_column)
+from datasets.galaxy import (
+    DatasetError,
+    EpochBatchSampler,
+    GalaxyDataset,
+    ImageAugment,
+    build_cache,
+    make_loader,
+)
+from datasets.preprocess import (
+    FULLRES_WAVE,
+    LOWRES_WAVE,
+    N_FULLRES,
+    N_LOWRES,
+    lowres,
+    preprocess_spectra,
+    to_linear,
+    to_model_space,
+)
+from datasets.schema import (
+    N_LOGLAM,
+    SurveyFileError,
+    assign_split,
+    create_survey,
+    read_catalog,
+    sdss_loglam_grid,
+    validate_survey,
+    write_column,
+)
 from tests.synthetic import write_synthetic_survey
 
 LOGLAM = sdss_loglam_grid()

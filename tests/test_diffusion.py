@@ -269,3 +269,16 @@ def test_tiny_unet_overfits_fixed_spectra():
         losses.append(loss.item())
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < 0.5 * first
+
+
+def test_truncated_process_keeps_the_schedule_up_to_alpha_bar_min():
+    from diffusion.process import GaussianDiffusion
+    d = GaussianDiffusion(250, "cosine")
+    assert d.truncated(0.0) is d
+    t = d.truncated(0.02)
+    keep = int((d.alphas_cumprod >= 0.02).sum())
+    assert t.num_timesteps == keep and 200 < keep < 250
+    torch.testing.assert_close(t.alphas_cumprod, d.alphas_cumprod[:keep], rtol=1e-5, atol=1e-7)
+    assert float(t.alphas_cumprod[-1]) >= 0.02 and float(d.alphas_cumprod[keep]) < 0.02
+    with pytest.raises(ValueError, match="fewer than 2"):
+        d.truncated(0.99999)

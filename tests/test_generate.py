@@ -1,5 +1,4 @@
 """generate.py: the chain end to end, batch/seed invariance, resume after SIGKILL, sharding, bad input."""
-import os
 import signal
 import subprocess
 import sys

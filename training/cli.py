@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-import ignite.distributed as idist
 import torch
 
 from utils.config import BaselineConfig, ConfigError, ContrastiveConfig, GenerativeConfig, load_config
+from utils.launch import launch, threads_per_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,7 +20,8 @@ def parse_args(kind: str, argv=None):
     p.add_argument("--config", default=str(default), help="YAML config (default: %(default)s)")
     p.add_argument("--preset", default=None, help="apply the config's presets.<name> overlay, e.g. 'cpu'")
     p.add_argument("--stage", choices=["lr", "sr"], default=None,
-                   help="low-res (563 points) or super-resolution/full-res (4500 points); = --set train.stage=")
+                   help="low-res (563 points) or super-resolution/full-res (4500 points); "
+                        "same as --set train.stage=")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.batch_size=64 (repeatable)")
     p.add_argument("--nproc", type=int, default=1, help="processes on this node (DDP)")
@@ -64,16 +64,5 @@ def main(kind: str, argv=None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    backend = args.backend
-    if backend is None and args.nproc > 1:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-    threads = args.threads or max(1, (os.cpu_count() or 1) // max(args.nproc, 1))
-    try:
-        with idist.Parallel(backend=backend, nproc_per_node=args.nproc if backend else None) as parallel:
-            parallel.run(_worker, kind, cfg, args.stop_iteration, threads)
-    except (ConfigError, ValueError) as e:
-        if type(e).__name__ in ("DatasetError", "SurveyFileError", "ConfigError", "CheckpointError"):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
-    return 0
+    threads = threads_per_process(args.nproc, args.threads)
+    return launch(_worker, (kind, cfg, args.stop_iteration, threads), args.nproc, args.backend)

@@ -130,7 +130,8 @@ def train(local_rank: int, cfg, task, stop_iteration: int | None = None) -> dict
         (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     idist.barrier()
 
-    cache = build_cache(cfg.data.path, cfg.data.cache_dir, progress=rank == 0) if rank == 0 else None
+    cache = (build_cache(cfg.data.path, cfg.data.cache_dir, progress=sys.stderr.isatty()) if rank == 0
+             else None)
     idist.barrier()
     cache = cache or build_cache(cfg.data.path, cfg.data.cache_dir)
     train_ds = GalaxyDataset(cfg.data.path, "train", task.resolution, cfg.data.preprocessing,

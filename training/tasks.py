@@ -195,22 +195,27 @@ class DiffusionTask:
         return self.diffusion.training_loss(model_fn, x0, generator=generator)
 
     @torch.no_grad()
-    def sample(self, model, images, device, n_samples, sampler, steps, seeds, lowres=None):
+    def sample(self, model, images, device, n_samples, sampler, steps, seeds, lowres=None,
+               alpha_bar_min=0.0):
         """``n_samples`` spectra per image, (B, n_samples, L), in model space; context encoded once."""
         model.eval()
         self.diffusion = self.diffusion.to(device)
         context = model.encode_context(_eval_images(images).to(device))
         b = images.shape[0]
         context = context.repeat_interleave(n_samples, dim=0)
-        lr = None if lowres is None else model.normalize_lowres(lowres.to(device)).repeat_interleave(n_samples, 0)
+        lr = None
+        if lowres is not None:
+            lr = model.normalize_lowres(lowres.to(device)).repeat_interleave(n_samples, 0)
         length = 4500 if self.stage == "sr" else 563
         item_seeds = [int(s) * 1000 + k for s in seeds for k in range(n_samples)]
         noise = NoiseSource(item_seeds, device=device)
 
         def model_fn(x, t):
             return model(x, t, context=context, lowres=lr)
-        x = SAMPLERS[sampler](model_fn, (b * n_samples, length), self.diffusion,
-                              steps=None if sampler == "ancestral" else steps, noise=noise,
+        process = self.diffusion.truncated(alpha_bar_min)
+        x = SAMPLERS[sampler](model_fn, (b * n_samples, length), process,
+                              steps=None if sampler == "ancestral" else min(steps, process.num_timesteps),
+                              noise=noise,
                               clip_x0=clip_range(model))
         return model.denormalize(x).reshape(b, n_samples, length).float().cpu()
 
@@ -219,7 +224,8 @@ class DiffusionTask:
         batch = val_ds[np.arange(n)]
         pre = cfg.data.preprocessing
         samples = self.sample(model, batch["image"], device, cfg.validation.n_samples, cfg.validation.sampler,
-                              cfg.validation.steps, seeds=batch["index"].tolist(), lowres=batch.get("lowres"))
+                              cfg.validation.steps, seeds=batch["index"].tolist(), lowres=batch.get("lowres"),
+                              alpha_bar_min=cfg.validation.alpha_bar_min)
         truth = to_linear(batch["spectrum"], pre)
         pred = to_linear(samples, pre)
         mse = ((pred - truth[:, None]) ** 2).mean(-1)  # (n, n_samples)

@@ -113,7 +113,8 @@ class TrainConfig:
         if self.max_iterations is not None:
             _positive(where, "train.max_iterations", self.max_iterations)
         if self.crop_length is not None and (self.crop_length <= 0 or self.crop_length % 8):
-            raise ConfigError(f"{where}: train.crop_length: {self.crop_length} must be a positive multiple of 8")
+            raise ConfigError(f"{where}: train.crop_length: {self.crop_length} must be a positive "
+                              "multiple of 8")
 
 
 @dataclass
@@ -133,6 +134,7 @@ class ValidationConfig:
     n_samples: int = 4                # diffusion: samples per galaxy, best-of MSE
     sampler: str = "ddim"
     steps: int = 50
+    alpha_bar_min: float = 0.0        # sample only the steps with alpha-bar >= this (0 = all T steps)
     figure_every: int = 1             # write the sample figure every N validations
 
     def check(self, where):
@@ -154,6 +156,7 @@ class GenerateConfig:
     n_fullres: int = 3                # M
     sampler: str = "ancestral"
     steps: int = 250
+    alpha_bar_min: float = 0.0        # start sampling where alpha-bar >= this (0 = at T-1, the paper)
     batch_galaxies: int = 16
     chunk_galaxies: int = 256         # streaming / resume granularity
     seed: int = 0

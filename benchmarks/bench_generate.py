@@ -1,0 +1,165 @@
+"""Benchmark of the generation chain (prints JSON).
+
+1. Time per galaxy of the whole chain (N/k/M = 3/2/3) with the PAPER-size networks (random weights: speed
+   does not depend on them), for the paper's ancestral sampler (250 steps) and for fast samplers. The
+   chain is run for two small step counts and the per-step cost is extrapolated linearly (a chain's cost
+   is fixed encoder/ranker work + steps x denoiser forwards), so the 250-step figure takes minutes to
+   measure, not hours.
+2. Quality of each sampler/step count with the TRAINED CPU-profile models (runs/, from scripts/demo.sh):
+   MSE of the top-ranked spectrum against the observed one (normalised linear flux) on mock test galaxies.
+3. Fraction of the CPU's float32 matmul peak reached by one paper-size UNet forward (FLOPs from
+   torch.utils.flop_counter over measured seconds).
+
+    python benchmarks/bench_generate.py [--threads 2] [--galaxies 4] [--quality-galaxies 48]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from datasets.galaxy import GalaxyDataset  # noqa: E402
+from datasets.preprocess import N_FULLRES, N_LOWRES  # noqa: E402
+from generation.chain import GenerationChain, LoadedModel, load_chain  # noqa: E402
+from training.tasks import build_contrastive, build_denoiser, build_diffusion  # noqa: E402
+from utils.config import ContrastiveConfig, GenerativeConfig, load_config  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = {"released_3_lowres_candidates_s": 42.0, "released_sr_forward_batch1_s": 0.2,
+             "released_chain_estimate_s": 42.0 + 3 * 250 * 0.2}
+
+
+def paper_chain(gen_cfg) -> GenerationChain:
+    c = load_config(ROOT / "params_contrastive.yml", ContrastiveConfig)
+    g = load_config(ROOT / "params_generative.yml", GenerativeConfig)
+    models = {}
+    for role, stage in (("diffusion_lr", "lr"), ("diffusion_sr", "sr")):
+        m = build_denoiser(g.model, stage).eval()
+        models[role] = LoadedModel(role, "paper-size (random weights)", m, g, np.zeros(5), np.ones(5),
+                                   build_diffusion(g.model))
+    for role in ("contrastive_lr", "contrastive_sr"):
+        models[role] = LoadedModel(role, "paper-size (random weights)", build_contrastive(c.model).eval(), c,
+                                   np.zeros(5), np.ones(5))
+    return GenerationChain(models, gen_cfg, torch.device("cpu"))
+
+
+def time_chain(chain, images, sampler, steps, repeats=1) -> float:
+    chain.g.sampler, chain.g.steps = sampler, steps
+    ids = np.arange(images.shape[0])
+    chain.run(images[:1], ids[:1]) if steps <= 2 else None  # warm-up of kernels
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        chain.run(images, ids)
+    return (time.perf_counter() - t0) / repeats / images.shape[0]
+
+
+def extrapolated_seconds_per_galaxy(chain, images, steps_target: int) -> dict:
+    """Seconds per galaxy at ``steps_target`` denoiser steps, from runs at 2 and 5 steps (DDIM: the same
+    per-step work as any sampler here — one denoiser forward per step for every candidate)."""
+    t2 = time_chain(chain, images, "ddim", 2)
+    t5 = time_chain(chain, images, "ddim", 5)
+    per_step = (t5 - t2) / 3
+    fixed = t2 - 2 * per_step
+    return {"fixed_s": fixed, "per_step_s": per_step, "total_s": fixed + steps_target * per_step}
+
+
+def unet_peak_fraction(threads: int) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode
+    g = load_config(ROOT / "params_generative.yml", GenerativeConfig)
+    out = {}
+    a = torch.randn(2048, 2048)
+    a @ a
+    t0 = time.perf_counter()
+    for _ in range(5):
+        a @ a
+    peak = 5 * 2 * 2048 ** 3 / (time.perf_counter() - t0)
+    out["matmul_peak_gflops"] = peak / 1e9
+    for stage, length in (("lr", N_LOWRES), ("sr", N_FULLRES)):
+        m = build_denoiser(g.model, stage).eval()
+        b = 8
+        x = torch.randn(b, length)
+        t = torch.randint(0, 250, (b,))
+        lowres = torch.randn(b, N_LOWRES) if stage == "sr" else None
+        with torch.no_grad():
+            ctx = m.encode_context(torch.randn(b, 5, 64, 64))
+            with FlopCounterMode(display=False) as fc:
+                m(x, t, context=ctx, lowres=lowres)
+            flops = fc.get_total_flops()
+            m(x, t, context=ctx, lowres=lowres)
+            t0 = time.perf_counter()
+            for _ in range(3):
+                m(x, t, context=ctx, lowres=lowres)
+            dt = (time.perf_counter() - t0) / 3
+        out[f"unet_{stage}_batch{b}"] = {"gflop": flops / 1e9, "seconds": dt, "gflops": flops / dt / 1e9,
+                                         "fraction_of_peak": flops / dt / peak}
+    return out
+
+
+def quality(n_gal: int, samplers: list[tuple[str, int]]) -> dict:
+    g = load_config(ROOT / "params_generative.yml", GenerativeConfig, preset="cpu").generate
+    if not all(Path(p).exists() for p in g.checkpoints.values()):
+        return {"skipped": "trained CPU-profile checkpoints not found (run scripts/demo.sh first)"}
+    chain = load_chain(g, torch.device("cpu"))
+    cfg = load_config(ROOT / "params_generative.yml", GenerativeConfig, preset="cpu")
+    ds = GalaxyDataset(cfg.data.path, "test", "fullres", "none")
+    rows = np.arange(min(n_gal, len(ds)))
+    batch = ds[rows]
+    # the chain takes nanomaggies: undo the cache's standardisation
+    mean = torch.tensor(ds.cache.meta["band_mean"], dtype=torch.float32)[None, :, None, None]
+    std = torch.tensor(ds.cache.meta["band_std"], dtype=torch.float32)[None, :, None, None]
+    images = batch["image"] * std + mean
+    truth = batch["spectrum"].numpy()
+    res = {}
+    for sampler, steps in samplers:
+        chain.g.sampler, chain.g.steps = sampler, steps
+        t0 = time.perf_counter()
+        preds = np.concatenate([chain.run(images[i:i + 16], batch["index"][i:i + 16].numpy())["flux_pred"]
+                                for i in range(0, len(rows), 16)])
+        dt = (time.perf_counter() - t0) / len(rows)
+        mse = ((preds - truth) ** 2).mean(1)
+        res[f"{sampler}_{steps}"] = {"mse_mean": float(mse.mean()), "mse_median": float(np.median(mse)),
+                                     "seconds_per_galaxy_cpu_profile": dt}
+    train_mean = np.asarray(ds.cache.flux_fullres[np.sort(ds.cache.indices("train"))]).mean(0)
+    res["train_mean_spectrum"] = {"mse_mean": float(((train_mean - truth) ** 2).mean())}
+    res["n_galaxies"] = len(rows)
+    return res
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--galaxies", type=int, default=4, help="galaxies per batch for the paper-size timing")
+    p.add_argument("--quality-galaxies", type=int, default=48)
+    p.add_argument("--fast-steps", type=int, nargs="*", default=[10, 20, 50])
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    g = load_config(ROOT / "params_generative.yml", GenerativeConfig).generate
+    chain = paper_chain(g)
+    images = torch.rand(a.galaxies, 5, 64, 64)
+    with torch.no_grad():
+        ext = extrapolated_seconds_per_galaxy(chain, images, 250)
+    out = {"threads": a.threads, "reference": REFERENCE,
+           "paper_size_chain_seconds_per_galaxy": {
+               "ancestral_250": ext["total_s"],
+               **{f"dpmpp_2m_{s}": ext["fixed_s"] + s * ext["per_step_s"] for s in a.fast_steps},
+               "fixed_part_s": ext["fixed_s"], "per_step_s": ext["per_step_s"],
+               "galaxies_per_batch": a.galaxies, "method": "measured at 2 and 5 steps, linear in steps"},
+           "unet_forward": unet_peak_fraction(a.threads)}
+    samplers = [("ancestral", 250)] + [(s, n) for n in a.fast_steps for s in ("dpmpp_2m", "ddim")]
+    out["quality_cpu_profile"] = quality(a.quality_galaxies, samplers)
+    out["speedup_vs_released_estimate"] = {k: REFERENCE["released_chain_estimate_s"] / v
+                                           for k, v in out["paper_size_chain_seconds_per_galaxy"].items()
+                                           if k.startswith(("ancestral", "dpmpp"))}
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
