@@ -312,8 +312,11 @@ def evaluate(
             s = spectra[m] if m != "train_mean" else np.broadcast_to(spectra[m], obs.shape)
             errs[m] = M.spectral_errors(s, obs, ivar_obs)
     sec = "spectrum"
-    table.add(sec, "flux", "mse_median", "observed", {m: np.median(e["mse"]) for m, e in errs.items()}, n)
-    table.add(sec, "flux", "mse_mean", "observed", {m: np.mean(e["mse"]) for m, e in errs.items()}, n)
+    # galaxies whose observed spectrum failed the positive-flux filter have NaN flux_obs: skip them
+    n_obs = int(np.isfinite(obs).all(axis=1).sum())
+    table.add(sec, "flux", "mse_median", "observed", {m: np.nanmedian(e["mse"]) for m, e in errs.items()},
+              n_obs)
+    table.add(sec, "flux", "mse_mean", "observed", {m: np.nanmean(e["mse"]) for m, e in errs.items()}, n_obs)
     table.add(
         sec,
         "flux",
@@ -331,7 +334,7 @@ def evaluate(
                     f"flux ({name})",
                     "mse_median",
                     "observed",
-                    {m: np.median(e["mse"][sel]) for m, e in errs.items()},
+                    {m: np.nanmedian(e["mse"][sel]) for m, e in errs.items()},
                     int(sel.sum()),
                 )
 

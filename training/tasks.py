@@ -158,7 +158,19 @@ class DiffusionTask:
         return build_denoiser(cfg.model, self.stage)
 
     def init_model(self, model, train_ds, cfg):
-        """With ``model.standardize``, set the per-pixel data scaling from the training spectra."""
+        """Optional initialisations: the image encoder from a contrastive checkpoint
+        (``model.image_encoder_init``) and, with ``model.standardize``, the per-pixel data scaling."""
+        if cfg.model.image_encoder_init:
+            from training.engine import CheckpointError, load_checkpoint
+            path = cfg.model.image_encoder_init
+            ck = load_checkpoint(path)
+            trunk = {k[len("image_trunk."):]: v for k, v in ck["model"].items()
+                     if k.startswith("image_trunk.")}
+            try:
+                model.image_encoder.load_state_dict(trunk)
+            except RuntimeError as e:
+                raise CheckpointError(f"{path}: image_trunk: does not fit model.image_encoder "
+                                      f"({str(e).splitlines()[0][:100]})") from None
         if not cfg.model.standardize:
             return
         cache = train_ds.cache

@@ -67,6 +67,8 @@ class DiffusionModelConfig:
     schedule: str = "cosine"
     standardize: bool = False         # diffuse per-pixel standardised spectra (training mean/std kept in the
                                       # model); false = the paper's raw log flux
+    image_encoder_init: str | None = None  # start the image encoder from a trained contrastive checkpoint's
+                                      # image trunk (same architecture); null = from scratch (paper)
 
     def check(self, where):
         _choice(where, "model.image_encoder", self.image_encoder, ("resnet18", "resnet50"))
