@@ -134,10 +134,15 @@ def test_sr_denoiser_requires_lowres():
 
 
 def test_upsample_lowres_is_linear_interpolation():
-    line = torch.linspace(-1.0, 2.0, 563)[None]
-    up = upsample_lowres(line, 4500)
+    # low-res pixel j IS full-res pixel 8j (every 8th point): interpolating the subsampled ramp gives the
+    # ramp back exactly up to pixel 4496, and flat beyond the last low-res pixel
+    full = torch.linspace(-1.0, 2.0, 4500)[None]
+    up = upsample_lowres(full[:, ::8], 4500)
     assert up.shape == (1, 1, 4500)
-    torch.testing.assert_close(up[0, 0], torch.linspace(-1.0, 2.0, 4500), atol=1e-5, rtol=0)
+    torch.testing.assert_close(up[0, 0, :4497], full[0, :4497], atol=1e-5, rtol=0)
+    assert (up[0, 0, 4497:] == full[0, 4496]).all()
+    same = torch.randn(2, 40)
+    torch.testing.assert_close(upsample_lowres(same, 40)[:, 0], same)
 
 
 def test_context_reuse_matches_images_and_candidates():
