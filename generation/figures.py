@@ -37,4 +37,4 @@ def generated_figure(results_path, out_path, input_path, n_show: int = 5):
         if j == 0:
             ax.legend(fontsize=7, loc="upper right", ncol=3)
     axes[-1, 1].set_xlabel("observed wavelength [Å]")
-    save_figure(fig, out_path)
+    save_figure(fig, out_path, dpi=65)
