@@ -98,6 +98,11 @@ class GaussianDiffusion(nn.Module):
         t = torch.randint(0, self.num_timesteps, (batch,), generator=generator, device=gen_device)
         return t.to(device)
 
+    def snr(self, t: torch.Tensor) -> torch.Tensor:
+        """Signal-to-noise ratio ``abar_t / (1 - abar_t)`` of the steps ``t`` (float32, ``t``'s shape)."""
+        abar = self.alphas_cumprod.to(t.device)[t.long()]
+        return abar / (1.0 - abar)
+
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Draw ``x_t ~ q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I)`` given the noise."""
         return (
@@ -136,6 +141,8 @@ class GaussianDiffusion(nn.Module):
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         reduction: str = "mean",
+        weighting: str = "uniform",
+        min_snr_gamma: float = 5.0,
         **model_kwargs,
     ) -> torch.Tensor:
         """Epsilon-prediction MSE at a random noise level per sample.
@@ -155,6 +162,14 @@ class GaussianDiffusion(nn.Module):
             Source of randomness for ``t`` and ``noise``.
         reduction : {"mean", "none"}
             "none" returns the per-sample loss (B,).
+        weighting : {"uniform", "min_snr"}
+            "uniform": the plain epsilon MSE (DDPM, the paper). "min_snr": Min-SNR-gamma (Hang et al. 2023),
+            each sample's epsilon MSE times min(SNR_t, gamma) / SNR_t with SNR_t = abar_t / (1 - abar_t).
+            It down-weights the low-noise steps, whose epsilon loss is dominated by the observational noise
+            in the spectra (irreducible), relative to the high-noise steps where the image decides the
+            spectrum.
+        min_snr_gamma : float
+            gamma of "min_snr".
 
         Returns
         -------
@@ -172,6 +187,11 @@ class GaussianDiffusion(nn.Module):
         eps = model_fn(self.q_sample(x0, t, noise), t, **model_kwargs)
         # MSE in float32 even under bf16 autocast: the loss is a small difference of O(1) numbers.
         loss = F.mse_loss(eps.float(), noise.float(), reduction="none").reshape(b, -1).mean(dim=1)
+        if weighting == "min_snr":
+            snr = self.snr(t).to(loss.device)
+            loss = loss * snr.clamp(max=min_snr_gamma) / snr
+        elif weighting != "uniform":
+            raise ValueError(f"weighting={weighting!r}: expected 'uniform' or 'min_snr'")
         if reduction == "none":
             return loss
         if reduction != "mean":

@@ -139,6 +139,30 @@ def test_training_loss_zero_for_exact_model(diffusion):
     assert loss.item() < 1e-6
 
 
+def test_min_snr_weighting_scales_each_sample_by_min_snr_gamma_over_snr(diffusion):
+    """Min-SNR-5: the epsilon MSE of a sample at step t is multiplied by min(SNR_t, 5) / SNR_t, which is 1
+    wherever SNR_t <= 5 (high noise) and 5 / SNR_t below that (down-weighting the low-noise steps)."""
+    x0 = torch.randn(6, 16)
+    noise = torch.randn(6, 16)
+    t = torch.tensor([0, 20, 60, 120, 200, 249])
+
+    def zero(x, t):
+        return torch.zeros_like(x)  # loss = mean(noise^2) per sample, whatever t
+    plain = diffusion.training_loss(zero, x0, t=t, noise=noise, reduction="none")
+    weighted = diffusion.training_loss(zero, x0, t=t, noise=noise, reduction="none", weighting="min_snr")
+    abar = diffusion.alphas_cumprod[t].double()
+    snr = abar / (1 - abar)
+    expected = plain.double() * snr.clamp(max=5.0) / snr
+    torch.testing.assert_close(weighted.double(), expected, rtol=1e-5, atol=0)
+    high_noise = snr <= 5
+    assert high_noise.any() and (~high_noise).any()  # the steps above span both regimes
+    torch.testing.assert_close(weighted[high_noise], plain[high_noise])
+    assert (weighted[~high_noise] < plain[~high_noise]).all()
+    assert weighted[0] < 0.01 * plain[0]  # t = 0: SNR ~ 1e4
+    with pytest.raises(ValueError, match="weighting='snr'"):
+        diffusion.training_loss(zero, x0, weighting="snr")
+
+
 def test_timesteps_spacings(diffusion):
     for spacing in ["uniform", "quadratic", "logsnr"]:
         for n in [1, 2, 7, 50, 249, 250]:

@@ -68,10 +68,11 @@ def test_killed_and_resumed_diffusion_run_ends_with_identical_weights(synthetic_
         torch.testing.assert_close(ea[k], eb[k], rtol=0, atol=0, msg=k)
 
 
-def test_diffusion_loss_falls_and_beats_mean_spectrum(synthetic_survey, tmp_path):
+def test_diffusion_loss_falls_and_validation_scores_samples(synthetic_survey, tmp_path):
     out = tmp_path / "d"
     assert main("generative", _args(synthetic_survey, out, TINY_DIFFUSION, 80,
-                                     ["validation.steps=10", "train.ema_decay=0.8"])) == 0
+                                     ["validation.steps=10", "train.ema_decay=0.8", "model.standardize=true",
+                                      "validation.alpha_bar_min=0.02", "validation.n_galaxies=16"])) == 0
     rows = [r for r in (out / "metrics.csv").read_text().splitlines()[1:] if r.split(",")[3]]
     import csv
     data = [r for r in csv.DictReader(open(out / "metrics.csv")) if r.get("loss")]
@@ -79,6 +80,14 @@ def test_diffusion_loss_falls_and_beats_mean_spectrum(synthetic_survey, tmp_path
     last = sum(float(r["loss"]) for r in data[-3:]) / 3
     assert rows and last < 0.6 * first, (first, last)
     assert any(p.name.startswith("samples_") for p in out.iterdir())
+    # validation scored EMA samples against truth, the mean-spectrum reference and the shuffled-image control
+    import json
+    import math
+    m = json.loads((out / "final_metrics.json").read_text())
+    keys = ("mse_best", "mse_first", "mse_train_mean_spectrum", "mse_best_shuffled_images")
+    assert all(math.isfinite(m[k]) and m[k] > 0 for k in keys), m
+    assert m["mse_best"] <= m["mse_first"]  # best of 2 draws, the first among them
+    assert m["mse_best"] < 10 * m["mse_train_mean_spectrum"]  # standardised + clipped: samples stay sane
 
 
 def test_two_gloo_processes_keep_identical_weights(synthetic_survey, tmp_path):
@@ -106,6 +115,8 @@ def test_bad_config_is_a_one_line_error(tmp_path, capsys):
         load_config(cfgfile, GenerativeConfig, ["train.batch_size=big"])
     with pytest.raises(ConfigError, match="train.stage: 'hr' is not one of"):
         load_config(cfgfile, GenerativeConfig, ["train.stage=hr"])
+    with pytest.raises(ConfigError, match="train.loss_weighting: 'snr' is not one of"):
+        load_config(cfgfile, GenerativeConfig, ["train.loss_weighting=snr"])
     with pytest.raises(ConfigError, match="presets.gpu: no such preset"):
         load_config(cfgfile, GenerativeConfig, preset="gpu")
     bad = tmp_path / "bad.yml"
@@ -124,6 +135,7 @@ def test_paper_configs_hold_the_papers_numbers():
     g = load_config(ROOT / "params_generative.yml", GenerativeConfig)
     assert (g.model.timesteps, g.model.schedule, g.model.base) == (250, "cosine", 64)
     assert g.model.mults == [1, 2, 4, 8] and not g.model.standardize
+    assert g.train.loss_weighting == "uniform"  # the paper's plain epsilon MSE; min-SNR is CPU-preset only
     assert (g.train.batch_size, g.train.ema_decay, g.train.epochs) == (512, 0.9999, 1000)
     assert (g.generate.n_lowres, g.generate.keep_lowres, g.generate.n_fullres) == (3, 2, 3)
     # the cpu preset is an overlay of the same schema

@@ -153,8 +153,10 @@ class DiffusionTask:
         self.with_lowres = stage == "sr"
         self.diffusion = build_diffusion(model_cfg)
         self._mean_spectrum = None
+        self.loss_kwargs = {}
 
     def build_model(self, cfg):
+        self.loss_kwargs = dict(weighting=cfg.train.loss_weighting, min_snr_gamma=cfg.train.min_snr_gamma)
         return build_denoiser(cfg.model, self.stage)
 
     def init_model(self, model, train_ds, cfg):
@@ -204,7 +206,7 @@ class DiffusionTask:
 
         def model_fn(x, t):
             return model(x, t, images=batch["image"], lowres=lowres)
-        return self.diffusion.training_loss(model_fn, x0, generator=generator)
+        return self.diffusion.training_loss(model_fn, x0, generator=generator, **self.loss_kwargs)
 
     @torch.no_grad()
     def sample(self, model, images, device, n_samples, sampler, steps, seeds, lowres=None,
@@ -241,6 +243,12 @@ class DiffusionTask:
         truth = to_linear(batch["spectrum"], pre)
         pred = to_linear(samples, pre)
         mse = ((pred - truth[:, None]) ** 2).mean(-1)  # (n, n_samples)
+        # control: the same draws (same seeds) conditioned on another galaxy's image; a model that uses the
+        # image is worse here than above, one that ignores it is not
+        shuffled = self.sample(model, batch["image"].roll(1, 0), device, cfg.validation.n_samples,
+                               cfg.validation.sampler, cfg.validation.steps, seeds=batch["index"].tolist(),
+                               lowres=batch.get("lowres"), alpha_bar_min=cfg.validation.alpha_bar_min)
+        mse_shuffled = ((to_linear(shuffled, pre) - truth[:, None]) ** 2).mean(-1)
         if self._mean_spectrum is None:
             cache = val_ds.cache
             train_rows = cache.indices("train")
@@ -248,7 +256,8 @@ class DiffusionTask:
             self._mean_spectrum = torch.from_numpy(np.asarray(arr[np.sort(train_rows)]).mean(0))
         mse_mean = ((self._mean_spectrum[None] - truth) ** 2).mean(-1)
         metrics = {"mse_best": float(mse.min(1).values.mean()), "mse_first": float(mse[:, 0].mean()),
-                   "mse_train_mean_spectrum": float(mse_mean.mean())}
+                   "mse_train_mean_spectrum": float(mse_mean.mean()),
+                   "mse_best_shuffled_images": float(mse_shuffled.min(1).values.mean())}
         if figure is not None:
             from training.figures import sample_figure
             sample_figure(figure, batch, truth, pred, val_ds.cache, title=f"{cfg.name}_{cfg.train.stage}")

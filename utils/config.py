@@ -98,6 +98,8 @@ class TrainConfig:
     amp: str = "auto"                 # "auto": bf16 autocast on CUDA, fp32 on CPU; "bf16"; "off"
     compile: bool = False
     num_workers: int = 0
+    loss_weighting: str = "uniform"   # diffusion: "uniform" epsilon MSE (paper) or "min_snr" (Min-SNR-gamma)
+    min_snr_gamma: float = 5.0
     crop_length: int | None = None    # train on random windows of this many spectral pixels (null = whole
                                       # spectrum, paper); the networks are convolutional and are applied to
                                       # whole spectra at validation and generation
@@ -105,6 +107,8 @@ class TrainConfig:
     def check(self, where):
         _choice(where, "train.stage", self.stage, ("lr", "sr"))
         _choice(where, "train.amp", self.amp, ("auto", "bf16", "off"))
+        _choice(where, "train.loss_weighting", self.loss_weighting, ("uniform", "min_snr"))
+        _positive(where, "train.min_snr_gamma", self.min_snr_gamma)
         _positive(where, "train.batch_size", self.batch_size)
         _positive(where, "train.lr", self.lr)
         _positive(where, "train.epochs", self.epochs)
