@@ -21,6 +21,10 @@ $PY train_contrastive.py --preset cpu --stage sr
 step "3/7 diffusion models (low-res, super-resolution)"
 $PY train_generative.py --preset cpu --stage lr
 $PY train_generative.py --preset cpu --stage sr
+for stage in lr sr; do  # the last validation figure of each model: EMA samples vs truth
+  last=$(ls runs/diffusion_$stage/samples_*.png 2>/dev/null | tail -1 || true)
+  [ -n "$last" ] && cp "$last" "figures/train_samples_$stage.png"
+done
 step "4/7 baseline: direct CNN from images"
 $PY train_baseline.py --preset cpu
 step "5/7 generate spectra for $LIMIT test galaxies"

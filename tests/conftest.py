@@ -7,6 +7,16 @@ import torch
 torch.set_num_threads(int(os.environ.get("GALSPEC_TEST_THREADS", "2")))
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for a test module (unless GALSPEC_TEST_THREADS says otherwise): its networks are
+    small, and on 2 shared cores OpenMP spin-waiting made 2 threads ~5x slower than 1. Restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("GALSPEC_TEST_THREADS", "1")))
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def synthetic_survey(tmp_path_factory):
     """Path of a 64-galaxy synthetic survey file (split 48 train / 8 val / 8 test)."""

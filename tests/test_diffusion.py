@@ -1,6 +1,5 @@
 """Diffusion process and samplers: schedule invariants, q_sample, loss, sampler correctness, seeding."""
 
-import os
 
 import pytest
 import torch
@@ -20,15 +19,7 @@ from diffusion.samplers import (
 from diffusion.schedule import cosine_betas, linear_betas
 from models.unet1d import UNet1d
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    # One thread unless GALSPEC_TEST_THREADS says otherwise: these networks are small, and on 2 shared
-    # cores OpenMP spin-waiting made 2 threads ~5x slower than 1 here. Restored after the module.
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(os.environ.get("GALSPEC_TEST_THREADS", "1")))
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(autouse=True)

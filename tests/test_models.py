@@ -1,7 +1,6 @@
 """Networks: shapes, parameter counts at the paper preset, attention behaviour, NT-Xent values."""
 
 import math
-import os
 
 import pytest
 import torch
@@ -12,15 +11,7 @@ from models.resnet1d import SpectrumResNet
 from models.resnet2d import resnet18, resnet50
 from models.unet1d import Attention, ConditionalDenoiser, SinusoidalTimeEmbedding, UNet1d, upsample_lowres
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    # One thread unless GALSPEC_TEST_THREADS says otherwise: these networks are small, and on 2 shared
-    # cores OpenMP spin-waiting made 2 threads ~5x slower than 1 here. Restored after the module.
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(os.environ.get("GALSPEC_TEST_THREADS", "1")))
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 SMALL_UNET = dict(base=16, mults=(1, 2, 4, 8), attn_levels=(3,))
