@@ -141,6 +141,10 @@ def test_predicted_equal_observed_scores_perfectly(perfect_and_shuffled):
     assert _lick_rho(rep) > 0.7
     z_pred = _row(rep, "redshift", "z", "sigma_nmad")
     assert z_pred["predicted"] < 1e-3
+    # at the catalogue z (= the fitted one to < 1e-3 here) the perfect prediction's Dn4000 is the observed one
+    assert _row(rep, "indices", "dn4000", "pearson_rho_vs_observed")["predicted_at_z"] == pytest.approx(
+        1.0, abs=1e-3
+    )
     figs = {p.split("/")[-1] for p in rep["figures"]}
     assert {"eval_spectral_errors.png", "eval_redshift.png", "eval_lick.png", "eval_calibration.png"} <= figs
 
@@ -160,7 +164,8 @@ def test_report_json_has_the_three_way_table(perfect_and_shuffled):
     rep = json.loads((perfect_and_shuffled["dir"] / "rep_perfect.json").read_text())
     assert {"predicted", "observed", "noiseless", "train_mean"} <= set(rep["columns"])
     row = _row(rep, "redshift", "z", "sigma_nmad")
-    assert set(row) == {"predicted", "observed", "noiseless", "cnn", "retrieval", "train_mean"}
+    assert set(row) == {"predicted", "predicted_at_z", "observed", "noiseless", "cnn", "retrieval", "train_mean"}
+    assert row["predicted_at_z"] is None  # measured AT the catalogue z: no redshift of its own
     assert row["train_mean"] > row["observed"]  # the constant baseline is worse than the ceiling
     assert rep["calibration"]["n_candidates"] == 3
     assert (perfect_and_shuffled["dir"] / "rep_perfect.md").read_text().count("| redshift |") == 3

@@ -32,4 +32,5 @@ def sample_figure(path, batch, truth, pred, cache, title: str = "", n_show: int 
             ax.set_xlabel("observed wavelength [Å]")
         ax.set_ylabel("norm. flux", fontsize=8)
     fig.suptitle(title)
+    fig.tight_layout()
     save_figure(fig, path)
