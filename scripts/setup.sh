@@ -15,4 +15,4 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install --quiet -r requirements.txt
   echo "$want" > "$stamp"
 fi
-.venv/bin/python -c "import torch, ignite, h5py, astropy, speclite, ppxf; print('set-up ok: torch', torch.__version__, '| ignite', ignite.__version__)"
+.venv/bin/python -c "import torch, ignite, h5py, astropy, speclite, ppxf, specutils; print('set-up ok: torch', torch.__version__, '| ignite', ignite.__version__)"

@@ -64,6 +64,16 @@ def test_chain_writes_every_galaxy_with_all_candidates(synthetic_survey, trained
     assert (np.sort(best2, 1) == np.sort(t["kept"], 1)).all()
     assert res["header"]["sampler"] == "ddim" and res["header"]["steps"] == 4
     assert not (tmp_path / "gen.fits.parts").exists()
+    # as astronomers read it: astropy.table, and specutils (one Spectrum of 10 spectra on 4000..8499 A)
+    from astropy.table import Table
+
+    from utils.results_fits import to_specutils
+    tab = Table.read(out, hdu="SPECTRA")
+    np.testing.assert_array_equal(tab["flux_pred"], res["spectra"]["flux_pred"])
+    sp = to_specutils(out, "flux_pred")
+    assert sp.flux.shape == (10, 4500) and sp.spectral_axis.unit == "Angstrom"
+    assert sp.spectral_axis[0].value == 4000 and sp.spectral_axis[-1].value == 8499
+    np.testing.assert_allclose(sp.flux.value, res["spectra"]["flux_pred"])
 
 
 def test_output_does_not_depend_on_batch_or_chunk_size(synthetic_survey, trained, tmp_path):
