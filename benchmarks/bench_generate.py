@@ -195,7 +195,7 @@ def main():
            "released_style_measured_here": released,
            "paper_size_chain_seconds_per_galaxy": {
                **timing, "galaxies_per_batch": a.galaxies,
-               "method": "measured at 2 and 5 steps, linear in steps; 'off' = float32, 'bf16' = bf16 autocast"},
+               "method": "measured at 2 and 5 steps, linear in steps; off = float32, bf16 = bf16 autocast"},
            "unet_forward": unet_peak_fraction(a.threads)}
     samplers = [("ancestral", 250)] + [(s, n) for n in a.fast_steps for s in ("dpmpp_2m", "ddim")]
     out["quality_cpu_profile"] = quality(a.quality_galaxies, samplers, a.amp)

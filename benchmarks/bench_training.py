@@ -2,7 +2,7 @@
 (forward + backward + Adam) at the PAPER's architecture (batch 32) and at the CPU profile (its batch),
 through the same task code the trainers use (training/tasks.py).
 
-    python benchmarks/bench_training.py [--threads 2] [--steps 2] [--paper-batch 32]
+    python benchmarks/bench_training.py [--threads 2] [--steps 2] [--paper-batch 32] [--amp off bf16]
 """
 from __future__ import annotations
 
@@ -16,13 +16,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from training.engine import autocast_context  # noqa: E402
 from training.tasks import ContrastiveTask, DiffusionTask  # noqa: E402
 from utils.config import ContrastiveConfig, GenerativeConfig, load_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def step_time(task, cfg, batch_size: int, steps: int) -> dict:
+def step_time(task, cfg, batch_size: int, steps: int, amp: str = "off") -> dict:
     model = task.build_model(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     length = 563 if task.stage == "lr" else 4500
@@ -33,7 +34,8 @@ def step_time(task, cfg, batch_size: int, steps: int) -> dict:
     times = []
     for i in range(steps + 1):
         t0 = time.perf_counter()
-        loss = task.loss(model, batch, gen)
+        with autocast_context(torch.device("cpu"), amp):
+            loss = task.loss(model, batch, gen)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -50,6 +52,8 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--paper-batch", type=int, default=32)
+    p.add_argument("--amp", nargs="*", default=["off", "bf16"], choices=["off", "bf16"],
+                   help="precisions ('bf16' = bf16 autocast, which pays on CPUs with AVX512-BF16/AMX)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -63,9 +67,10 @@ def main():
                 task = (ContrastiveTask(stage, cfg.train.crop_length) if kind == "contrastive"
                         else DiffusionTask(stage, cfg.model, cfg.train.crop_length))
                 bs = a.paper_batch if profile == "paper" else cfg.train.batch_size
-                out[f"{profile}/{kind}_{stage}"] = step_time(task, cfg, bs, a.steps)
-                print(f"{profile}/{kind}_{stage}: {out[f'{profile}/{kind}_{stage}']}", file=sys.stderr,
-                      flush=True)
+                for amp in a.amp:
+                    key = f"{profile}/{kind}_{stage}" + ("" if amp == "off" else f"/{amp}")
+                    out[key] = step_time(task, cfg, bs, a.steps, amp)
+                    print(f"{key}: {out[key]}", file=sys.stderr, flush=True)
     print(json.dumps(out, indent=1))
 
 

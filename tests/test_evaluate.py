@@ -164,7 +164,8 @@ def test_report_json_has_the_three_way_table(perfect_and_shuffled):
     rep = json.loads((perfect_and_shuffled["dir"] / "rep_perfect.json").read_text())
     assert {"predicted", "observed", "noiseless", "train_mean"} <= set(rep["columns"])
     row = _row(rep, "redshift", "z", "sigma_nmad")
-    assert set(row) == {"predicted", "predicted_at_z", "observed", "noiseless", "cnn", "retrieval", "train_mean"}
+    assert set(row) == {"predicted", "predicted_at_z", "observed", "noiseless", "cnn", "retrieval",
+                        "train_mean"}
     assert row["predicted_at_z"] is None  # measured AT the catalogue z: no redshift of its own
     assert row["train_mean"] > row["observed"]  # the constant baseline is worse than the ceiling
     assert rep["calibration"]["n_candidates"] == 3
