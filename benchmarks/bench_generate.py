@@ -10,7 +10,8 @@
 3. Fraction of the CPU's float32 matmul peak reached by one paper-size UNet forward (FLOPs from
    torch.utils.flop_counter over measured seconds).
 
-    python benchmarks/bench_generate.py [--threads 2] [--galaxies 4] [--quality-galaxies 48]
+    python benchmarks/bench_generate.py [--threads 2] [--galaxies 4] [--quality-galaxies 24]
+        [--amp off bf16] [--parts timing peak quality]
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from datasets.galaxy import GalaxyDataset  # noqa: E402
 from datasets.preprocess import N_FULLRES, N_LOWRES  # noqa: E402
 from generation.chain import GenerationChain, LoadedModel, load_chain  # noqa: E402
+from training.engine import autocast_context  # noqa: E402
 from training.tasks import build_contrastive, build_denoiser, build_diffusion  # noqa: E402
 from utils.config import ContrastiveConfig, GenerativeConfig, load_config  # noqa: E402
 
@@ -92,17 +94,28 @@ def released_style_seconds_per_galaxy(chain, image, probe_steps: int = 3) -> dic
     return out
 
 
+def matmul_peak(dtype: torch.dtype) -> float:
+    """Best FLOP/s of square matmuls (1024 and 2048, warmed up, best of 5 x 3): the CPU's practical peak."""
+    best = 0.0
+    for n in (1024, 2048):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        for _ in range(3):
+            a @ b
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(3):
+                a @ b
+            best = max(best, 3 * 2 * n ** 3 / (time.perf_counter() - t0))
+    return best
+
+
 def unet_peak_fraction(threads: int) -> dict:
+    """FLOPs of one paper-size UNet forward (torch.utils.flop_counter) over its measured seconds, as a
+    fraction of the matmul peak of the same precision (float32, and bf16 under autocast)."""
     from torch.utils.flop_counter import FlopCounterMode
     g = load_config(ROOT / "params_generative.yml", GenerativeConfig)
-    out = {}
-    a = torch.randn(2048, 2048)
-    a @ a
-    t0 = time.perf_counter()
-    for _ in range(5):
-        a @ a
-    peak = 5 * 2 * 2048 ** 3 / (time.perf_counter() - t0)
-    out["matmul_peak_gflops"] = peak / 1e9
+    peaks = {"off": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    out = {"matmul_peak_gflops": {"float32": peaks["off"] / 1e9, "bf16": peaks["bf16"] / 1e9}}
     for stage, length in (("lr", N_LOWRES), ("sr", N_FULLRES)):
         m = build_denoiser(g.model, stage).eval()
         b = 8
@@ -114,13 +127,17 @@ def unet_peak_fraction(threads: int) -> dict:
             with FlopCounterMode(display=False) as fc:
                 m(x, t, context=ctx, lowres=lowres)
             flops = fc.get_total_flops()
-            m(x, t, context=ctx, lowres=lowres)
-            t0 = time.perf_counter()
-            for _ in range(3):
-                m(x, t, context=ctx, lowres=lowres)
-            dt = (time.perf_counter() - t0) / 3
-        out[f"unet_{stage}_batch{b}"] = {"gflop": flops / 1e9, "seconds": dt, "gflops": flops / dt / 1e9,
-                                         "fraction_of_peak": flops / dt / peak}
+            for amp, peak in peaks.items():
+                with autocast_context(torch.device("cpu"), amp):
+                    m(x, t, context=ctx, lowres=lowres)
+                    best = float("inf")
+                    for _ in range(3):
+                        t0 = time.perf_counter()
+                        m(x, t, context=ctx, lowres=lowres)
+                        best = min(best, time.perf_counter() - t0)
+                out[f"unet_{stage}_batch{b}" + ("" if amp == "off" else "_bf16")] = {
+                    "gflop": flops / 1e9, "seconds": best, "gflops": flops / best / 1e9,
+                    "fraction_of_peak": flops / best / peak}
     return out
 
 
@@ -174,35 +191,41 @@ def main():
     p.add_argument("--amp", nargs="*", default=["off", "bf16"], choices=["off", "bf16"],
                    help="precisions to time (bf16 autocast pays on CPUs with native bf16, e.g. AVX512-BF16)")
     p.add_argument("--quality-galaxies", dest="quality_galaxies", type=int, default=24)
+    p.add_argument("--parts", nargs="*", default=["timing", "peak", "quality"],
+                   choices=["timing", "peak", "quality"])
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    g = load_config(ROOT / "params_generative.yml", GenerativeConfig).generate
-    chain = paper_chain(g)
-    images = torch.rand(a.galaxies, 5, 64, 64)
-    timing = {}
-    with torch.no_grad():
-        released = released_style_seconds_per_galaxy(chain, images[:1])
-        for amp in a.amp:
-            chain.amp = amp
-            ext = extrapolated_seconds_per_galaxy(chain, images, 250)
-            timing[amp] = {
-                "ancestral_250": ext["total_s"],
-                **{f"dpmpp_2m_{s}": ext["fixed_s"] + s * ext["per_step_s"] for s in a.fast_steps},
-                "fixed_part_s": ext["fixed_s"], "per_step_s": ext["per_step_s"]}
-        chain.amp = "auto"
-    out = {"threads": a.threads, "reference": REFERENCE,
-           "released_style_measured_here": released,
-           "paper_size_chain_seconds_per_galaxy": {
-               **timing, "galaxies_per_batch": a.galaxies,
-               "method": "measured at 2 and 5 steps, linear in steps; off = float32, bf16 = bf16 autocast"},
-           "unet_forward": unet_peak_fraction(a.threads)}
-    samplers = [("ancestral", 250)] + [(s, n) for n in a.fast_steps for s in ("dpmpp_2m", "ddim")]
-    out["quality_cpu_profile"] = quality(a.quality_galaxies, samplers, a.amp)
-    out["speedup"] = {
-        f"{amp}_{k}": {"vs_quoted_reference": REFERENCE["released_chain_estimate_s"] / v,
-                       "vs_released_style_here": released["total_s"] / v}
-        for amp, row in timing.items() for k, v in row.items() if k.startswith(("ancestral", "dpmpp"))}
+    out = {"threads": a.threads}
+    if "timing" in a.parts:
+        g = load_config(ROOT / "params_generative.yml", GenerativeConfig).generate
+        chain = paper_chain(g)
+        images = torch.rand(a.galaxies, 5, 64, 64)
+        timing = {}
+        with torch.no_grad():
+            released = released_style_seconds_per_galaxy(chain, images[:1])
+            for amp in a.amp:
+                chain.amp = amp
+                ext = extrapolated_seconds_per_galaxy(chain, images, 250)
+                timing[amp] = {
+                    "ancestral_250": ext["total_s"],
+                    **{f"dpmpp_2m_{s}": ext["fixed_s"] + s * ext["per_step_s"] for s in a.fast_steps},
+                    "fixed_part_s": ext["fixed_s"], "per_step_s": ext["per_step_s"]}
+        out.update({
+            "reference": REFERENCE, "released_style_measured_here": released,
+            "paper_size_chain_seconds_per_galaxy": {
+                **timing, "galaxies_per_batch": a.galaxies,
+                "method": "measured at 2 and 5 steps, linear in steps; off = float32, bf16 = bf16 autocast"},
+            "speedup": {
+                f"{amp}_{k}": {"vs_quoted_reference": REFERENCE["released_chain_estimate_s"] / v,
+                               "vs_released_style_here": released["total_s"] / v}
+                for amp, row in timing.items() for k, v in row.items()
+                if k.startswith(("ancestral", "dpmpp"))}})
+    if "peak" in a.parts:
+        out["unet_forward"] = unet_peak_fraction(a.threads)
+    if "quality" in a.parts:
+        samplers = [("ancestral", 250)] + [(s, n) for n in a.fast_steps for s in ("dpmpp_2m", "ddim")]
+        out["quality_cpu_profile"] = quality(a.quality_galaxies, samplers, a.amp)
     print(json.dumps(out, indent=1))
 
 
