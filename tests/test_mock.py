@@ -97,6 +97,26 @@ def test_bpt_class_matches_line_ratios(survey):
     assert np.allclose(c["flux_nii_6584"] / c["flux_nii_6548"], 3.0, rtol=0.05)
 
 
+def test_truth_indices_follow_stellar_age(survey):
+    """The catalogue's Dn4000 and Lick indices are the toolbox's measurements of the stored noiseless spectra,
+    and they behave as stellar populations do: Balmer absorption (Hdelta_A) weakens and Mg b and the 4000 A
+    break strengthen with light-weighted age."""
+    from scipy.stats import spearmanr
+
+    from analysis.indices import lick_indices
+    _, d = survey
+    c = d["cat"]
+    wave = 10 ** sdss_loglam_grid()
+    got = lick_indices(wave, d["model"].astype(np.float64), c["z"], names=list(S.TRUTH_LICK))
+    for name in S.TRUTH_LICK:
+        v = got[name][0] if isinstance(got[name], tuple) else got[name]
+        np.testing.assert_allclose(c[f"lick_{name}"], v, rtol=1e-4, atol=1e-4, err_msg=name)  # model: float32
+    age = np.log10(c["age_lw"])
+    assert spearmanr(age, c["lick_Hdelta_A"]).statistic < -0.5
+    assert spearmanr(age, c["lick_Mgb"]).statistic > 0.5
+    assert spearmanr(age, c["dn4000"]).statistic > 0.7
+
+
 def test_fibre_and_magnitudes(survey):
     _, d = survey
     c = d["cat"]

@@ -464,6 +464,7 @@ def simulate_block(seed: int, block: int, n: int | None = None) -> dict:
     dn = _dn4000(wave, model, z)
     if dn is not None:
         cat["dn4000"] = dn
+        cat.update(_lick(wave, model, z))
     n = B if n is None else n
     out = {"images": images[:n], "flux": flux[:n].astype(np.float32), "ivar": ivar[:n].astype(np.float32),
            "model": model[:n].astype(np.float32), "catalog": {k: v[:n] for k, v in cat.items()}}
@@ -478,6 +479,18 @@ def _dn4000(wave, model, z):
         return None
     val, _ = dn4000(wave, model, z)
     return np.asarray(val, dtype=np.float64)
+
+
+# the Lick indices of the paper's read-out (Doorenbos et al. 2024, Fig. 6), in analysis.indices' names
+TRUTH_LICK = ("Hdelta_A", "Hgamma_A", "Hbeta", "Mgb", "Fe5270", "Fe5335", "NaD", "Mg2")
+
+
+def _lick(wave, model, z) -> dict[str, np.ndarray]:
+    """Lick indices (at the spectrum's own resolution) of the noiseless fibre spectra, ``lick_<name>``."""
+    from analysis.indices import lick_indices
+    out = lick_indices(wave, model, z, names=list(TRUTH_LICK))
+    return {f"lick_{k}": np.asarray(v[0] if isinstance(v, tuple) else v, dtype=np.float64)
+            for k, v in out.items()}
 
 
 def bpt_class(x, y, snr_ok) -> np.ndarray:
