@@ -47,8 +47,9 @@ COLUMNS = {
     "is_agn": ("", "1 if the galaxy hosts an AGN (truth)"),
     "dn4000": ("", "Dn4000 (Balogh et al. 1999) of the noiseless fibre spectrum, analysis.indices.dn4000"),
 }
-for _n, _unit in (("Hdelta_A", "Angstrom"), ("Hgamma_A", "Angstrom"), ("Hbeta", "Angstrom"), ("Mgb", "Angstrom"),
-                  ("Fe5270", "Angstrom"), ("Fe5335", "Angstrom"), ("NaD", "Angstrom"), ("Mg2", "mag")):
+for _n, _unit in (("Hdelta_A", "Angstrom"), ("Hgamma_A", "Angstrom"), ("Hbeta", "Angstrom"),
+                  ("Mgb", "Angstrom"), ("Fe5270", "Angstrom"), ("Fe5335", "Angstrom"), ("NaD", "Angstrom"),
+                  ("Mg2", "mag")):
     COLUMNS[f"lick_{_n}"] = (_unit, f"Lick index {_n} of the noiseless fibre spectrum at its own resolution, "
                                     "analysis.indices.lick_indices")
 for _b in "ugriz":
