@@ -92,6 +92,10 @@ def redshift(path, c):
         for s in (1, -1):
             ax.plot(x, x + s * 0.05 * (1 + x), "r--", lw=0.7)
         ax.set_title(f"{m}: σNMAD={M.sigma_nmad(zp, zt):.4f}\nη={M.outlier_fraction(zp, zt):.3f}", fontsize=8)
+        above, below = int(np.sum(zp > lim[1])), int(np.sum(zp < lim[0]))
+        if above or below:  # say how many measurements the axes leave out
+            ax.text(0.03, 0.97, f"off the axes: {above} above, {below} below", transform=ax.transAxes,
+                    fontsize=7, va="top", color="C3")
         ax.set_xlabel("z catalogue")
         ax.set_xlim(lim)
         ax.set_ylim(lim)
