@@ -35,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 from ppxf.ppxf_util import air_to_vac
 
-__all__ = ["LICK_BANDS", "BREAK_BANDS", "lick_indices", "dn4000", "d4000", "band_mean"]
+__all__ = ["LICK_BANDS", "READOUT_LICK", "BREAK_BANDS", "lick_indices", "dn4000", "d4000", "band_mean"]
 
 # name: (index band, blue pseudo-continuum, red pseudo-continuum, kind)  [Angstrom, AIR]
 # kind "A" = equivalent width in Angstrom, "mag" = magnitude index.
@@ -77,6 +77,9 @@ def _to_vac(band):
 LICK_BANDS: dict[str, tuple] = {k: (_to_vac(i), _to_vac(b), _to_vac(r), kind)
                                 for k, (i, b, r, kind) in _LICK_AIR.items()}
 LICK_BANDS_AIR = dict(_LICK_AIR)
+#: The Lick indices of the project's science read-out (the paper's set plus the Balmer indices MPA-JHU also
+#: gives): measured by evaluate.py and stored as truth in the mock catalogue.
+READOUT_LICK = ("Hdelta_A", "Hgamma_A", "Hbeta", "Mgb", "Fe5270", "Fe5335", "NaD", "Mg2")
 #: 4000 Angstrom break bands (blue, red), rest-frame vacuum Angstrom.
 BREAK_BANDS = {"D4000": (_to_vac((3750.0, 3950.0)), _to_vac((4050.0, 4250.0))),
                "Dn4000": (_to_vac((3850.0, 3950.0)), _to_vac((4000.0, 4100.0)))}

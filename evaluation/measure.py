@@ -12,10 +12,9 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
+from analysis.indices import READOUT_LICK as LICK_NAMES  # noqa: F401  (re-exported for evaluation/)
 from datasets.preprocess import SMOOTH_SIGMA
 
-#: Lick indices reported (the paper's set plus the Balmer indices MPA-JHU also gives)
-LICK_NAMES = ("Hdelta_A", "Hgamma_A", "Hbeta", "Mgb", "Fe5270", "Fe5335", "NaD", "Mg2")
 FIT_QUANTITIES = ("sigma_v", "age_lw", "metallicity_lw", "ebv")
 BPT_LINES = ("[NII]6584", "Halpha", "[OIII]5007", "Hbeta")
 
@@ -26,27 +25,28 @@ def measure_cheap(wave, flux, ivar=None, z=None, chunk: int = 256) -> dict[str, 
     Parameters
     ----------
     wave : (L,) Angstrom. flux : (N, L) normalised linear flux. ivar : (N, L) or None.
-    z : (N,) redshifts at which to measure the indices; None = each spectrum's own fitted z (the paper's
-        read-out: everything comes from the spectrum itself).
+    z : (N,) redshifts at which to measure the indices (no redshift is fitted then); None = each
+        spectrum's own fitted z (the paper's read-out: everything comes from the spectrum itself).
 
     Returns
     -------
-    dict of (N,) arrays: ``z`` (fitted), ``z_err``, ``zwarning``, ``dn4000``, ``dn4000_err`` and
-    ``lick_<Name>`` for LICK_NAMES.
+    dict of (N,) arrays: ``dn4000``, ``dn4000_err``, ``lick_<Name>`` for LICK_NAMES and, when ``z`` is None,
+    the fit's ``z``, ``z_err`` and ``zwarning``.
     """
     from analysis import dn4000, fit_redshifts, lick_indices
 
     flux = np.atleast_2d(np.asarray(flux, dtype=np.float64))
     n = flux.shape[0]
-    out = {k: np.full(n, np.nan) for k in ("z", "z_err", "dn4000", "dn4000_err")}
-    out["zwarning"] = np.zeros(n, dtype=np.int64)
-    for s in range(0, n, chunk):
-        sl = slice(s, s + chunk)
-        iv = None if ivar is None else np.asarray(ivar[sl], dtype=np.float64)
-        res = fit_redshifts(wave, flux[sl], iv, extra_sigma=SMOOTH_SIGMA)
-        out["z"][sl] = [r.z for r in res]
-        out["z_err"][sl] = [r.z_err for r in res]
-        out["zwarning"][sl] = [r.zwarning for r in res]
+    out = {}
+    if z is None:
+        out = {"z": np.full(n, np.nan), "z_err": np.full(n, np.nan), "zwarning": np.zeros(n, dtype=np.int64)}
+        for s in range(0, n, chunk):
+            sl = slice(s, s + chunk)
+            iv = None if ivar is None else np.asarray(ivar[sl], dtype=np.float64)
+            res = fit_redshifts(wave, flux[sl], iv, extra_sigma=SMOOTH_SIGMA)
+            out["z"][sl] = [r.z for r in res]
+            out["z_err"][sl] = [r.z_err for r in res]
+            out["zwarning"][sl] = [r.zwarning for r in res]
     zz = out["z"] if z is None else np.asarray(z, dtype=np.float64)
     zsafe = np.where(np.isfinite(zz), zz, 0.1)  # NaN z: measured at a dummy z, then blanked below
     d, de = dn4000(wave, flux, zsafe, ivar=ivar)
@@ -55,9 +55,7 @@ def measure_cheap(wave, flux, ivar=None, z=None, chunk: int = 256) -> dict[str, 
     out["dn4000"] = np.where(bad, np.nan, d)
     out["dn4000_err"] = np.where(bad, np.nan, de)
     for name in LICK_NAMES:
-        v = lick[name]
-        v = v[0] if isinstance(v, tuple) else v
-        out[f"lick_{name}"] = np.where(bad, np.nan, np.asarray(v, dtype=np.float64))
+        out[f"lick_{name}"] = np.where(bad, np.nan, np.asarray(lick[name][0], dtype=np.float64))
     return out
 
 

@@ -270,8 +270,7 @@ def evaluate(
     if "predicted" in spectra and "z" in truth:
         # the predicted spectra's indices at the catalogue redshift (e.g. a photo-z in practice): separates
         # what the spectrum's shape says from whether its redshift can be read off it
-        at_z = measure_cheap(wave, spectra["predicted"], z=truth["z"].astype(np.float64))
-        meas["predicted_at_z"] = {k: v for k, v in at_z.items() if k not in ("z", "z_err", "zwarning")}
+        meas["predicted_at_z"] = measure_cheap(wave, spectra["predicted"], z=truth["z"].astype(np.float64))
     t = lap("redshift_indices", t)
 
     # ---------------- candidates: distributions over the M full-res samples

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from analysis.indices import LICK_BANDS, READOUT_LICK
 from datasets.schema import N_LOGLAM, SPECTRUM_CHUNK, assign_split, create_survey, write_column
 from utils.mock.simulate import BLOCK, simulate_block
 
@@ -47,11 +48,10 @@ COLUMNS = {
     "is_agn": ("", "1 if the galaxy hosts an AGN (truth)"),
     "dn4000": ("", "Dn4000 (Balogh et al. 1999) of the noiseless fibre spectrum, analysis.indices.dn4000"),
 }
-for _n, _unit in (("Hdelta_A", "Angstrom"), ("Hgamma_A", "Angstrom"), ("Hbeta", "Angstrom"),
-                  ("Mgb", "Angstrom"), ("Fe5270", "Angstrom"), ("Fe5335", "Angstrom"), ("NaD", "Angstrom"),
-                  ("Mg2", "mag")):
-    COLUMNS[f"lick_{_n}"] = (_unit, f"Lick index {_n} of the noiseless fibre spectrum at its own resolution, "
-                                    "analysis.indices.lick_indices")
+for _n in READOUT_LICK:
+    COLUMNS[f"lick_{_n}"] = ("mag" if LICK_BANDS[_n][3] == "mag" else "Angstrom",
+                             f"Lick index {_n} of the noiseless fibre spectrum at its own resolution, "
+                             "analysis.indices.lick_indices")
 for _b in "ugriz":
     COLUMNS[f"mag_{_b}"] = ("AB mag", f"total {_b} magnitude (bulge+disk+lines, SDSS filter sdss2010-{_b}), "
                                       "no noise")

@@ -461,36 +461,21 @@ def simulate_block(seed: int, block: int, n: int | None = None) -> dict:
     # ---- truth catalogue
     cat = _catalog(rng, p, seds, lines, comp_flux, fib, comp_obs, fibre_line, line_sigma_aa, var_s, wave,
                    flux, ivar, psf_fwhm, has_nb, tpl)
-    dn = _dn4000(wave, model, z)
-    if dn is not None:
-        cat["dn4000"] = dn
-        cat.update(_lick(wave, model, z))
+    cat.update(_truth_indices(wave, model, z))
     n = B if n is None else n
     out = {"images": images[:n], "flux": flux[:n].astype(np.float32), "ivar": ivar[:n].astype(np.float32),
            "model": model[:n].astype(np.float32), "catalog": {k: v[:n] for k, v in cat.items()}}
     return out
 
 
-def _dn4000(wave, model, z):
-    """Dn4000 of the noiseless fibre spectrum through the project's analysis.indices (None if absent)."""
-    try:
-        from analysis.indices import dn4000
-    except ImportError:
-        return None
-    val, _ = dn4000(wave, model, z)
-    return np.asarray(val, dtype=np.float64)
-
-
-# the Lick indices of the paper's read-out (Doorenbos et al. 2024, Fig. 6), in analysis.indices' names
-TRUTH_LICK = ("Hdelta_A", "Hgamma_A", "Hbeta", "Mgb", "Fe5270", "Fe5335", "NaD", "Mg2")
-
-
-def _lick(wave, model, z) -> dict[str, np.ndarray]:
-    """Lick indices (at the spectrum's own resolution) of the noiseless fibre spectra, ``lick_<name>``."""
-    from analysis.indices import lick_indices
-    out = lick_indices(wave, model, z, names=list(TRUTH_LICK))
-    return {f"lick_{k}": np.asarray(v[0] if isinstance(v, tuple) else v, dtype=np.float64)
-            for k, v in out.items()}
+def _truth_indices(wave, model, z) -> dict[str, np.ndarray]:
+    """Dn4000 and the read-out's Lick indices (``lick_<name>``) of the noiseless fibre spectra, at their own
+    resolution, through the project's toolbox (analysis.indices)."""
+    from analysis.indices import READOUT_LICK, dn4000, lick_indices
+    out = {"dn4000": np.asarray(dn4000(wave, model, z)[0], dtype=np.float64)}
+    lick = lick_indices(wave, model, z, names=list(READOUT_LICK))
+    out.update({f"lick_{k}": np.asarray(v[0], dtype=np.float64) for k, v in lick.items()})
+    return out
 
 
 def bpt_class(x, y, snr_ok) -> np.ndarray:
