@@ -6,6 +6,11 @@ lick_<Name> (Lick indices in the toolbox's names). The mock writes most of them 
 survey (utils/sdss) carries MPA-JHU columns, mapped here (d4000_n -> dn4000, lgm_tot_p50 -> log_mstar,
 bptclass -> bpt_class, lick_hb -> lick_Hbeta, ...). Missing columns are simply absent from the result;
 the caller reports what it had to skip.
+
+Lick truth comes only from MPA-JHU columns. The mock's own ``lick_<Name>`` columns are measured at the
+native resolution of its noiseless spectra and are deliberately not loaded. For a mock, evaluate.py
+measures those noiseless spectra (``/spectra/model``) after the same preprocessing (2 A smoothing) as
+the predicted and observed ones. That makes the reference resolution-matched.
 """
 
 from __future__ import annotations
