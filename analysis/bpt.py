@@ -10,7 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["BPT_NAMES", "STAR_FORMING", "COMPOSITE", "AGN", "UNCLASSIFIED", "kauffmann03", "kewley01",
-           "bpt_xy", "classify"]
+           "bpt_xy", "classify", "classify_fit", "BPT_LINES"]
+
+#: FitResult line names of the BPT lines, in ``classify``'s argument order.
+BPT_LINES = ("[NII]6584", "Halpha", "[OIII]5007", "Hbeta")
 
 STAR_FORMING, COMPOSITE, AGN, UNCLASSIFIED = 0, 1, 2, -1
 BPT_NAMES = {STAR_FORMING: "star-forming", COMPOSITE: "composite", AGN: "AGN", UNCLASSIFIED: "unclassified"}
@@ -41,7 +44,7 @@ def bpt_xy(flux_nii, flux_ha, flux_oiii, flux_hb):
 
 
 def classify(flux_nii, flux_ha, flux_oiii, flux_hb, err_nii=None, err_ha=None, err_oiii=None,
-             err_hb=None, min_snr=3.0):
+             err_hb=None, min_snr=3.0, unreliable=None):
     """Classify galaxies on the BPT diagram.
 
     Parameters
@@ -53,6 +56,9 @@ def classify(flux_nii, flux_ha, flux_oiii, flux_hb, err_nii=None, err_ha=None, e
         S/N >= ``min_snr``; without errors, only positive finite fluxes are required.
     min_snr : float
         Minimum signal-to-noise of each of the four lines.
+    unreliable : array_like of bool, optional
+        True where any of the four lines is not a measurement (e.g. its pPXF gas component is at a sigma
+        bound, ``FitResult.line_at_bound``): such galaxies are unclassifiable whatever their S/N.
 
     Returns
     -------
@@ -71,9 +77,25 @@ def classify(flux_nii, flux_ha, flux_oiii, flux_hb, err_nii=None, err_ha=None, e
                 usable &= np.isfinite(e) & (e > 0) & (a / e >= min_snr)
     elif any(e is not None for e in errs):
         raise ValueError("err_*: give all four line errors or none")
+    if unreliable is not None:
+        usable &= ~np.broadcast_to(np.asarray(unreliable, dtype=bool), usable.shape)
     x, y = bpt_xy(*f)
     below_k03 = (x < 0.05) & (y < kauffmann03(x))
     below_k01 = (x < 0.47) & (y < kewley01(x))
     codes = np.where(below_k03, STAR_FORMING, np.where(below_k01, COMPOSITE, AGN))
     codes = np.where(usable & np.isfinite(x) & np.isfinite(y), codes, UNCLASSIFIED)
     return codes.astype(np.int64)
+
+
+def classify_fit(fit, min_snr=3.0):
+    """BPT class of one ``analysis.fitting.FitResult`` (its lines, errors and bound flags).
+
+    Unclassifiable (-1) when the fit failed, a line is missing, below ``min_snr``, or comes from a gas
+    component at a pPXF sigma bound (``fit.line_at_bound``).
+    """
+    if not fit.success:
+        return UNCLASSIFIED
+    f = [fit.lines.get(k, np.nan) for k in BPT_LINES]
+    e = [fit.line_errors.get(k, np.nan) for k in BPT_LINES]
+    bound = any(fit.line_at_bound.get(k, False) for k in BPT_LINES)
+    return int(classify(*f, *e, min_snr=min_snr, unreliable=bound))

@@ -14,6 +14,11 @@ One pPXF fit per spectrum gives, simultaneously:
   sigma. Doublets with fixed ratios ([OIII]4959/5007, [NII]6548/6584, [OI]6300/6364 = 0.33) are single
   templates; the returned flux is that of the strong line. [OII]3726,3729 and [SII]6716,6731 are free.
   Fluxes are in the input flux unit times Angstrom (observed frame), errors from pPXF's covariance.
+  A gas component whose sigma ends at one of pPXF's bounds (velscale/100 and 1000 km/s) is not a
+  measurement: a 1000 km/s "line" absorbs template mismatch (on real SDSS spectra it gave [NII] at
+  S/N 4-8 where the pipeline measures S/N < 1.5), a ~1 km/s one fits a noise or sky spike. Such a
+  component is flagged (``gas_at_bound``) and each of its lines too (``line_at_bound``); ``bpt.classify_fit``
+  does not classify from flagged lines.
 
 Resolution: the galaxy's total observed FWHM (instrument (+) ``extra_sigma`` Gaussian smoothing)
 is moved to the rest frame (/(1+z)) and the templates are convolved (pPXF ``varsmooth``) with the
@@ -41,7 +46,7 @@ from ppxf.ppxf import ppxf
 
 from analysis._common import C_KMS, SIGMA_TO_FWHM, load_ssp, observed_fwhm
 
-__all__ = ["FitResult", "fit_spectrum", "LINE_NAMES"]
+__all__ = ["FitResult", "fit_spectrum", "LINE_NAMES", "SIGMA_BOUNDS", "at_sigma_bound"]
 
 #: Emission lines reported by fit_spectrum (names of the output dict); pPXF template name -> output
 #: name and the factor to convert the template flux to the named line's flux.
@@ -55,6 +60,15 @@ _GAS_MAP = {
 }
 LINE_NAMES = tuple(v[0] for v in _GAS_MAP.values())
 _VELSCALE_SDSS = C_KMS * np.log(10.0) * 1e-4        # 69.03 km/s: SDSS pixel
+#: pPXF's default sigma bounds as (fraction of velscale, km/s): velscale/100 < sigma < 1000 km/s.
+SIGMA_BOUNDS = (0.01, 1000.0)
+
+
+def at_sigma_bound(sigma, velscale):
+    """True where a fitted sigma (km/s) is at pPXF's lower (< 2 velscale/100) or upper (> 99 % of
+    1000 km/s) bound. The margins allow for the optimiser stopping just inside a bound."""
+    sigma = np.asarray(sigma, dtype=float)
+    return (sigma <= 2.0 * SIGMA_BOUNDS[0] * velscale) | (sigma >= 0.99 * SIGMA_BOUNDS[1])
 _NORM_RANGE = (5070.0, 5950.0)
 _FWHM_NODES = np.arange(2500.0, 10001.0, 100.0)
 _FWHM_NODES_OBS = np.arange(3000.0, 12001.0, 100.0)
@@ -76,6 +90,9 @@ class FitResult:
     lines: dict = field(default_factory=dict)        # name -> flux (flux unit x Angstrom)
     line_errors: dict = field(default_factory=dict)
     gas_sigma: float = np.nan         # forbidden-line sigma (km/s)
+    gas_sigmas: dict = field(default_factory=dict)     # 'balmer'/'forbidden' -> sigma (km/s)
+    gas_at_bound: dict = field(default_factory=dict)   # 'balmer'/'forbidden' -> sigma at a pPXF bound
+    line_at_bound: dict = field(default_factory=dict)  # line name -> its component is at a bound
     chi2_dof: float = np.nan
     library: str = ""
     sigma_excess: float = 0.0         # template broadening beyond the galaxy's, removed in quadrature
@@ -281,26 +298,37 @@ def fit_spectrum(wave, flux, z, ivar=None, fwhm_inst=None, extra_sigma=0.0, libr
         metal = float(wst @ T.metal / wsum)
     else:
         log_age = metal = np.nan
-    lines, lerrs = {}, {}
+    lines, lerrs, line_bound, gsig, gbound = {}, {}, {}, {}, {}
     gas_sigma = np.nan
     if ncomp > 1 and pp.gas_flux is not None:
         wave_of = dict(zip(T.gas_names, T.gas_wave))
+        comp_of = dict(zip(gas_names, component[n_st:]))
+        cname = {c: "balmer" if any("[" not in n for n, k in comp_of.items() if k == c) else "forbidden"
+                 for c in set(comp_of.values())}
+        for c, nm in cname.items():
+            gsig[nm] = float(sol[c, 1])
+            gbound[nm] = bool(at_sigma_bound(sol[c, 1], velscale))
         for name, gf, ge in zip(gas_names, pp.gas_flux, pp.gas_flux_error):
             out_name, fac = _GAS_MAP[name]
             dlam = wave_of[name] * (1.0 + z) * velscale / C_KMS       # observed pixel width at the line
             lines[out_name] = float(gf * dlam * fac * scale)
             lerrs[out_name] = float(ge * dlam * fac * scale * err_scale)
+            line_bound[out_name] = gbound[cname[comp_of[name]]]
         gas_sigma = float(sol[-1, 1])
     ebv = float(pp.reddening) / 4.05 if use_red and pp.reddening is not None else np.nan
     msg = "ok"
     success = bool(np.isfinite(chi2))
     if sig_fit >= 999.0 or sig_fit <= 1.0:
         msg = f"sigma at the pPXF bound ({sig_fit:.0f} km/s): unreliable"
+    elif any(gbound.values()):
+        msg = "ok; gas at a pPXF sigma bound (lines flagged): " + ", ".join(
+            f"{k} {gsig[k]:.0f} km/s" for k, b in gbound.items() if b)
     age_gyr = 10 ** log_age / 1e9 if np.isfinite(log_age) else np.nan
     res = FitResult(success, msg, z=float(z), velocity=float(sol[0, 0]), sigma_v=sigma_v,
                     sigma_v_err=float(err[0, 1] * err_scale), age_lw=age_gyr, log_age_lw=log_age,
                     metallicity_lw=metal, ebv=ebv, lines=lines,
-                    line_errors=lerrs, gas_sigma=gas_sigma, chi2_dof=chi2, library=lib, sigma_excess=ex)
+                    line_errors=lerrs, gas_sigma=gas_sigma, gas_sigmas=gsig, gas_at_bound=gbound,
+                    line_at_bound=line_bound, chi2_dof=chi2, library=lib, sigma_excess=ex)
     if keep_arrays:
         lam_vac = lam_gal / np.median(util.vac_to_air(lam_gal) / lam_gal)
         res.wave = lam_vac * (1.0 + z)

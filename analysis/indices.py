@@ -26,16 +26,26 @@ frame as lambda_rest * (1 + z), which is identical to de-redshifting the wavelen
 Indices are measured at the spectrum's own resolution (SDSS + any extra smoothing), as the MPA-JHU
 catalogue does; they are NOT broadened to the Lick/IDS resolution and carry no Lick zero-point offsets.
 
-A band is NaN when it is not fully inside the spectrum, or (with ``ivar``) when less than
-``min_good`` of its width is covered by pixels with ivar > 0; masked pixels are skipped and the band
-mean is taken over the good pixels.
+Masked pixels (ivar <= 0): runs of at most ``max_interp`` (default :data:`MAX_INTERP` = 5) consecutive
+masked pixels with good pixels on both sides are filled by linear interpolation (in wavelength) between
+those two neighbours, with variance (1-t)^2 v_left + t^2 v_right, and then count as good. Five SDSS
+pixels are 345 km/s, narrower than the absorption features the indices measure (FWHM >= ~7 pixels at
+sigma_v = 150 km/s), so a filled run cannot hide a feature, while a sky-line residual or a cosmic-ray
+hit (typically 2-5 pixels) no longer makes an index NaN. ``lick_indices(..., return_interp=True)``
+reports the fraction of each index's bands that was filled. Longer runs stay masked: a band is NaN when
+it is not fully inside the spectrum, or when less than ``min_good`` of its width is covered by good (or
+filled) pixels; otherwise the band mean is taken over those pixels.
 """
 from __future__ import annotations
 
 import numpy as np
 from ppxf.ppxf_util import air_to_vac
 
-__all__ = ["LICK_BANDS", "READOUT_LICK", "BREAK_BANDS", "lick_indices", "dn4000", "d4000", "band_mean"]
+__all__ = ["LICK_BANDS", "READOUT_LICK", "BREAK_BANDS", "MAX_INTERP", "lick_indices", "dn4000", "d4000",
+           "band_mean", "fill_short_gaps"]
+
+#: Longest run of masked pixels filled by linear interpolation (see the module docstring).
+MAX_INTERP = 5
 
 # name: (index band, blue pseudo-continuum, red pseudo-continuum, kind)  [Angstrom, AIR]
 # kind "A" = equivalent width in Angstrom, "mag" = magnitude index.
@@ -113,14 +123,48 @@ def _prepare(wave, flux, z, ivar):
     return wave, edges, flux, z, ivar, good, scalar
 
 
+def fill_short_gaps(wave, flux, var, good, max_interp=MAX_INTERP):
+    """Fill runs of <= ``max_interp`` bad pixels bounded by good pixels by linear interpolation.
+
+    Parameters
+    ----------
+    wave : (L,) wavelengths.
+    flux, good : (N, L) arrays (flux of bad pixels is ignored); ``var`` (N, L) or None.
+    max_interp : longest run filled; 0 fills nothing.
+
+    Returns
+    -------
+    flux, var, good, filled: copies with the filled pixels interpolated and marked good, and the (N, L)
+    boolean mask of filled pixels. Variances of filled pixels are (1-t)^2 v_left + t^2 v_right
+    (correlated with their neighbours; ignored in error propagation).
+    """
+    n, size = good.shape
+    pos = np.arange(size)
+    prev = np.maximum.accumulate(np.where(good, pos, -1), axis=1)
+    nxt = np.minimum.accumulate(np.where(good, pos, size)[:, ::-1], axis=1)[:, ::-1]
+    fill = ~good & (prev >= 0) & (nxt < size) & (nxt - prev - 1 <= max_interp)
+    if max_interp <= 0 or not fill.any():
+        return flux, var, good, np.zeros_like(good)
+    pl, pr = np.clip(prev, 0, size - 1), np.clip(nxt, 0, size - 1)
+    rows = np.arange(n)[:, None]
+    wl, wr = wave[pl], wave[pr]
+    t = np.where(fill, (wave[None, :] - wl) / np.where(fill, wr - wl, 1.0), 0.0)
+    flux = np.where(fill, (1 - t) * flux[rows, pl] + t * flux[rows, pr], flux)
+    if var is not None:
+        var = np.where(fill, (1 - t) ** 2 * var[rows, pl] + t ** 2 * var[rows, pr], var)
+    return flux, var, good | fill, fill
+
+
 class _Grid:
     """Pixel bookkeeping shared by all bands of one call."""
 
-    def __init__(self, wave, flux, z, ivar, min_good=0.8):
+    def __init__(self, wave, flux, z, ivar, min_good=0.8, max_interp=MAX_INTERP):
         self.wave, self.edges, self.flux, self.z, self.ivar, self.good, self.scalar = \
             _prepare(wave, flux, z, ivar)
         self.var = None if self.ivar is None else np.where(self.ivar > 0, 1.0 / np.where(
             self.ivar > 0, self.ivar, 1.0), 0.0)
+        self.flux, self.var, self.good, self.filled = fill_short_gaps(
+            self.wave, self.flux, self.var, self.good, max_interp)
         self.min_good = min_good
         self.rows = np.arange(self.flux.shape[0])[:, None]
 
@@ -168,7 +212,7 @@ class _Grid:
         return mean, var, ok
 
 
-def band_mean(wave, flux, z, band, ivar=None, fnu=False):
+def band_mean(wave, flux, z, band, ivar=None, fnu=False, max_interp=MAX_INTERP):
     """Mean flux density in a rest-frame band (vacuum Angstrom), exact for step-function pixels.
 
     Parameters
@@ -179,12 +223,13 @@ def band_mean(wave, flux, z, band, ivar=None, fnu=False):
     band : (lo, hi) rest-frame Angstrom.
     ivar : optional, same shape as flux.
     fnu : if True average f_lambda * lambda^2 (proportional to f_nu).
+    max_interp : longest run of masked pixels filled by interpolation (0: none).
 
     Returns
     -------
     (mean, error) arrays of shape (N,) (scalars for a 1-D flux); error is NaN without ivar.
     """
-    g = _Grid(wave, flux, z, ivar)
+    g = _Grid(wave, flux, z, ivar, max_interp=max_interp)
     mean, var, _ = g.mean(band[0], band[1], 2 if fnu else 0)
     err = np.sqrt(var) if var is not None else np.full_like(mean, np.nan)
     err = np.where(np.isfinite(mean), err, np.nan)
@@ -201,7 +246,7 @@ def _break(g, blue, red):
     return (d[0], err[0]) if g.scalar else (d, err)
 
 
-def dn4000(wave, flux, z, ivar=None):
+def dn4000(wave, flux, z, ivar=None, max_interp=MAX_INTERP):
     """Narrow 4000 Angstrom break (Balogh et al. 1999): <f_nu>(4000-4100) / <f_nu>(3850-3950).
 
     Parameters
@@ -210,21 +255,22 @@ def dn4000(wave, flux, z, ivar=None):
     flux : (L,) or (N, L) flux density per Angstrom (any units; the ratio is unit-free).
     z : float or (N,) redshift.
     ivar : optional inverse variance, same shape as flux.
+    max_interp : longest run of masked pixels filled by interpolation (0: none).
 
     Returns
     -------
     (value, error): arrays (N,) or scalars for 1-D input; NaN where not covered, error NaN without ivar.
     """
-    g = _Grid(wave, flux, z, ivar)
+    g = _Grid(wave, flux, z, ivar, max_interp=max_interp)
     return _break(g, *BREAK_BANDS["Dn4000"])
 
 
-def d4000(wave, flux, z, ivar=None):
+def d4000(wave, flux, z, ivar=None, max_interp=MAX_INTERP):
     """Broad 4000 Angstrom break (Bruzual 1983): <f_nu>(4050-4250) / <f_nu>(3750-3950).
 
     Same arguments and returns as :func:`dn4000`.
     """
-    g = _Grid(wave, flux, z, ivar)
+    g = _Grid(wave, flux, z, ivar, max_interp=max_interp)
     return _break(g, *BREAK_BANDS["D4000"])
 
 
@@ -262,10 +308,17 @@ def _lick_one(g, band):
             err = np.sqrt(var_int) if kind == "A" else 2.5 / np.log(10) * np.sqrt(var_int) / integ
     val = np.where(ok, val, np.nan)
     err = np.where(ok, err, np.nan)
-    return val, err
+    # fraction of the three bands' width covered by filled (interpolated) pixels
+    width_all, filled = 0.0, 0.0
+    for lo, hi in ((i0, i1), (b0, b1), (r0, r1)):
+        idx, ov, _, _ = g.window(lo, hi)
+        filled = filled + (ov * g.filled[g.rows, idx]).sum(1)
+        width_all += hi - lo
+    return val, err, filled / width_all
 
 
-def lick_indices(wave, flux, z, ivar=None, names=None, min_good=0.8):
+def lick_indices(wave, flux, z, ivar=None, names=None, min_good=0.8, max_interp=MAX_INTERP,
+                 return_interp=False):
     """Measure Lick/IDS indices in the rest frame for one or many spectra on a common grid.
 
     Parameters
@@ -275,21 +328,23 @@ def lick_indices(wave, flux, z, ivar=None, names=None, min_good=0.8):
     z : float or (N,) redshift of each spectrum.
     ivar : optional inverse variance, same shape as flux; pixels with ivar <= 0 are masked.
     names : iterable of index names (keys of ``LICK_BANDS``); default all.
-    min_good : minimum fraction of each band covered by good pixels, else NaN.
+    min_good : minimum fraction of each band covered by good (or filled) pixels, else NaN.
+    max_interp : longest run of masked pixels filled by linear interpolation (0: none).
+    return_interp : also return, per index, the fraction of its three bands' width that was filled.
 
     Returns
     -------
-    dict name -> (value, error). Values in Angstrom (EW indices) or magnitudes (CN1, CN2, Mg1, Mg2,
-    TiO1, TiO2); arrays of shape (N,) (floats for 1-D input). NaN where the bands are not covered;
-    errors are NaN without ivar.
+    dict name -> (value, error) (or (value, error, filled_fraction) with ``return_interp``). Values in
+    Angstrom (EW indices) or magnitudes (CN1, CN2, Mg1, Mg2, TiO1, TiO2); arrays of shape (N,)
+    (floats for 1-D input). NaN where the bands are not covered; errors are NaN without ivar.
     """
     names = list(LICK_BANDS) if names is None else list(names)
     unknown = [n for n in names if n not in LICK_BANDS]
     if unknown:
         raise KeyError(f"names: unknown Lick index {unknown}; known: {sorted(LICK_BANDS)}")
-    g = _Grid(wave, flux, z, ivar, min_good=min_good)
+    g = _Grid(wave, flux, z, ivar, min_good=min_good, max_interp=max_interp)
     out = {}
     for name in names:
-        v, e = _lick_one(g, LICK_BANDS[name])
-        out[name] = (float(v[0]), float(e[0])) if g.scalar else (v, e)
+        res = _lick_one(g, LICK_BANDS[name])[:3 if return_interp else 2]
+        out[name] = tuple(float(a[0]) for a in res) if g.scalar else res
     return out

@@ -70,6 +70,8 @@ def _fit_one(args):
         "message": r.message,
         **{q: getattr(r, q) for q in FIT_QUANTITIES},
         "lines": lines,
+        # a BPT line from a gas component at a pPXF sigma bound is not a measurement (analysis.fitting)
+        "gas_at_bound": any(r.line_at_bound.get(k, False) for k in BPT_LINES),
     }
 
 
@@ -103,7 +105,8 @@ def fit_populations(wave, spectra: dict, z: dict, ivar: dict | None = None, work
     Returns
     -------
     method -> dict of (n,) arrays: FIT_QUANTITIES, ``success``, ``bpt_class`` (``analysis.classify`` of
-    the fitted [NII]/Halpha/[OIII]/Hbeta with their errors, S/N >= 3) and ``line_<name>``.
+    the fitted [NII]/Halpha/[OIII]/Hbeta with their errors, S/N >= 3; unclassifiable where a line's gas
+    component is at a pPXF sigma bound, ``gas_at_bound``) and ``line_<name>``.
     """
     from analysis import classify
 
@@ -128,6 +131,7 @@ def fit_populations(wave, spectra: dict, z: dict, ivar: dict | None = None, work
         n = len(flux)
         d = {q: np.full(n, np.nan) for q in FIT_QUANTITIES}
         d["success"] = np.zeros(n, dtype=bool)
+        d["gas_at_bound"] = np.zeros(n, dtype=bool)
         for name in BPT_LINES:
             d[f"line_{name}"] = np.full(n, np.nan)
             d[f"line_err_{name}"] = np.full(n, np.nan)
@@ -135,6 +139,7 @@ def fit_populations(wave, spectra: dict, z: dict, ivar: dict | None = None, work
     for (m, i), r in zip(owner, results):
         d = out[m]
         d["success"][i] = r["success"]
+        d["gas_at_bound"][i] = r["gas_at_bound"]
         if not r["success"]:
             continue
         for q in FIT_QUANTITIES:
@@ -150,6 +155,7 @@ def fit_populations(wave, spectra: dict, z: dict, ivar: dict | None = None, work
             classify(
                 *[np.nan_to_num(a, nan=0.0) for a in args[:4]],
                 *[np.nan_to_num(a, nan=np.inf) for a in args[4:]],
+                unreliable=d["gas_at_bound"],
             ),
             dtype=np.int64,
         )
