@@ -253,4 +253,31 @@ def test_baseline_task_trains_and_loss_falls(synthetic_survey, tmp_path):
 
     pred = cnn_predict(tmp_path / "run" / "best.pt", synthetic_survey, np.arange(6))
     assert pred["z"].shape == (6,) and np.all((pred["agn_prob"] >= 0) & (pred["agn_prob"] <= 1))
-    assert np.all(np.abs(pred["z"] - 0.1) < 0.5)
+    # physical units: the stored standardisation is the training split's z mean/std, and cnn_predict
+    # applies it to the network's raw output (a missing or wrong de-standardisation fails here)
+    import torch
+
+    from datasets.schema import SPLIT_CODES
+    from evaluation.baselines import _raw_images, _standardised
+    from training.baseline import BaselineNet, baseline_targets
+    from training.engine import load_checkpoint
+
+    ck = load_checkpoint(tmp_path / "run" / "best.pt")
+    sd = ck.get("ema_model") or ck["model"]
+    t = baseline_targets(synthetic_survey)
+    z_train = t["y"][t["split"] == SPLIT_CODES["train"], 0].astype(np.float64)
+    z_train = z_train[np.isfinite(z_train)]
+    assert float(sd["target_mean"][0]) == pytest.approx(z_train.mean(), rel=1e-5)
+    assert float(sd["target_std"][0]) == pytest.approx(z_train.std(ddof=1), rel=1e-4)
+    from utils.config import BaselineConfig, config_from_checkpoint_dict
+
+    # the raw head output, recomputed independently of cnn_predict
+    cfg_ck = config_from_checkpoint_dict(ck["run"]["config"], BaselineConfig, "ck")
+    net = BaselineNet(cfg_ck.model.image_encoder, cfg_ck.model.image_width)
+    net.load_state_dict(sd)
+    net.eval()
+    imgs = _standardised(_raw_images(synthetic_survey, np.arange(6)), ck["run"]["band_mean"],
+                         ck["run"]["band_std"])
+    with torch.no_grad():
+        raw = net(imgs).float()[:, 0].numpy().astype(np.float64)
+    np.testing.assert_allclose(pred["z"], raw * z_train.std(ddof=1) + z_train.mean(), rtol=1e-4, atol=1e-6)
