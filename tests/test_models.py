@@ -179,10 +179,24 @@ def test_unet_heads_and_conditioning():
 
 
 def test_bf16_autocast_forward():
+    """No float32 casts in the network: under bf16 autocast every module's floating output is bf16 (a
+    ``.float()`` inside any module's forward, or a norm left in float32, shows up as a float32 output)."""
     model = ConditionalDenoiser(**SMALL_UNET)
+    dtypes = []
+
+    def hook(module, args, out):
+        if isinstance(out, torch.Tensor) and out.is_floating_point():
+            dtypes.append((type(module).__name__, out.dtype))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         eps = model(torch.randn(2, 96), torch.tensor([1, 2]), images=torch.randn(2, 5, 64, 64))
-    assert torch.isfinite(eps.float()).all()
+    for h in handles:
+        h.remove()
+    assert eps.dtype == torch.bfloat16 and torch.isfinite(eps.float()).all()
+    kinds = {n for n, _ in dtypes}
+    assert len(dtypes) > 100 and {"Conv1d", "Conv2d", "Linear", "GroupNorm", "Attention"} <= kinds
+    assert [n for n, d in dtypes if d != torch.bfloat16] == []
 
 
 def test_paper_denoiser_size_and_train_step():
