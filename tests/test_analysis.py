@@ -396,6 +396,12 @@ def test_bound_hitting_gas_component_is_flagged_and_not_classified():
     naive = int(classify(*[r.lines[k] for k in BPT_LINES], *[r.line_errors[k] for k in BPT_LINES]))
     assert naive != UNCLASSIFIED                   # the S/N cut alone would have classified it
     assert classify_fit(r) == UNCLASSIFIED
+    # the evaluation's population fits keep it out of the BPT as well
+    from evaluation.measure import fit_populations
+    out = fit_populations(s.wave, {"m": (s.flux + add)[None]}, {"m": np.array([s.z])}, {"m": s.ivar[None]},
+                          workers=1)["m"]
+    assert out["success"][0] and out["gas_at_bound"][0] and out["bpt_class"][0] == UNCLASSIFIED
+    assert out["line_[NII]6584"][0] / out["line_err_[NII]6584"][0] > 3
 
 
 def test_real_gas_components_are_not_flagged():
