@@ -95,6 +95,13 @@ def convolve(img: np.ndarray, psf: np.ndarray) -> np.ndarray:
     return torch.fft.irfft2(fi * fp, s=(IMAGE_SIZE, IMAGE_SIZE)).numpy()
 
 
+def convolve_bands(img: np.ndarray, psf: np.ndarray) -> np.ndarray:
+    """FFT convolution of per-band images (B, 5, 64, 64) with their band's PSF (B, 5, 64, 64)."""
+    fi = torch.fft.rfft2(torch.as_tensor(img))
+    fp = torch.fft.rfft2(torch.fft.ifftshift(torch.as_tensor(psf), dim=(-2, -1)))
+    return torch.fft.irfft2(fi * fp, s=(IMAGE_SIZE, IMAGE_SIZE)).numpy()
+
+
 def aperture_weights(xc, yc, radius_px: float) -> np.ndarray:
     """Fractional pixel coverage (B, 64, 64) of a circle of ``radius_px`` centred on (xc, yc), 8x8 sampled."""
     s = 8
