@@ -128,6 +128,7 @@ def neighbours(rng: np.random.Generator, xc, yc, target_mag, target_re_px) -> tu
             rng.uniform(0.8, 3.0, g.sum()),
             rng.uniform(0.3, 1.0, g.sum()),
             rng.uniform(0, np.pi, g.sum()),
+            supersample=2,  # faint and small: the cusp correction keeps their flux
         )
     if star.any():
         shape[star] = render.render_point(px[star], py[star])

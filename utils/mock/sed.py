@@ -137,34 +137,36 @@ def sfh_weights(t_start: np.ndarray, tau: np.ndarray, t_quench: np.ndarray, meta
     """
     tpl = load_templates()
     ages, metals = tpl["ages"], tpl["metals"]
-    # fine lookback-time grid, integrated into the template age bins
-    tt = np.linspace(0.0, 13.0, 1301)[None, :]  # Gyr, 10 Myr steps
-    dt = 10.0 ** -2
+    # lookback-time grid integrated into the template age bins: 10 Myr steps over the last 2.5 Gyr (young
+    # bins, bursts), 50 Myr beyond (old bins are >= 1.3 Gyr wide)
+    tt1 = np.concatenate([np.arange(0.0, 2.5 - 1e-9, 0.01), np.arange(2.5, 13.0 + 1e-9, 0.05)])
+    dt = np.where(tt1 < 2.5 - 1e-9, 0.01, 0.05)[None, :]
+    tt = tt1[None, :]
     s = t_start[:, None] - tt
     sfr = np.where(s > 0, s * np.exp(-np.clip(s, 0, None) / tau[:, None]), 0.0)
     if log_sfr_noise is not None:  # coarse 100 Myr noise, linearly interpolated onto the fine grid
         coarse = np.asarray(log_sfr_noise)
-        k = np.arange(1301) / 10.0
+        k = tt1 / 0.1
         k0 = np.minimum(np.floor(k).astype(int), coarse.shape[1] - 2)
         fr = (k - k0)[None, :]
         sfr = sfr * 10 ** ((1 - fr) * coarse[:, k0] + fr * coarse[:, k0 + 1])
-    sfr = sfr / np.maximum(sfr.sum(1) * dt, 1e-30)[:, None]  # unit mass
+    sfr = sfr / np.maximum((sfr * dt).sum(1), 1e-30)[:, None]  # unit mass
     if t_burst is not None and f_burst is not None:
         g = np.exp(-0.5 * ((tt - t_burst[:, None]) / 0.05) ** 2)
-        g = g / np.maximum(g.sum(1) * dt, 1e-30)[:, None]
+        g = g / np.maximum((g * dt).sum(1), 1e-30)[:, None]
         sfr = (1 - f_burst[:, None]) * sfr + f_burst[:, None] * g
     quench = np.where((t_quench[:, None] > 0) & (tt < t_quench[:, None]),
                       np.exp(-(t_quench[:, None] - tt) / 0.3), 1.0)
     sfr = sfr * quench
-    norm = sfr.sum(1) * dt
+    norm = (sfr * dt).sum(1)
     sfr = sfr / np.maximum(norm, 1e-30)[:, None] * mass_formed[:, None]  # M_sun / Gyr
     edges = _age_bin_edges(ages)
     idx = np.clip(np.searchsorted(edges, tt[0], side="right") - 1, 0, len(ages) - 1)
     starts = np.searchsorted(idx, np.arange(len(ages)))  # idx is monotonic in lookback time
-    w_age = np.add.reduceat(sfr, starts, axis=1) * dt
+    w_age = np.add.reduceat(sfr * dt, starts, axis=1)
     w_age[:, np.bincount(idx, minlength=len(ages)) == 0] = 0.0
-    sfr_now = sfr[:, :10].sum(1) * dt / 0.1 / 1e9  # last 100 Myr, M_sun/yr
-    age_mw = (sfr * tt).sum(1) / np.maximum(sfr.sum(1), 1e-30)
+    sfr_now = sfr[:, :10].sum(1) * 0.01 / 0.1 / 1e9  # last 100 Myr, M_sun/yr
+    age_mw = (sfr * dt * tt).sum(1) / np.maximum((sfr * dt).sum(1), 1e-30)
     m = np.clip(metal, metals[0], metals[-1])
     j = np.clip(np.searchsorted(metals, m) - 1, 0, len(metals) - 2)
     f = (m - metals[j]) / (metals[j + 1] - metals[j])
