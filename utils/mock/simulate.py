@@ -38,9 +38,9 @@ from utils.mock.sed import (
 BLOCK = 64  # galaxies per deterministic block
 MOCK_VERSION = 2  # bump when the simulated population / physics changes: written to the survey's attrs
 # Redshift range of the candidate draw. It is not a selection cut: the flux limit r <= 17.77 shapes n(z),
-# which is negligible at these edges (z < 0.005 is peculiar-velocity dominated; no galaxy reaches r = 17.77
-# at 0.36)
-Z_MIN, Z_MAX = 0.005, 0.36
+# which is negligible at these edges (z < 0.005 is peculiar-velocity dominated; very few galaxies lie
+# above 0.3; 0.35 is the upper end of the toolbox's redshift search analysis.redshift.fit_redshifts)
+Z_MIN, Z_MAX = 0.005, 0.35
 R_LIMIT, R_BRIGHT = 17.77, 14.0
 MU50_LIMIT = 24.5  # r-band mean surface brightness within the half-light radius (mag/arcsec^2), main sample
 BANDS = "ugriz"
