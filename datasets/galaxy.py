@@ -39,9 +39,9 @@ class DatasetError(ValueError):
     """Bad dataset input; the message names the file, the field and the value."""
 
 
-def _file_key(path: Path) -> str:
+def _file_key(path: Path, version: str = "") -> str:
     st = path.stat()
-    ident = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|prep{PREPROCESS_VERSION}"
+    ident = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|prep{PREPROCESS_VERSION}|{version}"
     return hashlib.sha1(ident.encode()).hexdigest()[:16]
 
 
@@ -75,7 +75,7 @@ def build_cache(path: str | os.PathLike, cache_dir: str | os.PathLike | None = N
     except SurveyFileError as e:
         raise DatasetError(str(e)) from None
     base = Path(cache_dir) if cache_dir else path.with_name(path.name + ".cache")
-    root = base / _file_key(path)
+    root = base / _file_key(path, summary["survey_version"])
     if not (root / "meta.json").exists():
         _write_cache(path, root, summary, chunk, progress)
     return open_cache(root)
@@ -141,7 +141,8 @@ def _write_cache(path: Path, root: Path, summary: dict, chunk: int, progress: bo
     counts = {k: int(((split == v) & valid).sum()) for k, v in SPLIT_CODES.items()}
     meta = {"source": str(path.resolve()), "n_galaxies": n, "band_mean": mean.tolist(),
             "band_std": std.tolist(), "n_dropped_nonpositive": int((~valid).sum()),
-            "split_counts_valid": counts, "preprocess_version": PREPROCESS_VERSION}
+            "split_counts_valid": counts, "preprocess_version": PREPROCESS_VERSION,
+            "survey_version": summary["survey_version"]}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     if root.exists():
         shutil.rmtree(root)

@@ -215,7 +215,20 @@ def validate_survey(path: str | os.PathLike, check_values: bool = True, display_
                     i = s + int(np.flatnonzero(~pos)[0])
                     _fail(name, "spectra/flux", f"galaxy row {i} has no positive flux")
         return {"n_galaxies": n, "survey": str(f.attrs.get("survey")), "split_counts": counts,
-                "columns": sorted(f["catalog"].keys())}
+                "columns": sorted(f["catalog"].keys()), "survey_version": survey_version(f.attrs)}
+
+
+def survey_version(attrs) -> str:
+    """Which generation of data a survey file holds: ``"<survey>"``, or ``"mock-sdss/v<N>"`` for the mock.
+
+    The file format (schema_version) can stay the same while the mock's physics changes; caches and
+    checkpoints record this string so that those made on an older mock are told apart. Mock files written
+    before the attribute existed are mock v1.
+    """
+    survey = str(attrs.get("survey", ""))
+    if survey.startswith("mock"):
+        return f"{survey}/v{int(attrs.get('mock_version', 1))}"
+    return survey
 
 
 def open_survey(path: str | os.PathLike, check_values: bool = False) -> h5py.File:

@@ -46,6 +46,7 @@ class LoadedModel:
     band_mean: np.ndarray
     band_std: np.ndarray
     diffusion: GaussianDiffusion | None = None
+    survey_version: str = "mock-sdss/v1"
 
 
 def load_model(role: str, path: str, device: torch.device) -> LoadedModel:
@@ -76,13 +77,16 @@ def load_model(role: str, path: str, device: torch.device) -> LoadedModel:
                               f"{str(e).splitlines()[0]}") from None
     model.to(device).eval()
     return LoadedModel(role, str(path), model, cfg, np.asarray(run["band_mean"]), np.asarray(run["band_std"]),
-                       diffusion)
+                       diffusion, run.get("survey_version", "mock-sdss/v1"))
 
 
 def check_compatible(models: dict[str, LoadedModel]) -> None:
     """The four models must share the data space: preprocessing, band statistics, latent sizes."""
     ref = models["diffusion_lr"]
     for m in models.values():
+        if m.survey_version != ref.survey_version:
+            raise GenerationError(f"{m.path}: run.survey_version: {m.survey_version!r} differs from "
+                                  f"{ref.path}'s {ref.survey_version!r} (models trained on different data)")
         if m.cfg.data.preprocessing != ref.cfg.data.preprocessing:
             raise GenerationError(f"{m.path}: data.preprocessing: {m.cfg.data.preprocessing!r} differs from "
                                   f"{ref.path}'s {ref.cfg.data.preprocessing!r}")

@@ -141,7 +141,7 @@ def test_fibre_and_magnitudes(survey):
     assert np.all((c["fibre_frac_r"] > 0) & (c["fibre_frac_r"] < 1))
     assert np.all(c["fibermag_r"] > c["mag_r"])
     assert np.all((c["mag_r"] > 14.0) & (c["mag_r"] < 17.77))
-    assert np.all((c["z"] > 0.05) & (c["z"] < 0.15))
+    assert np.all((c["z"] > S.Z_MIN) & (c["z"] < S.Z_MAX))
     assert 0.3 < np.median(c["fibermag_r"] - c["mag_r"]) < 2.5
 
 
@@ -208,3 +208,171 @@ def test_bad_arguments(argv, msg, tmp_path, capsys):
     with pytest.raises(ValueError, match="must be > 0|cannot hold"):
         build_survey(tmp_path / "y.h5", int(argv[1]) if int(argv[1]) <= 0 else 10, n_val=512)
     assert not (tmp_path / "x.h5").exists()
+
+
+# ----------------------------------------------------------------------------------------- mock v2 realism
+# Distributions of a small mock (256 galaxies, seed 11) against the SDSS facts of docs/MOCK.md's realism
+# table, with tolerances wide enough for 256 galaxies (the table itself is measured on 5000 by
+# benchmarks/mock_realism.py).
+NR = 256
+
+
+@pytest.fixture(scope="module")
+def realism(tmp_path_factory):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from mock_realism import realism as measure
+    path = tmp_path_factory.mktemp("mock_v2") / "mock.h5"
+    build_survey(path, NR, seed=11, n_val=16, test_fraction=0.1, workers=1, progress=False)
+    with h5py.File(path, "r") as f:
+        cat = {k: f["catalog"][k][:] for k in f["catalog"]}
+        attrs = dict(f.attrs)
+    return measure(path), cat, attrs
+
+
+def test_redshift_shaped_by_flux_limit_not_cut(realism):
+    r, c, _ = realism
+    assert c["z"].min() < 0.04 and c["z"].max() > 0.17  # no 0.05-0.15 cut
+    assert 0.07 < r["z"]["median"] < 0.13
+    assert r["z"]["frac_0.03_0.2"] > 0.75
+    assert np.all(c["mag_r"] < S.R_LIMIT)
+    # nearby galaxies are the bright ones
+    assert np.median(c["mag_r"][c["z"] < 0.05]) < np.median(c["mag_r"][c["z"] > 0.1])
+
+
+def test_cosmology_tables_refuse_out_of_range():
+    t = S.cosmology_tables()
+    assert t["z"][0] <= S.Z_MIN and t["z"][-1] >= S.Z_MAX
+    with pytest.raises(ValueError, match="outside the table"):
+        S._cosmo("dl_mpc", np.array([0.1, 0.7]))
+
+
+def test_colour_bimodality(realism):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from mock_realism import absolute_r
+    r, c, _ = realism
+    assert 0.3 < r["colours"]["red_fraction_ur_2.22"] < 0.7
+    ur = c["mag_u"] - c["mag_r"]
+    mr = absolute_r(c["mag_r"], c["z"])
+    lum = (mr < -20) & (mr > -22)
+    blue, red = lum & (ur < 2.22), lum & (ur > 2.22)
+    # SDSS blue cloud 1.6-2.0 (5000-galaxy v2: 1.65-1.73; v1: 1.45-1.50); 256 galaxies: +-0.05
+    assert 1.5 < np.median(ur[blue]) < 2.05
+    assert 2.45 < np.median(ur[red]) < 2.85  # red sequence 2.5-2.8
+
+
+def test_dn4000_broad_and_bimodal(realism):
+    r, _, _ = realism
+    d = r["dn4000"]
+    assert d["max_frac_in_0.05_bin"] < 0.12  # v1: 14 % in 1.20-1.25
+    assert 1.2 < d["peak_young"] < 1.45 and 1.75 < d["peak_old"] < 2.05
+    assert 0.3 < d["frac_lt_1.55"] < 0.7
+
+
+def test_hdelta_spread_and_bursts(realism):
+    r, c, _ = realism
+    h = r["hdelta"]
+    assert h["spread_nmad_at_fixed_dn4000"] > 0.42  # v1: 0.365 (smooth SFHs)
+    assert h["p95_dn_lt_1.3"] > 5.0
+    assert -2.5 < h["median_dn_gt_1.8"] < 0.5
+
+
+def test_sfh_burst_survives_an_earlier_quench():
+    n = 3
+    # 0: burst 0.6 Gyr ago then quenched (post-starburst); 1: the same without burst; 2: never quenched
+    args = (np.full(n, 10.0), np.full(n, 3.0), np.array([0.5, 0.5, 0.0]), np.zeros(n), np.ones(n))
+    w, sfr, _ = sfh_weights(*args, t_burst=np.full(n, 0.6), f_burst=np.array([0.2, 0.0, 0.0]))
+    ages = np.repeat(load_templates()["ages"], load_templates()["n_met"])
+    young = (ages > 0.2) & (ages < 1.2)
+    assert w[0, young].sum() - w[1, young].sum() > 0.15  # the burst formed ~20 % of the mass
+    assert sfr[0] < 0.3 * sfr[2] and sfr[1] < 0.3 * sfr[2]  # star formation is shutting down
+    noisy, _, _ = sfh_weights(*args, log_sfr_noise=np.random.default_rng(0).normal(0, 0.4, (n, 131)))
+    assert not np.allclose(noisy[1], w[1])
+    assert np.isclose(noisy.sum(1), 1.0).all()
+
+
+def test_velocity_dispersion_physical_not_clipped():
+    p = S.draw_candidates(np.random.default_rng(0), 20000)
+    for k in ("sigma_b", "sigma_d"):
+        for edge in (50.0, 60.0, 200.0, 350.0):  # v1 clipped sigma_d to 50-200, sigma_b to 60-350 km/s
+            at = np.abs(p[k] - edge) < 0.5
+            around = (np.abs(p[k] - edge) > 1.0) & (np.abs(p[k] - edge) < 6.0)
+            assert at.sum() < 3 * around.sum() / 10 + 5, (k, edge)  # no pile-up: like its neighbourhood
+    big = p["log_mstar"] + np.log10(p["bt_mass"]) > 11.3
+    assert np.percentile(p["sigma_b"][big], 95) > 300  # the massive-elliptical tail
+
+
+def test_sigma_v_catalogue_continuous(realism):
+    r, _, _ = realism
+    s = r["sigma_v"]
+    assert s["max_frac_in_2kms_bin"] < 0.05
+    assert 130 < s["median_ellipticals"] < 220
+
+
+def test_bpt_fractions_and_mixing(realism):
+    r, c, _ = realism
+    b = r["bpt"]
+    assert 0.25 < b["frac_all4_snr3"] < 0.6
+    assert 0.2 < b["of_all4"]["composite_plus_agn"] < 0.6
+    assert 0.15 < b["brinchmann"]["unclassifiable"] < 0.5
+    # continuous AGN share of the fibre's Halpha (no isolated AGN cloud): many intermediate values
+    mid = (c["agn_frac"] > 0.05) & (c["agn_frac"] < 0.95)
+    assert mid.mean() > 0.05
+    assert np.array_equal(c["is_agn"] == 1, c["agn_frac"] > 0.5)
+
+
+def test_image_sky_noise_from_sky_brightness(realism):
+    from utils.mock import noise
+    sig = noise.image_sky_sigma()
+    assert 0.025 < sig[2] < 0.03  # r, SDSS ~0.025-0.03 nanomaggy per pixel
+    assert sig[4] == sig.max() and sig[1] == sig.min()  # z noisiest, g cleanest
+    r, _, _ = realism
+    measured = r["sky_sigma_nmgy_ugriz"]
+    assert 0.024 < measured[2] < 0.034, measured  # v1: 0.053
+
+
+def test_neighbours_and_stars(realism):
+    r, c, _ = realism
+    nb = r["neighbours"]
+    assert 0.3 < nb["frac_with_neighbour"] < 0.7
+    assert nb["frac_overlapping_sep_lt_6arcsec"] > 0.02
+    assert nb["min_sep_arcsec"] >= 3.0
+    assert np.array_equal(c["has_neighbour"] == 1, (c["n_neighbours"] > 0) | (c["has_bright_star"] == 1))
+
+
+def test_bright_star_spikes_and_bleed(monkeypatch):
+    from utils.mock import noise, scene
+    monkeypatch.setattr(scene, "P_BRIGHT_STAR", 1.0)
+    rng = np.random.default_rng(4)
+    img, has = scene.bright_stars(rng, np.full((8, 5), 3.4), noise.E_PER_NMGY)
+    assert has.all() and np.isfinite(img).all()
+    sat = scene.FULL_WELL_E / noise.E_PER_NMGY
+    assert np.all(img.max(axis=(2, 3)) <= sat[None, :] * (1 + 1e-6))
+    assert (img[:, 2] >= sat[2] * 0.999).sum() > 0  # some saturated (bleeding) pixels in r
+
+
+def test_disk_structure_keeps_flux():
+    from utils.mock import render, scene
+    b = 4
+    xc = yc = np.full(b, 32.0)
+    disk = render.render_sersic(xc, yc, np.full(b, 8.0), np.ones(b), np.full(b, 0.8), np.zeros(b))
+    out = scene.disk_structure(np.random.default_rng(0), disk, xc, yc, np.full(b, 8.0), np.full(b, 0.8),
+                               np.zeros(b), np.array([0.0, 0.5, 1.0, 1.0]))
+    np.testing.assert_allclose(out.sum((1, 2)), disk.sum((1, 2)), rtol=1e-4)
+    np.testing.assert_allclose(out[0], disk[0], rtol=1e-5, atol=1e-7)  # strength 0: smooth
+    assert np.abs(out[2] - disk[2]).max() > 0.05 * disk[2].max()  # arms / clumps visible
+
+
+def test_mock_version_recorded_and_old_checkpoints_refused(realism):
+    from datasets.schema import survey_version
+    from training.engine import CheckpointError, check_survey_version
+    _, _, attrs = realism
+    assert attrs["mock_version"] == S.MOCK_VERSION == 2
+    assert survey_version(attrs) == "mock-sdss/v2"
+    assert survey_version({"survey": "mock-sdss"}) == "mock-sdss/v1"  # files from before the attribute
+    check_survey_version({"survey_version": "mock-sdss/v2"}, "mock-sdss/v2", "x.pt")
+    with pytest.raises(CheckpointError, match=r"x\.pt: run.survey_version: .*'mock-sdss/v1'.*'mock-sdss/v2'"):
+        check_survey_version({}, "mock-sdss/v2", "x.pt")  # a checkpoint from before the field: mock v1

@@ -72,6 +72,17 @@ def load_checkpoint(path) -> dict:
     return ckpt
 
 
+def check_survey_version(run: dict, survey_version: str, where: str) -> None:
+    """A checkpoint trained on one generation of data (e.g. mock v1) must not be resumed or used on another.
+
+    Checkpoints written before the field existed were trained on mock v1 (or real SDSS: "sdss").
+    """
+    got = run.get("survey_version", "mock-sdss/v1")
+    if got != survey_version:
+        raise CheckpointError(f"{where}: run.survey_version: the checkpoint was trained on {got!r}, the "
+                              f"survey is {survey_version!r} (rebuilt data: retrain in a new run directory)")
+
+
 def iteration_generator(seed: int, iteration: int, rank: int) -> torch.Generator:
     """The generator of every random draw of one training iteration (resume-exact)."""
     return torch.Generator().manual_seed((seed * 1_000_003 + iteration) * 131 + rank)
@@ -198,7 +209,8 @@ def train(local_rank: int, cfg, task, stop_iteration: int | None = None) -> dict
         to_save["ema_model"] = ema_model
     to_save["run"] = RunState(cfg, task.kind, {"band_mean": cache.meta["band_mean"],
                                                "band_std": cache.meta["band_std"],
-                                               "resolution": task.resolution, "stage": cfg.train.stage})
+                                               "resolution": task.resolution, "stage": cfg.train.stage,
+                                               "survey_version": cache.meta.get("survey_version", "")})
     eval_model = ema_model if ema_model is not None else raw_model
 
     saver = DiskSaver(str(out_dir), require_empty=False, atomic=True)
@@ -292,6 +304,7 @@ def train(local_rank: int, cfg, task, stop_iteration: int | None = None) -> dict
         if ckpt.get("run", {}).get("kind") != task.kind:
             raise CheckpointError(f"{last}: run.kind: {ckpt.get('run', {}).get('kind')!r}, expected "
                                   f"{task.kind!r} (a checkpoint of another model in this run directory)")
+        check_survey_version(ckpt["run"], cache.meta.get("survey_version", ""), str(last))
         Checkpoint.load_objects(to_load={k: v for k, v in to_save.items() if k != "run"}, checkpoint=ckpt)
         if rank == 0:
             print(f"resumed {out_dir} at iteration {trainer.state.iteration}", flush=True)

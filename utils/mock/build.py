@@ -10,7 +10,7 @@ import numpy as np
 
 from analysis.indices import LICK_BANDS, READOUT_LICK
 from datasets.schema import N_LOGLAM, SPECTRUM_CHUNK, assign_split, create_survey, write_column
-from utils.mock.simulate import BLOCK, simulate_block
+from utils.mock.simulate import BLOCK, MOCK_VERSION, simulate_block
 
 LINE_DESC = {
     "oii_3727": "[OII]3726+3729 doublet", "hb": "Hbeta 4861", "oiii_4959": "[OIII]4959",
@@ -22,7 +22,7 @@ COLUMNS = {
     "id": ("", "galaxy index in the survey (row number; a survey is a prefix of the seed's sequence)"),
     "ra": ("deg", "right ascension (fake, uniform over an SDSS-like area)"),
     "dec": ("deg", "declination (fake, uniform on the sphere within -3..62 deg)"),
-    "z": ("", "redshift (cosmological, no peculiar velocity), 0.05 < z < 0.15"),
+    "z": ("", "redshift (cosmological, no peculiar velocity); n(z) shaped by the r <= 17.77 flux limit"),
     "sigma_v": ("km/s", "stellar velocity dispersion: rms of bulge and disk dispersions weighted by their "
                         "fibre light at 5500 A rest"),
     "age_lw": ("Gyr", "light-weighted (5500 A rest, in the fibre) stellar age"),
@@ -39,13 +39,16 @@ COLUMNS = {
     "q_disk": ("", "disk axis ratio b/a (COSMOS bulge+disk fits resampled)"),
     "fibermag_r": ("AB mag", "r magnitude in the 3-arcsec fibre aperture after the PSF, no noise"),
     "fibre_frac_r": ("", "fraction of the total r light inside the fibre (0..1)"),
-    "has_neighbour": ("", "1 if a neighbouring star or galaxy was added to the cutout"),
+    "has_neighbour": ("", "1 if any other source (star, galaxy, bright-star artefact) is in the cutout"),
+    "n_neighbours": ("", "number of other detected sources (r <= 22.2) centred in the cutout"),
+    "nb_min_sep_arcsec": ("arcsec", "distance of the nearest neighbour from the target centre (nan if none)"),
+    "has_bright_star": ("", "1 if a bright star (r 9-13.5) near the cutout adds halo, spikes, bleed trail"),
     "snr_median": ("", "median over pixels of flux*sqrt(ivar) of the observed spectrum"),
     "bpt_class": ("", "0 star-forming (below Kauffmann 2003), 1 composite, 2 AGN (above Kewley 2001), "
                       "-1 unclassifiable (any of Hbeta, [OIII]5007, Halpha, [NII]6584 with S/N < 3); "
                       "from the catalogue fibre line fluxes"),
-    "agn_frac": ("", "fraction of the intrinsic Halpha luminosity from the AGN"),
-    "is_agn": ("", "1 if the galaxy hosts an AGN (truth)"),
+    "agn_frac": ("", "fraction of the fibre's observed Halpha flux from the AGN (continuous: SF-AGN mixing)"),
+    "is_agn": ("", "1 if the AGN gives most of the fibre's Halpha (agn_frac > 0.5; truth)"),
     "dn4000": ("", "Dn4000 (Balogh et al. 1999) of the noiseless fibre spectrum, analysis.indices.dn4000"),
 }
 for _n in READOUT_LICK:
@@ -99,6 +102,7 @@ def build_survey(out: str | os.PathLike, n: int, seed: int = 0, n_val: int = 512
     t0 = time.time()
     cols: dict[str, list] = {}
     attrs = {"seed": int(seed), "builder": "utils.make_mock", "mock_block": BLOCK,
+             "mock_version": MOCK_VERSION,
              "description": "galspec mock SDSS main-sample survey (BC03 bulge+disk, Calzetti dust, nebular "
                             "lines, 3-arcsec fibre spectra, SDSS-like noise); see docs/MOCK.md"}
     out = Path(out)

@@ -90,7 +90,7 @@ def plot_vs_sdss(f: h5py.File, out: Path) -> None:
         ok = (ur > 1.5) & (ur < 2.22) & (cat["bpt_class"] == 0) if want_sf else (ur > 2.22)
         if "BROADLINE" in sub or "AGN" in sub:
             ok = (ur > 2.22) & (cat["bpt_class"] == 2)
-        j = int(np.flatnonzero(ok)[np.argmin(np.abs(cat["z"][ok] - np.clip(s.z, 0.05, 0.15)))])
+        j = int(np.flatnonzero(ok)[np.argmin(np.abs(cat["z"][ok] - s.z))])
         rows.append((s, sub, j))
     fig, axes = plt.subplots(len(rows), 2, figsize=(12, 2.2 * len(rows)), sharex=True)
     axes = np.atleast_2d(axes)
@@ -116,13 +116,14 @@ def plot_vs_sdss(f: h5py.File, out: Path) -> None:
 
 
 def plot_distributions(f: h5py.File, out: Path) -> None:
-    """CMD, g-r and Dn4000 bimodality, BPT diagram, redshift and r distributions (first 5000 galaxies)."""
+    """CMD, g-r and Dn4000 bimodality, Hdelta_A-Dn4000, BPT diagram, sigma_v, redshift and r distributions
+    (first 5000 galaxies)."""
     from astropy.cosmology import Planck18
     c = {k: f["catalog"][k][:5000] for k in f["catalog"]}  # the first 5000: readable scatter plots
     ur = c["mag_u"] - c["mag_r"]
     gr = c["mag_g"] - c["mag_r"]
     mr = c["mag_r"] - Planck18.distmod(c["z"]).value
-    fig, ax = plt.subplots(2, 3, figsize=(13, 7.5))
+    fig, ax = plt.subplots(2, 4, figsize=(17, 7.5))
     a = ax[0, 0]
     a.scatter(mr, ur, s=1, c=c["bulge_frac"], cmap="coolwarm", vmin=0, vmax=1, rasterized=True)
     a.axhline(2.22, color="k", ls="--", lw=0.8)
@@ -159,7 +160,7 @@ def plot_distributions(f: h5py.File, out: Path) -> None:
     a.legend(fontsize=7, markerscale=4, title=f"unclassifiable {np.mean(c['bpt_class'] == -1):.2f}",
              title_fontsize=7)
     a = ax[1, 1]
-    a.hist(c["z"], bins=50, range=(0.05, 0.15), color="0.4")
+    a.hist(c["z"], bins=70, range=(0.0, 0.35), color="0.4")
     a.set_xlabel("redshift")
     a.set_title(f"median z = {np.median(c['z']):.3f}", fontsize=9)
     a = ax[1, 2]
@@ -168,6 +169,23 @@ def plot_distributions(f: h5py.File, out: Path) -> None:
     a.set_xlabel("r [AB mag]")
     a.legend(fontsize=7)
     a.set_title(f"median S/N per pixel {np.median(c['snr_median']):.1f}", fontsize=9)
+    a = ax[0, 3]
+    if "lick_Hdelta_A" in c:
+        a.scatter(c["dn4000"], c["lick_Hdelta_A"], s=1, c=ur, cmap="coolwarm", vmin=1.0, vmax=3.0,
+                  rasterized=True)
+        a.set_xlim(0.9, 2.3)
+        a.set_ylim(-4, 10)
+        a.set_xlabel("Dn4000")
+        a.set_ylabel("Hdelta_A [A]  (colour: u-r)")
+        a.set_title(f"Hdelta_A > 5 A: {np.mean(c['lick_Hdelta_A'] > 5):.3f}", fontsize=9)
+    a = ax[1, 3]
+    ell = c["morphology"] == 0
+    a.hist(c["sigma_v"], bins=60, range=(0, 450), color="0.4", label="all")
+    a.hist(c["sigma_v"][ell], bins=60, range=(0, 450), histtype="step", color="C3", label="ellipticals")
+    a.set_xlabel("sigma_v [km/s]")
+    a.legend(fontsize=7)
+    a.set_title(f"median sigma_v {np.median(c['sigma_v']):.0f} km/s (ellipticals "
+                f"{np.median(c['sigma_v'][ell]):.0f})", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=70)
     plt.close(fig)

@@ -30,9 +30,13 @@ SPEC_COUNTS_SCALE = 30.0  # photo-electrons per (1e-17 erg/s/cm2/A) per pixel at
 READ_NOISE_E = 6.0  # effective read noise + dark per pixel (electrons)
 SKY_SUB_RESID = 0.03  # fractional sky-line subtraction residual (added to the variance)
 
-# Imaging: 5-sigma point-source depths (AB), electrons per nanomaggy, median PSF FWHM (arcsec)
-DEPTH5 = np.array([22.0, 22.2, 22.2, 21.3, 20.5])
+# Imaging: photo-electrons per nanomaggy in one 53.9 s drift-scan exposure, read noise + dark (electrons per
+# pixel), median PSF FWHM (arcsec). The 95 % completeness depths (u 22.0, g 22.2, r 22.2, i 21.3, z 20.5) are
+# NOT 5-sigma limits and do not set the noise: the sky brightness does (image_sky_sigma).
+EXPTIME_S = 53.9
 E_PER_NMGY = np.array([160.0, 1000.0, 900.0, 700.0, 160.0])
+IMG_READ_NOISE_E = 6.0
+PIXEL_AREA_ARCSEC2 = 0.396**2
 PSF_MEDIAN = np.array([1.50, 1.43, 1.35, 1.30, 1.28])
 
 
@@ -89,9 +93,17 @@ def spectrum_variance(model: np.ndarray, wave: np.ndarray, exposure: np.ndarray,
     return var
 
 
-def image_sky_sigma() -> np.ndarray:
-    """Per-pixel sky noise (nanomaggies) per band giving the 5-sigma point-source depths at median seeing."""
-    sig_px = PSF_MEDIAN / 2.3548 / 0.396
-    nea = 4 * np.pi * sig_px**2  # noise-equivalent area of a Gaussian PSF, pixels
-    f5 = 10 ** ((22.5 - DEPTH5) / 2.5)
-    return f5 / 5.0 / np.sqrt(nea)
+def image_sky_sigma(sky_sb=None) -> np.ndarray:
+    """Per-pixel sky noise (nanomaggies) per band from the sky brightness, exposure, gain and read noise.
+
+    sky counts per pixel = 10**((22.5 - mu_sky)/2.5) nmgy/arcsec^2 x 0.157 arcsec^2 x E_PER_NMGY (the
+    electrons one nanomaggy gives in the 53.9 s exposure); sigma = sqrt(sky_e + read_noise^2) / E_PER_NMGY.
+    Dark-sky values: u 0.049, g 0.017, r 0.028, i 0.045, z 0.17 nanomaggies per 0.396" pixel.
+
+    Parameters
+    ----------
+    sky_sb : (..., 5) sky surface brightness (AB mag/arcsec^2); default the dark-sky SKY_SB values.
+    """
+    mu = np.array([SKY_SB[k] for k in sorted(SKY_SB)]) if sky_sb is None else np.asarray(sky_sb)
+    sky_e = 10 ** ((22.5 - mu) / 2.5) * PIXEL_AREA_ARCSEC2 * E_PER_NMGY
+    return np.sqrt(sky_e + IMG_READ_NOISE_E**2) / E_PER_NMGY

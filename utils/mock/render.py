@@ -29,7 +29,7 @@ def _grid(s: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
     return c[None, :], c[:, None]  # x (1, W), y (H, 1)
 
 
-def render_sersic(xc, yc, re, n, q, pa) -> np.ndarray:
+def render_sersic(xc, yc, re, n, q, pa, supersample: int = SUPERSAMPLE) -> np.ndarray:
     """Unit-total-flux Sersic images (before the PSF), shape (B, 64, 64), float32.
 
     Parameters are (B,) arrays in pixels / radians; ``re`` is the semi-major-axis half-light radius.
@@ -37,7 +37,7 @@ def render_sersic(xc, yc, re, n, q, pa) -> np.ndarray:
     (the expected flux inside the cutout minus the sampled sum; large only for small n ~ 4 bulges) is
     put into the centre pixel, so the total flux is right to ~1 % while the profile stays sharp.
     """
-    s = SUPERSAMPLE
+    s = int(supersample)
     b = sersic_b(n)
     # flux normalisation: L = 2 pi q re^2 n e^b b^(-2n) Gamma(2n) I_e  ->  I_e for L = 1
     log_ie = -(np.log(2 * np.pi * q * re**2 * n) + b - 2 * n * np.log(b) + gammaln(2 * n))
@@ -92,6 +92,13 @@ def convolve(img: np.ndarray, psf: np.ndarray) -> np.ndarray:
     """
     fi = torch.fft.rfft2(torch.as_tensor(img))[:, :, None]
     fp = torch.fft.rfft2(torch.fft.ifftshift(torch.as_tensor(psf), dim=(-2, -1)))[:, None]
+    return torch.fft.irfft2(fi * fp, s=(IMAGE_SIZE, IMAGE_SIZE)).numpy()
+
+
+def convolve_bands(img: np.ndarray, psf: np.ndarray) -> np.ndarray:
+    """FFT convolution of per-band images (B, 5, 64, 64) with their band's PSF (B, 5, 64, 64)."""
+    fi = torch.fft.rfft2(torch.as_tensor(img))
+    fp = torch.fft.rfft2(torch.fft.ifftshift(torch.as_tensor(psf), dim=(-2, -1)))
     return torch.fft.irfft2(fi * fp, s=(IMAGE_SIZE, IMAGE_SIZE)).numpy()
 
 

@@ -23,9 +23,10 @@ MPC_CM = 3.0856775814913673e24
 TEMPLATE_FWHM = 2.3  # Angstrom, rest frame (BC03 at 1 A sampling)
 
 # The rest-frame grid: 1e-4 dex (like the SDSS observed grid, so redshifting is a sub-pixel shift) from
-# 2500 A (the blue edge of u at z = 0.15 is 2556 A rest) to 10700 A (the red edge of z at z = 0.05).
-REST_LOGLAM0 = np.log10(2500.0)
-N_REST = int(np.ceil((np.log10(10700.0) - REST_LOGLAM0) / DLOGLAM)) + 1
+# 2150 A (the blue edge of u, 2939 A, at the mock's highest redshift 0.36 is 2161 A rest) to 11200 A (the red
+# edge of z, 11141 A, at the lowest redshift 0.003).
+REST_LOGLAM0 = np.log10(2150.0)
+N_REST = int(np.ceil((np.log10(11200.0) - REST_LOGLAM0) / DLOGLAM)) + 1
 
 # Windows used to extend the templates beyond their coverage with a per-template power law
 # f_lambda ~ lambda^alpha (least squares in log f vs log lambda). 3330-3600 A sits below the Balmer break,
@@ -109,17 +110,24 @@ def _age_bin_edges(ages: np.ndarray) -> np.ndarray:
 
 
 def sfh_weights(t_start: np.ndarray, tau: np.ndarray, t_quench: np.ndarray, metal: np.ndarray,
-                mass_formed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Template mass weights of a delayed-tau star-formation history with optional quenching.
+                mass_formed: np.ndarray, t_burst: np.ndarray | None = None, f_burst: np.ndarray | None = None,
+                log_sfr_noise: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Template mass weights of a delayed-tau star-formation history with bursts, variability and quenching.
 
-    SFR(lookback t) ~ (t_start - t) exp(-(t_start - t)/tau) for t < t_start, multiplied by
-    exp(-(t_quench - t)/0.3 Gyr) for t < t_quench (rapid shutdown ``t_quench`` Gyr ago; 0 = never).
+    SFR(lookback t) ~ (t_start - t) exp(-(t_start - t)/tau) for t < t_start, times 10**noise(t) (stochastic
+    variability, ``log_sfr_noise`` sampled every 100 Myr and interpolated), plus a burst forming the
+    fraction ``f_burst`` of the mass in a Gaussian of 50 Myr width centred at lookback ``t_burst``; the sum is
+    multiplied by exp(-(t_quench - t)/0.3 Gyr) for t < t_quench (rapid shutdown ``t_quench`` Gyr ago; 0 =
+    never), so a
+    burst older than the quench survives (post-starburst) and a younger one is suppressed.
     Metallicity is a single value per component, linearly interpolated between the two neighbouring
     template metallicities (weights split between them).
 
     Parameters
     ----------
     t_start, tau, t_quench : (B,) Gyr.  metal : (B,) [M/H].  mass_formed : (B,) M_sun.
+    t_burst, f_burst : (B,) Gyr and mass fraction (0 = no burst), optional.
+    log_sfr_noise : (B, 131) dex on the lookback grid 0, 0.1, ..., 13 Gyr, optional.
 
     Returns
     -------
@@ -129,23 +137,36 @@ def sfh_weights(t_start: np.ndarray, tau: np.ndarray, t_quench: np.ndarray, meta
     """
     tpl = load_templates()
     ages, metals = tpl["ages"], tpl["metals"]
-    # fine lookback-time grid, integrated into the template age bins
-    tt = np.linspace(0.0, 13.0, 1301)[None, :]  # Gyr, 10 Myr steps
-    dt = 10.0 ** -2
+    # lookback-time grid integrated into the template age bins: 10 Myr steps over the last 2.5 Gyr (young
+    # bins, bursts), 50 Myr beyond (old bins are >= 1.3 Gyr wide)
+    tt1 = np.concatenate([np.arange(0.0, 2.5 - 1e-9, 0.01), np.arange(2.5, 13.0 + 1e-9, 0.05)])
+    dt = np.where(tt1 < 2.5 - 1e-9, 0.01, 0.05)[None, :]
+    tt = tt1[None, :]
     s = t_start[:, None] - tt
     sfr = np.where(s > 0, s * np.exp(-np.clip(s, 0, None) / tau[:, None]), 0.0)
+    if log_sfr_noise is not None:  # coarse 100 Myr noise, linearly interpolated onto the fine grid
+        coarse = np.asarray(log_sfr_noise)
+        k = tt1 / 0.1
+        k0 = np.minimum(np.floor(k).astype(int), coarse.shape[1] - 2)
+        fr = (k - k0)[None, :]
+        sfr = sfr * 10 ** ((1 - fr) * coarse[:, k0] + fr * coarse[:, k0 + 1])
+    sfr = sfr / np.maximum((sfr * dt).sum(1), 1e-30)[:, None]  # unit mass
+    if t_burst is not None and f_burst is not None:
+        g = np.exp(-0.5 * ((tt - t_burst[:, None]) / 0.05) ** 2)
+        g = g / np.maximum((g * dt).sum(1), 1e-30)[:, None]
+        sfr = (1 - f_burst[:, None]) * sfr + f_burst[:, None] * g
     quench = np.where((t_quench[:, None] > 0) & (tt < t_quench[:, None]),
                       np.exp(-(t_quench[:, None] - tt) / 0.3), 1.0)
     sfr = sfr * quench
-    norm = sfr.sum(1) * dt
+    norm = (sfr * dt).sum(1)
     sfr = sfr / np.maximum(norm, 1e-30)[:, None] * mass_formed[:, None]  # M_sun / Gyr
     edges = _age_bin_edges(ages)
     idx = np.clip(np.searchsorted(edges, tt[0], side="right") - 1, 0, len(ages) - 1)
-    w_age = np.zeros((len(t_start), len(ages)))
-    for a in range(len(ages)):
-        w_age[:, a] = sfr[:, idx == a].sum(1) * dt
-    sfr_now = sfr[:, :10].sum(1) * dt / 0.1 / 1e9  # last 100 Myr, M_sun/yr
-    age_mw = (sfr * tt).sum(1) / np.maximum(sfr.sum(1), 1e-30)
+    starts = np.searchsorted(idx, np.arange(len(ages)))  # idx is monotonic in lookback time
+    w_age = np.add.reduceat(sfr * dt, starts, axis=1)
+    w_age[:, np.bincount(idx, minlength=len(ages)) == 0] = 0.0
+    sfr_now = sfr[:, :10].sum(1) * 0.01 / 0.1 / 1e9  # last 100 Myr, M_sun/yr
+    age_mw = (sfr * dt * tt).sum(1) / np.maximum((sfr * dt).sum(1), 1e-30)
     m = np.clip(metal, metals[0], metals[-1])
     j = np.clip(np.searchsorted(metals, m) - 1, 0, len(metals) - 2)
     f = (m - metals[j]) / (metals[j + 1] - metals[j])
