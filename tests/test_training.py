@@ -41,14 +41,14 @@ def test_contrastive_learns_the_synthetic_survey(synthetic_survey, tmp_path):
     m = _final(out)
     # 8 validation galaxies: chance median rank is 4.5; a trained ranker does clearly better
     assert m["iteration"] == 60 and m["median_rank"] <= 2.5, m
-    ck = torch.load(out / "best.pt", weights_only=False)
+    ck = torch.load(out / "best.pt", weights_only=True)
     assert ck["run"]["kind"] == "contrastive" and ck["run"]["config"]["model"]["latent_dim"] == 16
     assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(ck)
     assert (out / "metrics.csv").read_text().count("\n") > 5
 
 
 def _weights(path):
-    ck = torch.load(path, weights_only=False)
+    ck = torch.load(path, weights_only=True)
     return ck["model"], ck.get("ema_model")
 
 
@@ -60,7 +60,7 @@ def test_killed_and_resumed_diffusion_run_ends_with_identical_weights(synthetic_
     # "killed" at iteration 3 (not an epoch boundary: 48 train galaxies / 16 = 3 iterations per epoch... so 5)
     assert main("generative", _args(synthetic_survey, resumed, TINY_DIFFUSION, 8, extra)
                 + ["--stop-iteration", "5"]) == 0
-    assert torch.load(resumed / "last.pt", weights_only=False)["trainer"]["iteration"] == 5
+    assert torch.load(resumed / "last.pt", weights_only=True)["trainer"]["iteration"] == 5
     assert main("generative", _args(synthetic_survey, resumed, TINY_DIFFUSION, 8, extra)) == 0
     (ma, ea), (mb, eb) = _weights(straight / "last.pt"), _weights(resumed / "last.pt")
     for k in ma:
