@@ -475,6 +475,9 @@ def train(local_rank: int, cfg, task, stop_iteration: int | None = None,
             best.score, best.iteration = float(metrics[task.score_name]), it
         return improved
 
+    # logging first: the rows of iteration k are in metrics.csv before the checkpoint of iteration k
+    _attach_logging(trainer, cfg, rank, out_dir, csv_log, optimizer, total)
+
     @trainer.on(Events.ITERATION_COMPLETED)
     def _validate_checkpoint_stop(engine):
         it = engine.state.iteration
@@ -486,8 +489,6 @@ def train(local_rank: int, cfg, task, stop_iteration: int | None = None,
             _save(it, numbered=stop or it % cfg.run.checkpoint_every == 0, is_best=improved)
         if stop:
             engine.terminate()
-
-    _attach_logging(trainer, cfg, rank, out_dir, csv_log, optimizer, total)
 
     if ckpt is not None:
         restore(ckpt, to_save, cfg, out_dir / "last.pt", epoch_length, total)
