@@ -202,6 +202,14 @@ def _write_rows(path: Path, header: list, rows: list) -> None:
     os.replace(tmp, path)
 
 
+def _row_iteration(row: dict) -> float:
+    """The iteration of a metrics.csv row; infinite (dropped by a trim) for a row cut short by a kill."""
+    try:
+        return int(row["iteration"]) if None not in row else math.inf
+    except (KeyError, TypeError, ValueError):
+        return math.inf
+
+
 class CSVLogger:
     """Appends metric rows to ``metrics.csv`` (rank 0); a resumed run first trims the rows of the
     iterations it will redo (``trim``) so each iteration appears once."""
@@ -216,7 +224,7 @@ class CSVLogger:
         with open(self.path, newline="") as f:
             reader = csv.DictReader(f)
             header, rows = list(reader.fieldnames or []), list(reader)
-        keep = [r for r in rows if r.get("iteration") and int(float(r["iteration"])) <= last_iteration]
+        keep = [r for r in rows if _row_iteration(r) <= last_iteration]
         if not keep:
             self.path.unlink()
         elif len(keep) < len(rows):
@@ -496,7 +504,8 @@ def train(local_rank: int, cfg, task, stop_iteration: int | None = None,
             if "best" not in ckpt:
                 print(f"{out_dir / 'last.pt'}: has no best-score record (older checkpoint): the next "
                       "validation replaces best.pt", flush=True)
-            _reconcile_best(out_dir, best, trainer.state.iteration)
+            else:
+                _reconcile_best(out_dir, best, trainer.state.iteration)
             print(f"resumed {out_dir} at iteration {trainer.state.iteration}", flush=True)
     if trainer.state.iteration >= total:
         if rank == 0:
