@@ -41,14 +41,14 @@ def test_contrastive_learns_the_synthetic_survey(synthetic_survey, tmp_path):
     m = _final(out)
     # 8 validation galaxies: chance median rank is 4.5; a trained ranker does clearly better
     assert m["iteration"] == 60 and m["median_rank"] <= 2.5, m
-    ck = torch.load(out / "best.pt", weights_only=False)
+    ck = torch.load(out / "best.pt", weights_only=True)
     assert ck["run"]["kind"] == "contrastive" and ck["run"]["config"]["model"]["latent_dim"] == 16
     assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(ck)
     assert (out / "metrics.csv").read_text().count("\n") > 5
 
 
 def _weights(path):
-    ck = torch.load(path, weights_only=False)
+    ck = torch.load(path, weights_only=True)
     return ck["model"], ck.get("ema_model")
 
 
@@ -60,7 +60,7 @@ def test_killed_and_resumed_diffusion_run_ends_with_identical_weights(synthetic_
     # "killed" at iteration 3 (not an epoch boundary: 48 train galaxies / 16 = 3 iterations per epoch... so 5)
     assert main("generative", _args(synthetic_survey, resumed, TINY_DIFFUSION, 8, extra)
                 + ["--stop-iteration", "5"]) == 0
-    assert torch.load(resumed / "last.pt", weights_only=False)["trainer"]["iteration"] == 5
+    assert torch.load(resumed / "last.pt", weights_only=True)["trainer"]["iteration"] == 5
     assert main("generative", _args(synthetic_survey, resumed, TINY_DIFFUSION, 8, extra)) == 0
     (ma, ea), (mb, eb) = _weights(straight / "last.pt"), _weights(resumed / "last.pt")
     for k in ma:
@@ -72,38 +72,86 @@ def test_diffusion_loss_falls_and_validation_scores_samples(synthetic_survey, tm
     out = tmp_path / "d"
     assert main("generative", _args(synthetic_survey, out, TINY_DIFFUSION, 80,
                                      ["validation.steps=10", "train.ema_decay=0.8", "model.standardize=true",
-                                      "validation.alpha_bar_min=0.02", "validation.n_galaxies=16"])) == 0
-    rows = [r for r in (out / "metrics.csv").read_text().splitlines()[1:] if r.split(",")[3]]
+                                      "validation.alpha_bar_min=0.02", "validation.n_galaxies=16",
+                                      "run.validate_every=20"])) == 0
     import csv
-    data = [r for r in csv.DictReader(open(out / "metrics.csv")) if r.get("loss")]
+    import math
+    with open(out / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    data = [r for r in rows if r.get("loss")]
     first = sum(float(r["loss"]) for r in data[:3]) / 3
     last = sum(float(r["loss"]) for r in data[-3:]) / 3
-    assert rows and last < 0.6 * first, (first, last)
+    assert last < 0.6 * first, (first, last)
     assert any(p.name.startswith("samples_") for p in out.iterdir())
     # validation scored EMA samples against truth, the mean-spectrum reference and the shuffled-image control
-    import json
-    import math
-    m = json.loads((out / "final_metrics.json").read_text())
+    val = {int(r["iteration"]): {k[4:]: float(v) for k, v in r.items() if k.startswith("val_") and v}
+           for r in rows if r.get("val_mse_best")}
+    assert sorted(val) == [20, 40, 60, 80]
     keys = ("mse_best", "mse_first", "mse_train_mean_spectrum", "mse_best_shuffled_images")
-    assert all(math.isfinite(m[k]) and m[k] > 0 for k in keys), m
-    assert m["mse_best"] <= m["mse_first"]  # best of 2 draws, the first among them
-    assert m["mse_best"] < 10 * m["mse_train_mean_spectrum"]  # standardised + clipped: samples stay sane
+    assert all(math.isfinite(m[k]) and m[k] > 0 for m in val.values() for k in keys), val
+    assert _final(out)["mse_best"] == val[80]["mse_best"]
+    # the samples approach the truth as training goes on (the same galaxies and seeds at every validation)
+    assert val[80]["mse_best"] < 0.7 * val[20]["mse_best"], val
+    # the reference does not depend on the model
+    assert len({m["mse_train_mean_spectrum"] for m in val.values()}) == 1
 
 
-def test_two_gloo_processes_keep_identical_weights(synthetic_survey, tmp_path):
-    out = tmp_path / "ddp"
+@pytest.fixture(scope="module")
+def identical_image_survey(synthetic_survey, tmp_path_factory):
+    """The synthetic survey with every image replaced by the first one (spectra unchanged).
+
+    On CPU, DDP cannot synchronise BatchNorm, so each rank normalises its half batch with its own
+    statistics; with identical images those equal the full batch's, and a 2-rank run must then follow
+    the single-process run with the same global batch."""
+    import shutil
+
+    import h5py
+    path = tmp_path_factory.mktemp("ddp") / "same_images.h5"
+    shutil.copyfile(synthetic_survey, path)
+    with h5py.File(path, "r+") as f:
+        f["images"][:] = f["images"][0]
+    return path
+
+
+def test_two_gloo_processes_train_like_one_process_with_the_same_global_batch(identical_image_survey,
+                                                                             tmp_path):
+    import os
+    import socket
+    sets = ["data.augment=false", "run.checkpoint_every=4"]  # augmentation draws differ per rank
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    assert main("contrastive", _args(identical_image_survey, single, TINY_CONTRASTIVE, 4, sets)) == 0
     cmd = [sys.executable, str(ROOT / "train_contrastive.py"), "--nproc", "2", "--backend", "gloo",
-           "--threads", "1"] + _args(synthetic_survey, out, TINY_CONTRASTIVE, 4)[2:]
-    cmd += ["--set", "run.checkpoint_every=4"]
+           "--threads", "1"] + _args(identical_image_survey, ddp, TINY_CONTRASTIVE, 4, sets)[2:]
+    with socket.socket() as s:  # a free rendezvous port: ignite's default (2222) may be taken
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     # each rank also dumps its own weights so we can compare them
-    env = {"GALSPEC_DUMP_RANK_WEIGHTS": str(out / "rank{rank}.pt"), **__import__("os").environ}
+    env = {**os.environ, "GALSPEC_DUMP_RANK_WEIGHTS": str(ddp / "rank{rank}.pt"), "MASTER_PORT": str(port)}
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    w0 = torch.load(out / "rank0.pt")
-    w1 = torch.load(out / "rank1.pt")
+    assert _final(ddp)["iteration"] == 4
+    w0 = torch.load(ddp / "rank0.pt", weights_only=True)
+    w1 = torch.load(ddp / "rank1.pt", weights_only=True)
+    written = torch.load(ddp / "last.pt", weights_only=True)["model"]
     for k in w0:
         torch.testing.assert_close(w0[k], w1[k], msg=k)
-    assert _final(out)["iteration"] == 4
+        torch.testing.assert_close(written[k], w0[k], rtol=0, atol=0, msg=k)  # rank 0 wrote its weights
+    # 8 galaxies per rank, gradients averaged, negatives gathered = the 16-galaxy single-process step.
+    # Compared per network as |w_ddp - w_single| / |w_single - w_init|: summation order differs, and Adam
+    # turns that rounding into up to ~1/4 of a step where a gradient is ~0, so not element by element.
+    # Measured on the synthetic survey: ratio <= 1e-3; training one process on 8 galaxies instead: 0.4.
+    ck = torch.load(single / "last.pt", weights_only=True)
+    ref = ck["model"]
+    from training.tasks import build_contrastive
+    from utils.config import config_from_checkpoint_dict
+    torch.manual_seed(0)
+    init = build_contrastive(config_from_checkpoint_dict(ck["run"]["config"], ContrastiveConfig, "x").model)
+    init = init.state_dict()
+    for net in ("image_trunk", "image_head", "spectrum_encoder"):
+        keys = [k for k in ref if k.startswith(net) and ref[k].is_floating_point() and "running" not in k]
+        moved = sum(((ref[k] - init[k]) ** 2).sum() for k in keys).sqrt()
+        apart = sum(((ref[k] - w0[k]) ** 2).sum() for k in keys).sqrt()
+        assert moved > 0 and apart < 0.02 * moved, (net, float(apart), float(moved))
 
 
 def test_bad_config_is_a_one_line_error(tmp_path, capsys):

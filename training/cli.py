@@ -28,6 +28,10 @@ def parse_args(kind: str, argv=None):
     p.add_argument("--backend", default=None, help="torch.distributed backend: gloo (CPU) or nccl (GPU); "
                    "default: none for --nproc 1, else nccl on CUDA and gloo on CPU")
     p.add_argument("--no-resume", action="store_true", help="start from scratch even if a checkpoint exists")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume even though the config differs from the checkpoint's (the new values apply "
+                        "from the resume point and are recorded in config.yaml and the checkpoints); "
+                        "architecture, stage and batch size can never change")
     p.add_argument("--stop-iteration", type=int, default=None,
                    help="checkpoint and stop at this iteration (to test resuming)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
@@ -44,7 +48,7 @@ def load(kind: str, args):
     return load_config(args.config, cls, overrides, args.preset)
 
 
-def _worker(local_rank, kind, cfg, stop_iteration, threads):
+def _worker(local_rank, kind, cfg, stop_iteration, threads, allow_config_change=False):
     from training.engine import train
     from training.tasks import ContrastiveTask, DiffusionTask
     torch.set_num_threads(threads)
@@ -54,7 +58,8 @@ def _worker(local_rank, kind, cfg, stop_iteration, threads):
     else:
         task = (ContrastiveTask(cfg.train.stage, cfg.train.crop_length) if kind == "contrastive"
                 else DiffusionTask(cfg.train.stage, cfg.model, cfg.train.crop_length))
-    return train(local_rank, cfg, task, stop_iteration=stop_iteration)
+    return train(local_rank, cfg, task, stop_iteration=stop_iteration,
+                 allow_config_change=allow_config_change)
 
 
 def main(kind: str, argv=None) -> int:
@@ -65,4 +70,5 @@ def main(kind: str, argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     threads = threads_per_process(args.nproc, args.threads)
-    return launch(_worker, (kind, cfg, args.stop_iteration, threads), args.nproc, args.backend)
+    return launch(_worker, (kind, cfg, args.stop_iteration, threads, args.allow_config_change), args.nproc,
+                  args.backend)
