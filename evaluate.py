@@ -34,7 +34,7 @@ def _check_args(a) -> None:
 
 
 def main(argv=None) -> int:
-    p = ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="evaluate.py", description=__doc__.splitlines()[0])
     p.add_argument(
         "--results", default="outputs/generated.fits", help="generate.py output (default: %(default)s)"
     )

@@ -99,10 +99,11 @@ def build_cache(path: str | os.PathLike, cache_dir: str | os.PathLike | None = N
     if not (root / "meta.json").exists():
         if base.exists() and not base.is_dir():
             raise DatasetError(f"{path}: data.cache_dir: {base} is a file, not a directory")
+        new_base = not base.exists()
         try:
             _write_cache(path, root, summary, chunk, progress)
         except BaseException as e:  # leave no half-written cache behind, whatever stopped the build
-            shutil.rmtree(root.with_name(root.name + ".partial"), ignore_errors=True)
+            shutil.rmtree(base if new_base else root.with_name(root.name + ".partial"), ignore_errors=True)
             if not isinstance(e, (OSError, KeyError)):
                 raise
             # a chunk that cannot be read (damaged file) or an unwritable cache directory

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def parse_args(argv=None):
-    p = ArgumentParser(description="Images -> ranked full-resolution spectra "
+    p = ArgumentParser(prog="generate.py", description="Images -> ranked full-resolution spectra "
                                 "(Doorenbos et al. 2024).")
     p.add_argument("--config", default=str(ROOT / "params_generative.yml"))
     p.add_argument("--preset", default=None)

@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def parse_args(kind: str, argv=None):
     default = ROOT / {"contrastive": "params_contrastive.yml", "baseline": "params_baseline.yml"}.get(
         kind, "params_generative.yml")
-    p = ArgumentParser(description=f"Train the {kind} networks (Doorenbos et al. 2024).")
+    p = ArgumentParser(prog=f"train_{kind}.py",
+                       description=f"Train the {kind} networks (Doorenbos et al. 2024).")
     p.add_argument("--config", default=str(default), help="YAML config (default: %(default)s)")
     p.add_argument("--preset", default=None, help="apply the config's presets.<name> overlay, e.g. 'cpu'")
     p.add_argument("--stage", choices=["lr", "sr"], default=None,

@@ -155,7 +155,7 @@ class RunConfig:
             self.out_dir.format(name="x", stage="lr")
         except (KeyError, IndexError, ValueError) as e:
             raise ConfigError(f"{where}: run.out_dir: {self.out_dir!r} has a bad placeholder ({e}); "
-                              "only {{name}} and {{stage}} are filled in") from None
+                              "only {name} and {stage} are filled in") from None
 
 
 @dataclass

@@ -10,9 +10,6 @@ import os
 import sys
 from pathlib import Path
 
-import ignite.distributed as idist
-import torch
-
 # bad input named by file/field/value: printed as one line (exit 2) instead of a traceback
 USER_ERRORS = ("ConfigError", "DatasetError", "SurveyFileError", "CheckpointError", "GenerationError",
                "ResultsFileError", "EvaluationError", "OutputError", "BuildError", "CatalogError",
@@ -78,9 +75,15 @@ def threads_per_process(nproc: int, threads: int | None = None) -> int:
 def launch(worker, args: tuple, nproc: int = 1, backend: str | None = None) -> int:
     """Run ``worker(local_rank, *args)``: in this process for ``nproc == 1`` without a backend, else
     spawned over ``nproc`` processes (nccl on CUDA, gloo on CPU unless ``backend`` says otherwise)."""
+    import ignite.distributed as idist  # here, not at the top: the CLIs' argument checks stay torch-free
+    import torch
+
     if backend is None and nproc > 1:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     try:
+        if backend is None:  # one process, no process group: what idist.Parallel would do, minus its logging
+            worker(0, *args)
+            return 0
         with idist.Parallel(backend=backend, nproc_per_node=nproc if backend else None) as parallel:
             parallel.run(worker, *args)
     except ValueError as e:
