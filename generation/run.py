@@ -5,8 +5,10 @@ in nanomaggies and optionally ``catalog/id``, ``ra``, ``dec``, ``z``) is read in
 ``generate.chunk_galaxies``. Each finished chunk is written atomically to ``<output>.parts/`` and skipped
 when a killed run is restarted; ranks of a distributed run take chunks round-robin; when every chunk
 exists, rank 0 merges them into the final FITS file (one row per galaxy, each galaxy exactly once) and
-removes the parts. A galaxy whose image has NaN/inf pixels is flagged (``status`` column, with the reason)
-and gets no spectrum, while the rest complete.
+removes the parts. Parts are resumed only if ``parts/manifest.json`` matches this run: the checkpoints'
+sha256, the input and its catalogue fingerprint, the settings (otherwise a one-line error, or with
+``--overwrite`` the parts are discarded). A galaxy whose image has NaN/inf pixels or a constant band is
+flagged (``status`` column, with the reason) and gets no spectrum, while the rest complete.
 """
 from __future__ import annotations
 
