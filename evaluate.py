@@ -7,12 +7,34 @@ Writes <report>.json / <report>.md (one table: predicted | observed | noiseless 
 train_mean) and figures/eval_*.png. See docs/EVALUATION.md for every number.
 """
 
-import argparse
 import sys
+from pathlib import Path
+
+from utils.launch import ArgumentParser, OutputError, UsageError, check_output_path, is_user_error, report
+
+
+def _check_args(a) -> None:
+    """Numbers and output paths, before the (minutes-long) evaluation starts."""
+    for name, v, lo in (("--max-fit", a.max_fit, 0), ("--workers", a.workers, 1),
+                        ("--pool-size", a.pool_size, 1)):
+        if v < lo:
+            raise UsageError(f"{name}: {v} must be >= {lo}")
+    for ck in a.baselines:
+        if not Path(ck).is_file():
+            raise UsageError(f"{ck}: --baselines: checkpoint file does not exist")
+    base = Path(a.report)
+    for ext in (".json", ".md"):
+        check_output_path(base.with_name(base.name + ext), a.overwrite, "--report")
+    out = Path(a.out_dir)
+    for d in [out, *out.parents]:
+        if d.exists():
+            if not d.is_dir():
+                raise OutputError(f"{out}: --out-dir: {d} is a file, not a directory")
+            break
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="evaluate.py", description=__doc__.splitlines()[0])
     p.add_argument(
         "--results", default="outputs/generated.fits", help="generate.py output (default: %(default)s)"
     )
@@ -40,11 +62,12 @@ def main(argv=None) -> int:
         help="training spectra for retrieval/mean (default: %(default)s)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing <report>.json/.md")
     a = p.parse_args(argv)
-    from evaluation.run import EvaluationError, evaluate
-    from training.engine import CheckpointError
+    from evaluation.run import evaluate
 
     try:
+        _check_args(a)
         evaluate(
             a.results,
             a.survey,
@@ -57,9 +80,10 @@ def main(argv=None) -> int:
             a.pool_size,
             a.seed,
         )
-    except (EvaluationError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:
+        if not is_user_error(e):
+            raise
+        return report(e)
     return 0
 
 

@@ -45,6 +45,26 @@ def _file_key(path: Path, version: str = "") -> str:
     return hashlib.sha1(ident.encode()).hexdigest()[:16]
 
 
+def _check_ivar(path, ivar: np.ndarray, start: int) -> None:
+    """Negative inverse variances are corrupt data (not masked pixels, which are 0): refuse them."""
+    neg = ivar < 0
+    if neg.any():
+        r = int(np.flatnonzero(neg.any(axis=1))[0])
+        raise DatasetError(f"{path}: spectra/ivar: galaxy row {start + r} has negative inverse variance "
+                           f"({float(ivar[r][neg[r]][0]):g} in {int(neg[r].sum())} pixels; masked pixels "
+                           "must be 0)")
+
+
+def _check_band_std(path, mean: np.ndarray, std: np.ndarray) -> None:
+    """A band with (near) zero spread over the training images (all-zero or constant cutouts) would be
+    standardised by ~1e-15 and blow every image up: refuse it."""
+    flat = std < 1e-6 * np.maximum(1.0, np.abs(mean))
+    if flat.any():
+        b = int(np.flatnonzero(flat)[0])
+        raise DatasetError(f"{path}: images: band {'ugriz'[b]!r} of the training split has std "
+                           f"{std[b]:.3g} (mean {mean[b]:.3g}): the images are constant (all zero?)")
+
+
 @dataclass
 class SurveyCache:
     """Memory-mapped preprocessed arrays of one survey file (see module docstring)."""
@@ -77,7 +97,18 @@ def build_cache(path: str | os.PathLike, cache_dir: str | os.PathLike | None = N
     base = Path(cache_dir) if cache_dir else path.with_name(path.name + ".cache")
     root = base / _file_key(path, summary["survey_version"])
     if not (root / "meta.json").exists():
-        _write_cache(path, root, summary, chunk, progress)
+        if base.exists() and not base.is_dir():
+            raise DatasetError(f"{path}: data.cache_dir: {base} is a file, not a directory")
+        new_base = not base.exists()
+        try:
+            _write_cache(path, root, summary, chunk, progress)
+        except BaseException as e:  # leave no half-written cache behind, whatever stopped the build
+            shutil.rmtree(base if new_base else root.with_name(root.name + ".partial"), ignore_errors=True)
+            if not isinstance(e, (OSError, KeyError)):
+                raise
+            # a chunk that cannot be read (damaged file) or an unwritable cache directory
+            raise DatasetError(f"{path}: file: cannot be read into the cache {base} ({type(e).__name__}: "
+                               f"{' '.join(str(e).split())[:160]})") from None
     return open_cache(root)
 
 
@@ -111,12 +142,14 @@ def _write_cache(path: Path, root: Path, summary: dict, chunk: int, progress: bo
             if bad.any():
                 row = s + int(np.flatnonzero(bad)[0])
                 raise DatasetError(f"{path}: images: galaxy row {row} has NaN/inf pixels")
+            _check_ivar(path, f["spectra/ivar"][s:s + chunk], s)
             img = img[train[s:s + chunk]]
             s1 += img.sum(axis=(0, 2, 3))
             s2 += (img ** 2).sum(axis=(0, 2, 3))
             count += img.shape[0] * img.shape[2] * img.shape[3]
         mean = s1 / count
         std = np.sqrt(np.maximum(s2 / count - mean ** 2, 1e-30))
+        _check_band_std(path, mean, std)
         images = np.lib.format.open_memmap(tmp / "images.npy", "w+", np.float32, (n,) + f["images"].shape[1:])
         full = np.lib.format.open_memmap(tmp / "flux_fullres.npy", "w+", np.float32, (n, N_FULLRES))
         ivar_out = np.lib.format.open_memmap(tmp / "ivar_fullres.npy", "w+", np.float32, (n, N_FULLRES))

@@ -53,8 +53,9 @@ def preprocess_spectra(loglam: np.ndarray, flux: np.ndarray, ivar: np.ndarray | 
     ----------
     loglam : (L,) log10 wavelength in Angstrom (observed frame, vacuum), shared by all rows.
     flux : (N, L) flux density (any unit; 1e-17 erg/s/cm2/Angstrom for SDSS).
-    ivar : (N, L) inverse variance, optional. Pixels with ivar == 0 are interpolated over before the
-        spline, and the ivar is carried to the 1 Angstrom grid (linearly interpolated variance, scaled
+    ivar : (N, L) inverse variance, optional. Pixels with ivar <= 0 (and pixels whose flux or ivar is NaN
+        or inf, with or without ivar) are interpolated over before the spline, and the ivar is carried
+        to the 1 Angstrom grid (linearly interpolated variance, scaled
         by the normalisation) for chi^2 statistics.
 
     Returns
@@ -70,10 +71,14 @@ def preprocess_spectra(loglam: np.ndarray, flux: np.ndarray, ivar: np.ndarray | 
         raise ValueError(f"loglam: grid {wave.min():.0f}-{wave.max():.0f} Angstrom does not cover "
                          f"{WAVE_MIN:.0f}-{WAVE_MAX:.0f} Angstrom")
     sel = flux[:, keep]
+    good = np.isfinite(sel)  # non-finite pixels are masked (as ivar = 0) instead of breaking the spline
     if ivar is not None:
         ivar = np.atleast_2d(np.asarray(ivar, dtype=np.float64))
-        good = ivar[:, keep] > 0
+        ivar = np.where(np.isfinite(ivar) & np.isfinite(flux), ivar, 0.0)
+        good &= ivar[:, keep] > 0
+    if not good.all():
         sel = _fill_masked(sel, good)
+        sel[~np.isfinite(sel).all(axis=1)] = 0.0  # no usable pixel at all: normalisation 0 -> invalid
     spline = CubicSpline(wave[keep], sel, axis=1)
     out = spline(FULLRES_WAVE)
     out = gaussian_filter1d(out, SMOOTH_SIGMA, axis=1)

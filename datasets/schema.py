@@ -24,6 +24,7 @@ every reader through :func:`open_survey`, which validates before any work starts
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -158,64 +159,118 @@ def validate_survey(path: str | os.PathLike, check_values: bool = True, display_
     except OSError as e:
         raise SurveyFileError(f"{name}: file: not a readable HDF5 file (truncated or corrupt?): {e}"
                               ) from None
+    reading = {"field": "file"}  # what is being read, for the message of a damaged file
     with f:
-        if f.attrs.get("schema") != SCHEMA_NAME:
-            _fail(name, "attrs/schema", f"is {f.attrs.get('schema')!r}, expected {SCHEMA_NAME!r}")
-        version = int(f.attrs.get("schema_version", -1))
-        if version != SCHEMA_VERSION:
-            _fail(name, "attrs/schema_version", f"is {version}, this code reads {SCHEMA_VERSION}")
-        for key in ("images", "spectra/flux", "spectra/ivar", "spectra/loglam", "split", "catalog"):
-            if key not in f:
-                _fail(name, key, "missing")
-        n = int(f.attrs["n_galaxies"])
-        if n <= 0:
-            _fail(name, "attrs/n_galaxies", f"is {n}, expected > 0")
-        shape = f["images"].shape
-        if shape != (n, N_BANDS, IMAGE_SIZE, IMAGE_SIZE):
-            _fail(name, "images", f"shape {shape}, expected ({n}, {N_BANDS}, {IMAGE_SIZE}, {IMAGE_SIZE}) "
-                                  f"(N, bands {BANDS}, y, x)")
-        for key in ("spectra/flux", "spectra/ivar"):
-            if f[key].shape != (n, N_LOGLAM):
-                _fail(name, key, f"shape {f[key].shape}, expected ({n}, {N_LOGLAM})")
-        if not np.allclose(f["spectra/loglam"][:], sdss_loglam_grid(), atol=1e-7):
-            _fail(name, "spectra/loglam", f"starts at {f['spectra/loglam'][0]:.5f}, expected the schema grid "
-                                          f"{LOGLAM0} + {DLOGLAM} i")
-        for col in REQUIRED_COLUMNS:
-            if col not in f["catalog"]:
-                _fail(name, f"catalog/{col}", "missing (required column)")
-        for col in f["catalog"]:
-            if f["catalog"][col].shape[0] != n:
-                _fail(name, f"catalog/{col}", f"has {f['catalog'][col].shape[0]} rows, expected {n}")
-        split = f["split"][:]
-        bad = ~np.isin(split, list(SPLIT_CODES.values()))
-        if bad.any():
-            _fail(name, "split", f"value {split[bad][0]} at row {int(np.flatnonzero(bad)[0])} is not 0/1/2")
-        counts = {k: int((split == v).sum()) for k, v in SPLIT_CODES.items()}
-        if counts["train"] == 0:
-            _fail(name, "split", "the train split is empty")
-        if check_values:
-            for s in range(0, n, chunk):
-                img = f["images"][s:s + chunk]
-                finite = np.isfinite(img).all(axis=(1, 2, 3))
-                if not finite.all():
-                    i = s + int(np.flatnonzero(~finite)[0])
-                    _fail(name, "images", f"galaxy row {i} has NaN/inf pixels")
-                flux = f["spectra/flux"][s:s + chunk]
-                ivar = f["spectra/ivar"][s:s + chunk]
-                for key, arr in (("spectra/flux", flux), ("spectra/ivar", ivar)):
-                    fin = np.isfinite(arr).all(axis=1)
-                    if not fin.all():
-                        i = s + int(np.flatnonzero(~fin)[0])
-                        _fail(name, key, f"galaxy row {i} has NaN/inf values")
-                if (ivar < 0).any():
-                    i = s + int(np.flatnonzero((ivar < 0).any(axis=1))[0])
-                    _fail(name, "spectra/ivar", f"galaxy row {i} has negative inverse variance")
-                pos = (flux > 0).any(axis=1)
-                if not pos.all():
-                    i = s + int(np.flatnonzero(~pos)[0])
-                    _fail(name, "spectra/flux", f"galaxy row {i} has no positive flux")
-        return {"n_galaxies": n, "survey": str(f.attrs.get("survey")), "split_counts": counts,
-                "columns": sorted(f["catalog"].keys()), "survey_version": survey_version(f.attrs)}
+        try:
+            return _validate_open(f, name, check_values, chunk, reading)
+        except SurveyFileError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, OSError, RuntimeError) as e:
+            # damaged metadata (an attribute of the wrong type, a group where a dataset belongs, an
+            # unreadable chunk): name the file and what was being read instead of a traceback
+            raise SurveyFileError(f"{name}: {reading['field']}: unreadable or malformed "
+                                  f"({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
+
+
+def _validate_open(f: h5py.File, name: str, check_values: bool, chunk: int, reading: dict) -> dict:
+    def at(field):
+        reading["field"] = field
+    at("attrs/schema")
+    if f.attrs.get("schema") != SCHEMA_NAME:
+        _fail(name, "attrs/schema", f"is {f.attrs.get('schema')!r}, expected {SCHEMA_NAME!r}")
+    at("attrs/schema_version")
+    version = int(f.attrs.get("schema_version", -1))
+    if version != SCHEMA_VERSION:
+        _fail(name, "attrs/schema_version", f"is {version}, this code reads {SCHEMA_VERSION}")
+    for key in ("images", "spectra/flux", "spectra/ivar", "spectra/loglam", "split", "catalog"):
+        at(key)
+        if key not in f:
+            _fail(name, key, "missing")
+        want = h5py.Group if key == "catalog" else h5py.Dataset
+        if not isinstance(f[key], want):
+            _fail(name, key, f"is a {type(f[key]).__name__}, expected an HDF5 {want.__name__}")
+    at("attrs/n_galaxies")
+    if "n_galaxies" not in f.attrs:
+        _fail(name, "attrs/n_galaxies", "missing")
+    n = int(f.attrs["n_galaxies"])
+    if n <= 0:
+        _fail(name, "attrs/n_galaxies", f"is {n}, expected > 0")
+    at("images")
+    shape = f["images"].shape
+    if shape != (n, N_BANDS, IMAGE_SIZE, IMAGE_SIZE):
+        _fail(name, "images", f"shape {shape}, expected ({n}, {N_BANDS}, {IMAGE_SIZE}, {IMAGE_SIZE}) "
+                              f"(N, bands {BANDS}, y, x)")
+    for key in ("spectra/flux", "spectra/ivar"):
+        at(key)
+        if f[key].shape != (n, N_LOGLAM):
+            _fail(name, key, f"shape {f[key].shape}, expected ({n}, {N_LOGLAM})")
+    at("spectra/loglam")
+    loglam = f["spectra/loglam"][:]
+    if loglam.shape != (N_LOGLAM,) or not np.allclose(loglam, sdss_loglam_grid(), atol=1e-7):
+        _fail(name, "spectra/loglam", f"shape {loglam.shape}, starting at {loglam.ravel()[:1]}; expected the "
+                                      f"schema grid {LOGLAM0} + {DLOGLAM} i, i < {N_LOGLAM}")
+    for col in REQUIRED_COLUMNS:
+        if col not in f["catalog"]:
+            _fail(name, f"catalog/{col}", "missing (required column)")
+    for col in f["catalog"]:
+        at(f"catalog/{col}")
+        if not isinstance(f["catalog"][col], h5py.Dataset) or f["catalog"][col].shape[:1] != (n,):
+            _fail(name, f"catalog/{col}", f"has shape {getattr(f['catalog'][col], 'shape', None)}, "
+                                          f"expected {n} rows")
+    for col in ("ra", "dec", "z"):
+        at(f"catalog/{col}")
+        v = f["catalog"][col][:]
+        if v.dtype.kind not in "fiu" or not np.isfinite(v).all():
+            _fail(name, f"catalog/{col}", f"dtype {v.dtype}: expected finite numbers")
+    at("split")
+    split = f["split"][:]
+    if split.shape != (n,):
+        _fail(name, "split", f"shape {split.shape}, expected ({n},)")
+    bad = ~np.isin(split, list(SPLIT_CODES.values()))
+    if bad.any():
+        _fail(name, "split", f"value {split[bad][0]} at row {int(np.flatnonzero(bad)[0])} is not 0/1/2")
+    counts = {k: int((split == v).sum()) for k, v in SPLIT_CODES.items()}
+    if counts["train"] == 0:
+        _fail(name, "split", "the train split is empty")
+    if check_values:
+        _check_values(f, name, n, chunk, at)
+    return {"n_galaxies": n, "survey": str(f.attrs.get("survey")), "split_counts": counts,
+            "columns": sorted(f["catalog"].keys()), "survey_version": survey_version(f.attrs)}
+
+
+def _check_values(f: h5py.File, name: str, n: int, chunk: int, at) -> None:
+    for s in range(0, n, chunk):
+        at("images")
+        img = f["images"][s:s + chunk]
+        finite = np.isfinite(img).all(axis=(1, 2, 3))
+        if not finite.all():
+            i = s + int(np.flatnonzero(~finite)[0])
+            _fail(name, "images", f"galaxy row {i} has NaN/inf pixels")
+        at("spectra/flux")
+        flux = f["spectra/flux"][s:s + chunk]
+        at("spectra/ivar")
+        ivar = f["spectra/ivar"][s:s + chunk]
+        for key, arr in (("spectra/flux", flux), ("spectra/ivar", ivar)):
+            fin = np.isfinite(arr).all(axis=1)
+            if not fin.all():
+                i = s + int(np.flatnonzero(~fin)[0])
+                _fail(name, key, f"galaxy row {i} has NaN/inf values")
+        if (ivar < 0).any():
+            i = s + int(np.flatnonzero((ivar < 0).any(axis=1))[0])
+            _fail(name, "spectra/ivar", f"galaxy row {i} has negative inverse variance")
+        pos = (flux > 0).any(axis=1)
+        if not pos.all():
+            i = s + int(np.flatnonzero(~pos)[0])
+            _fail(name, "spectra/flux", f"galaxy row {i} has no positive flux")
+
+
+def catalog_fingerprint(ids, ra, dec) -> str:
+    """sha256 of the (id, ra, dec) of a selection of galaxies: results carry it so a survey with the same
+    row count and ids (the mock's ids are row numbers) but other galaxies is recognised as different."""
+    h = hashlib.sha256()
+    for arr, dt in ((ids, "<i8"), (ra, "<f8"), (dec, "<f8")):
+        h.update(np.ascontiguousarray(np.asarray(arr).astype(dt)).tobytes())
+    return h.hexdigest()
 
 
 def survey_version(attrs) -> str:

@@ -63,6 +63,12 @@ def load_inputs(results_path, survey_path=None) -> dict:
             f"(from {'--survey' if survey_path else results_path.name + ' header.input'})"
         )
     rows = np.asarray(t["row"], dtype=np.int64)
+    from datasets.schema import SurveyFileError, validate_survey
+
+    try:
+        validate_survey(survey)
+    except SurveyFileError as e:
+        raise EvaluationError(str(e)) from None
     try:
         with h5py.File(survey, "r") as f:
             n_survey = f["catalog/id"].shape[0]
@@ -82,6 +88,7 @@ def load_inputs(results_path, survey_path=None) -> dict:
                         f"catalog/id[{rows[i]}] = {ids[i]} ({mism.size} mismatched rows: "
                         "wrong --survey?)"
                     )
+            _check_same_galaxies(results_path, res, rows, survey, f)
             has_model = "spectra/model" in f
     except OSError as e:
         raise EvaluationError(f"{survey}: file: not a readable HDF5 survey ({e})") from None
@@ -97,6 +104,33 @@ def load_inputs(results_path, survey_path=None) -> dict:
         "has_model": has_model,
         "path": results_path,
     }
+
+
+def _check_same_galaxies(results_path, res, rows, survey, f) -> None:
+    """The results must describe the survey's galaxies, not those of another survey of the same size
+    (the mock's ids are row numbers): per-row ra/dec and the catalogue fingerprint of the header."""
+    from datasets.schema import catalog_fingerprint
+
+    t = res["table"]
+    uniq, inv = np.unique(rows, return_inverse=True)
+    ra, dec = f["catalog/ra"][uniq][inv], f["catalog/dec"][uniq][inv]
+    for col, ref in (("ra", ra), ("dec", dec)):
+        if col in t:
+            off = np.flatnonzero(~np.isclose(np.asarray(t[col], np.float64), ref, rtol=0, atol=1e-6))
+            if off.size:
+                i = off[0]
+                raise EvaluationError(
+                    f"{results_path}: {col}: row {rows[i]} has {col} {float(t[col][i]):.6f} but {survey} "
+                    f"catalog/{col}[{rows[i]}] = {float(ref[i]):.6f} ({off.size} mismatched rows: results "
+                    "of another survey?)")
+    want = res["header"].get("input_catalog_sha256")
+    if want:
+        ids = f["catalog/id"][uniq][inv]
+        have = catalog_fingerprint(ids, ra, dec)
+        if have != want:
+            raise EvaluationError(
+                f"{results_path}: header.input_catalog_sha256: {str(want)[:16]} but the selected rows of "
+                f"{survey} give {have[:16]} (results of another survey?)")
 
 
 def _noiseless(survey, rows) -> np.ndarray:

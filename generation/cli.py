@@ -2,19 +2,26 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
 from utils.config import ConfigError, GenerativeConfig, load_config, to_dict
-from utils.launch import launch, threads_per_process
+from utils.launch import (
+    ArgumentParser,
+    OutputError,
+    check_output_path,
+    is_user_error,
+    launch,
+    report,
+    threads_per_process,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Images -> ranked full-resolution spectra "
+    p = ArgumentParser(prog="generate.py", description="Images -> ranked full-resolution spectra "
                                 "(Doorenbos et al. 2024).")
     p.add_argument("--config", default=str(ROOT / "params_generative.yml"))
     p.add_argument("--preset", default=None)
@@ -26,6 +33,8 @@ def parse_args(argv=None):
     p.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
                    help="bf16 autocast: auto = on CUDA only")
     p.add_argument("--no-figure", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing generate.output and discard parts of a different run")
     p.add_argument("--stop-after-chunks", type=int, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -34,7 +43,7 @@ def _worker(local_rank, cfg, input_path, args, threads):
     from generation.run import generate
     torch.set_num_threads(threads)
     out = generate(cfg.generate, to_dict(cfg), input_path, amp=args.amp,
-                   stop_after_chunks=args.stop_after_chunks)
+                   stop_after_chunks=args.stop_after_chunks, overwrite=args.overwrite)
     if out is not None and cfg.generate.figure and not args.no_figure:
         from generation.figures import generated_figure
         generated_figure(out, cfg.generate.figure, input_path)
@@ -43,13 +52,28 @@ def _worker(local_rank, cfg, input_path, args, threads):
         print(f"wrote {out}")
 
 
+def preflight(cfg, args) -> None:
+    """Output paths and process counts, checked before any model is loaded or file written."""
+    g = cfg.generate
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc: {args.nproc} must be >= 1")
+    out = check_output_path(g.output, args.overwrite, "generate.output")
+    parts = out.with_name(out.name + ".parts")
+    if parts.exists() and not parts.is_dir():
+        raise OutputError(f"{parts}: generate.output: the resume directory is a file")
+    if g.figure and not args.no_figure:
+        check_output_path(g.figure, what="generate.figure", allow_existing=True)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, GenerativeConfig, args.overrides, args.preset)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        preflight(cfg, args)
+    except ValueError as e:
+        if not is_user_error(e):
+            raise
+        return report(e)
     input_path = args.input or cfg.generate.input or cfg.data.path
     threads = threads_per_process(args.nproc, args.threads)
     return launch(_worker, (cfg, input_path, args, threads), args.nproc, args.backend)

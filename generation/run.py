@@ -5,11 +5,14 @@ in nanomaggies and optionally ``catalog/id``, ``ra``, ``dec``, ``z``) is read in
 ``generate.chunk_galaxies``. Each finished chunk is written atomically to ``<output>.parts/`` and skipped
 when a killed run is restarted; ranks of a distributed run take chunks round-robin; when every chunk
 exists, rank 0 merges them into the final FITS file (one row per galaxy, each galaxy exactly once) and
-removes the parts. A galaxy whose image has NaN/inf pixels is flagged (``status`` column, with the reason)
-and gets no spectrum, while the rest complete.
+removes the parts. Parts are resumed only if ``parts/manifest.json`` matches this run: the checkpoints'
+sha256, the input and its catalogue fingerprint, the settings (otherwise a one-line error, or with
+``--overwrite`` the parts are discarded). A galaxy whose image has NaN/inf pixels or a constant band is
+flagged (``status`` column, with the reason) and gets no spectrum, while the rest complete.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -23,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from datasets.preprocess import FULLRES_WAVE, LOWRES_WAVE, N_FULLRES, N_LOWRES, preprocess_spectra
-from datasets.schema import IMAGE_SIZE, N_BANDS, SPLIT_CODES
+from datasets.schema import IMAGE_SIZE, N_BANDS, SPLIT_CODES, catalog_fingerprint
 from generation.chain import GenerationChain, GenerationError, load_chain
 from utils.config import to_dict
 
@@ -35,40 +38,89 @@ class ImageSource:
 
     def __init__(self, path, split: str = "test", limit: int | None = None):
         self.path = str(path)
-        if not Path(path).exists():
-            raise GenerationError(f"{path}: file: does not exist")
+        if not Path(path).is_file():
+            raise GenerationError(f"{path}: file: does not exist" if not Path(path).exists() else
+                                  f"{path}: file: is a directory, not an HDF5 file")
         try:
             f = h5py.File(path, "r")
         except OSError as e:
-            raise GenerationError(f"{path}: file: not a readable HDF5 file: {e}") from None
-        with f:
-            if "images" not in f:
-                raise GenerationError(f"{path}: images: missing")
-            shape = f["images"].shape
-            if len(shape) != 4 or shape[1:] != (N_BANDS, IMAGE_SIZE, IMAGE_SIZE):
-                raise GenerationError(f"{path}: images: shape {shape}, expected (N, {N_BANDS}, {IMAGE_SIZE}, "
-                                      f"{IMAGE_SIZE}) (u,g,r,i,z cutouts of 64x64 px)")
-            n = shape[0]
-            if split == "all":
-                rows = np.arange(n)
-            else:
-                if "split" not in f:
-                    raise GenerationError(f"{path}: split: missing, so generate.split={split!r} cannot be "
-                                          "selected (use split: all)")
-                if split not in SPLIT_CODES:
-                    raise GenerationError(f"generate.split: {split!r} is not one of "
-                                          f"{list(SPLIT_CODES) + ['all']}")
-                rows = np.flatnonzero(f["split"][:] == SPLIT_CODES[split])
-            if limit is not None:
-                rows = rows[:limit]
-            if rows.size == 0:
-                raise GenerationError(f"{path}: split: no galaxies selected (split={split!r})")
-            cat = f["catalog"] if "catalog" in f else {}
-            self.ids = cat["id"][:][rows] if "id" in cat else rows.astype(np.int64)
-            self.columns = {c: cat[c][:][rows] for c in ("ra", "dec", "z") if c in cat}
-            self.has_spectra = "spectra/flux" in f and "spectra/loglam" in f
-            self.loglam = f["spectra/loglam"][:] if self.has_spectra else None
+            raise GenerationError(f"{path}: file: not a readable HDF5 file: {' '.join(str(e).split())}"
+                                  ) from None
+        reading = {"field": "file"}
+        try:
+            with f:
+                self._open(f, path, split, limit, reading)
+        except GenerationError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, OSError, RuntimeError) as e:
+            # a damaged file (unreadable chunk, a group where a dataset belongs, ...): one line, no traceback
+            raise GenerationError(f"{path}: {reading['field']}: unreadable or malformed ({type(e).__name__}: "
+                                  f"{' '.join(str(e).split())[:160]})") from None
+
+    def _open(self, f, path, split, limit, reading):
+        reading["field"] = "images"
+        if "images" not in f:
+            raise GenerationError(f"{path}: images: missing")
+        if not isinstance(f["images"], h5py.Dataset) or f["images"].dtype.kind not in "fiu":
+            raise GenerationError(f"{path}: images: {f['images']!r} is not a numeric dataset")
+        shape = f["images"].shape
+        if len(shape) != 4 or shape[1:] != (N_BANDS, IMAGE_SIZE, IMAGE_SIZE):
+            raise GenerationError(f"{path}: images: shape {shape}, expected (N, {N_BANDS}, {IMAGE_SIZE}, "
+                                  f"{IMAGE_SIZE}) (u,g,r,i,z cutouts of 64x64 px)")
+        n = shape[0]
+        if split == "all":
+            rows = np.arange(n)
+        else:
+            if "split" not in f:
+                raise GenerationError(f"{path}: split: missing, so generate.split={split!r} cannot be "
+                                      "selected (use split: all)")
+            if split not in SPLIT_CODES:
+                raise GenerationError(f"generate.split: {split!r} is not one of "
+                                      f"{list(SPLIT_CODES) + ['all']}")
+            reading["field"] = "split"
+            sp = f["split"][:]
+            if sp.shape != (n,):
+                raise GenerationError(f"{path}: split: shape {sp.shape}, expected ({n},)")
+            rows = np.flatnonzero(sp == SPLIT_CODES[split])
+        if limit is not None:
+            rows = rows[:limit]
+        if rows.size == 0:
+            raise GenerationError(f"{path}: split: no galaxies selected (split={split!r})")
+        cat = f["catalog"] if "catalog" in f else {}
+        for c in ("id", "ra", "dec", "z"):
+            reading["field"] = f"catalog/{c}"
+            if c in cat and cat[c].shape != (n,):
+                raise GenerationError(f"{path}: catalog/{c}: shape {cat[c].shape}, expected ({n},)")
+        self.ids = cat["id"][:][rows] if "id" in cat else rows.astype(np.int64)
+        self.columns = {c: cat[c][:][rows] for c in ("ra", "dec", "z") if c in cat}
+        self.has_spectra = "spectra/flux" in f and "spectra/loglam" in f
+        reading["field"] = "spectra/loglam"
+        self.loglam = f["spectra/loglam"][:] if self.has_spectra else None
+        if self.has_spectra:
+            self._check_spectra(f, path, n, reading)
+        self.fingerprint = catalog_fingerprint(self.ids, self.columns.get("ra", np.zeros(rows.size)),
+                                               self.columns.get("dec", np.zeros(rows.size)))
         self.rows = rows
+
+    def _check_spectra(self, f, path, n, reading):
+        """Observed spectra go into the results beside the predictions: refuse corrupt ones up front."""
+        for key in ("spectra/flux", "spectra/ivar"):
+            reading["field"] = key
+            if key not in f or f[key].shape != (n, self.loglam.size):
+                raise GenerationError(f"{path}: {key}: shape {f[key].shape if key in f else None}, expected "
+                                      f"({n}, {self.loglam.size}) (spectra/loglam has {self.loglam.size})")
+        reading["field"] = "spectra/loglam"
+        try:
+            preprocess_spectra(self.loglam, np.ones((1, self.loglam.size)))
+        except ValueError as e:
+            raise GenerationError(f"{path}: {e}") from None
+        reading["field"] = "spectra/ivar"
+        for s in range(0, n, 1024):
+            iv = f["spectra/ivar"][s:s + 1024]
+            if (iv < 0).any():
+                r = s + int(np.flatnonzero((iv < 0).any(axis=1))[0])
+                raise GenerationError(f"{path}: spectra/ivar: galaxy row {r} has negative inverse variance "
+                                      "(masked pixels must be 0)")
 
     def __len__(self):
         return int(self.rows.size)
@@ -102,7 +154,12 @@ def process_chunk(chain: GenerationChain, src: ImageSource, sel: slice, batch: i
     images = data["images"]
     n = len(ids)
     finite = np.isfinite(images).all(axis=(1, 2, 3))
+    with np.errstate(invalid="ignore"):
+        flat = finite & (np.nanstd(images, axis=(2, 3)) <= 1e-6 * np.maximum(
+            1.0, np.abs(np.nanmean(images, axis=(2, 3))))).any(axis=1)
     status = np.where(finite, STATUS_OK, "image has NaN/inf pixels").astype("U40")
+    status[flat] = "image band is constant (no signal)"
+    finite &= ~flat  # neither kind gets a spectrum: a constant band carries no information
     g = chain.g
     out = {"lowres_candidates": np.full((n, g.n_lowres, N_LOWRES), np.nan, np.float32),
            "lowres_scores": np.full((n, g.n_lowres), np.nan, np.float32),
@@ -126,24 +183,83 @@ def process_chunk(chain: GenerationChain, src: ImageSource, sel: slice, batch: i
     return out
 
 
+def sha256_file(path, block: int = 1 << 22) -> str:
+    """Hex sha256 of a file's bytes (what a checkpoint IS, whatever its path)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for b in iter(lambda: fh.read(block), b""):
+            h.update(b)
+    return h.hexdigest()
+
+
+def checkpoint_fingerprints(checkpoints: dict) -> dict:
+    """role -> sha256 of each checkpoint file (missing files are left to load_chain's message)."""
+    return {r: sha256_file(p) for r, p in sorted(checkpoints.items()) if Path(p).is_file()}
+
+
+def _manifest_difference(old: dict, new: dict, key: str = ""):
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new)):
+            d = _manifest_difference(old.get(k), new.get(k), f"{key}.{k}" if key else k)
+            if d:
+                return d
+        return None
+    return None if old == new else (key, old, new)
+
+
+def check_resumable(parts: Path, manifest: dict, overwrite: bool) -> bool:
+    """True if ``parts`` holds chunks of this very run (same checkpoints by content, same input and
+    settings). Parts of another run are refused with one line naming both sides, unless ``overwrite``
+    (then the caller discards them)."""
+    mpath = parts / "manifest.json"
+    if not mpath.exists():
+        return True
+    try:
+        old = json.loads(mpath.read_text())
+    except (OSError, ValueError):
+        old = {}
+    new = json.loads(json.dumps(manifest))
+    diff = _manifest_difference(old, new)
+    if diff is None:
+        return True
+    if overwrite:
+        return False
+    key, a, b = diff
+    if key.startswith("checkpoint_sha256."):
+        role = key.split(".", 1)[1]
+        raise GenerationError(f"{parts}: checkpoints.{role}: the parts were made by a checkpoint with sha256 "
+                              f"{str(a)[:16]}, but {manifest['generate']['checkpoints'][role]} has sha256 "
+                              f"{str(b)[:16]}; refusing to mix models (pass --overwrite to discard them)")
+    raise GenerationError(f"{parts}: {key}: the parts were made with {a!r}, this run has {b!r}; refusing to "
+                          "mix runs (pass --overwrite to discard the parts)")
+
+
 def generate(gen_cfg, cfg_dict: dict, input_path, device=None, amp: str = "auto", progress: bool = True,
-             stop_after_chunks: int | None = None) -> Path | None:
-    """Run the chain over ``input_path`` and write ``gen_cfg.output``; returns its path (rank 0)."""
+             stop_after_chunks: int | None = None, overwrite: bool = False) -> Path | None:
+    """Run the chain over ``input_path`` and write ``gen_cfg.output``; returns its path (rank 0).
+
+    Finished chunks in ``<output>.parts/`` are resumed only if they were made by the same checkpoints
+    (sha256 of the files), input and settings; otherwise the run stops with a one-line error unless
+    ``overwrite``. The results header records the checkpoints' sha256 and the input's catalogue
+    fingerprint (evaluate.py checks it against the survey).
+    """
     rank, world = idist.get_rank(), idist.get_world_size()
     device = device or idist.device()
     src = ImageSource(input_path, gen_cfg.split, gen_cfg.limit)   # bad input fails here, before any work
-    chain = load_chain(gen_cfg, device, amp)
     output = Path(gen_cfg.output)
     parts = output.with_name(output.name + ".parts")
     n_chunks = -(-len(src) // gen_cfg.chunk_galaxies)
-    manifest = {"input": str(Path(input_path).resolve()), "n_galaxies": len(src),
-                "chunk_galaxies": gen_cfg.chunk_galaxies, "generate": to_dict(gen_cfg)}
+    sha = checkpoint_fingerprints(gen_cfg.checkpoints)
+    manifest = {"input": str(Path(input_path).resolve()), "input_catalog_sha256": src.fingerprint,
+                "n_galaxies": len(src), "chunk_galaxies": gen_cfg.chunk_galaxies,
+                "checkpoint_sha256": sha, "generate": to_dict(gen_cfg)}
+    resumable = check_resumable(parts, manifest, overwrite)   # before loading models: a quick refusal
+    chain = load_chain(gen_cfg, device, amp)
     if rank == 0:
+        if not resumable:
+            shutil.rmtree(parts)   # --overwrite: parts of a different run are discarded, never mixed
         parts.mkdir(parents=True, exist_ok=True)
         mpath = parts / "manifest.json"
-        if mpath.exists() and json.loads(mpath.read_text()) != json.loads(json.dumps(manifest)):
-            shutil.rmtree(parts)   # parts of a different run/config: start over rather than mix
-            parts.mkdir(parents=True)
         mpath.write_text(json.dumps(manifest, indent=1))
     idist.barrier()
     mine = [c for c in range(n_chunks) if c % world == rank and not _part_path(parts, c).exists()]
@@ -181,6 +297,7 @@ def generate(gen_cfg, cfg_dict: dict, input_path, device=None, amp: str = "auto"
     header = {"checkpoints": dict(gen_cfg.checkpoints), "sampler": gen_cfg.sampler, "steps": gen_cfg.steps,
               "seed": gen_cfg.seed, "n_lowres": gen_cfg.n_lowres, "keep_lowres": gen_cfg.keep_lowres,
               "n_fullres": gen_cfg.n_fullres, "input": str(input_path), "split": gen_cfg.split,
+              "checkpoint_sha256": sha, "input_catalog_sha256": src.fingerprint,
               "preprocessing": chain.preprocessing, "flux": "normalised linear flux (mean 1 in 6900-6950 A, "
               "observed frame, 2 A Gaussian smoothing)", "config": cfg_dict}
     from utils.results_fits import write_spectra_fits

@@ -559,8 +559,12 @@ def test_build_cli(e2e, tmp_path):
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["n_kept"] == 4
     validate_survey(out, check_values=True)
-    r = build()  # the fixture's z = 0.021 is outside the paper's 0.05..0.15: a one-line error
+    stamp = out.stat().st_mtime_ns
+    r = build("--n-val", "1", "--no-z-check")  # an existing output is not replaced without --overwrite
+    assert r.returncode == 2 and "already exists" in r.stderr and out.stat().st_mtime_ns == stamp
+    r = build("--overwrite")  # the fixture's z = 0.021 is outside the paper's 0.05..0.15: a one-line error
     assert r.returncode == 2 and "column z" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert out.stat().st_mtime_ns == stamp  # refused before any work: the earlier output is intact
 
 
 # ---------------------------------------------------------------- results FITS

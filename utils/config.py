@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
+
+SAMPLER_NAMES = ("ancestral", "ddim", "dpmpp_2m")  # diffusion.samplers.SAMPLERS (kept import-free here)
 
 
 class ConfigError(ValueError):
@@ -33,6 +36,8 @@ class DataConfig:
 
     def check(self, where):
         _choice(where, "data.preprocessing", self.preprocessing, ("log", "none"))
+        if not self.path.strip():
+            raise ConfigError(f"{where}: data.path: {self.path!r} is empty")
 
 
 @dataclass
@@ -49,6 +54,8 @@ class ContrastiveModelConfig:
         _positive(where, "model.latent_dim", self.latent_dim)
         _positive(where, "model.temperature", self.temperature)
         _positive(where, "model.spectrum_base", self.spectrum_base)
+        _positive(where, "model.image_width", self.image_width)
+        _positive_list(where, "model.spectrum_mults", self.spectrum_mults)
         if self.spectrum_base % 8:
             raise ConfigError(f"{where}: model.spectrum_base: {self.spectrum_base} must be a multiple of 8 "
                               "(GroupNorm(8))")
@@ -75,6 +82,9 @@ class DiffusionModelConfig:
         _choice(where, "model.schedule", self.schedule, ("cosine", "linear"))
         _positive(where, "model.timesteps", self.timesteps)
         _positive(where, "model.base", self.base)
+        _positive(where, "model.image_width", self.image_width)
+        _positive(where, "model.head_dim", self.head_dim)
+        _positive_list(where, "model.mults", self.mults)
         if self.base % 8:
             raise ConfigError(f"{where}: model.base: {self.base} must be a multiple of 8 (GroupNorm(8))")
         for lvl in self.attn_levels:
@@ -118,6 +128,11 @@ class TrainConfig:
             raise ConfigError(f"{where}: train.ema_decay: {self.ema_decay} must be in (0, 1) or null")
         if self.max_iterations is not None:
             _positive(where, "train.max_iterations", self.max_iterations)
+        _non_negative(where, "train.weight_decay", self.weight_decay)
+        _non_negative(where, "train.ema_warmup", self.ema_warmup)
+        _non_negative(where, "train.num_workers", self.num_workers)
+        if self.grad_clip is not None:
+            _positive(where, "train.grad_clip", self.grad_clip)
         if self.crop_length is not None and (self.crop_length <= 0 or self.crop_length % 8):
             raise ConfigError(f"{where}: train.crop_length: {self.crop_length} must be a positive "
                               "multiple of 8")
@@ -133,6 +148,15 @@ class RunConfig:
     tensorboard: bool = False         # CSV metrics are always written; TensorBoard if installed and set
     resume: bool = True               # continue from the last checkpoint in out_dir if there is one
 
+    def check(self, where):
+        for k in ("checkpoint_every", "validate_every", "log_every", "n_saved"):
+            _positive(where, f"run.{k}", getattr(self, k))
+        try:
+            self.out_dir.format(name="x", stage="lr")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ConfigError(f"{where}: run.out_dir: {self.out_dir!r} has a bad placeholder ({e}); "
+                              "only {name} and {stage} are filled in") from None
+
 
 @dataclass
 class ValidationConfig:
@@ -146,6 +170,8 @@ class ValidationConfig:
     def check(self, where):
         _positive(where, "validation.n_galaxies", self.n_galaxies)
         _positive(where, "validation.n_samples", self.n_samples)
+        _positive(where, "validation.figure_every", self.figure_every)
+        _sampler(where, "validation", self.sampler, self.steps, self.alpha_bar_min)
 
 
 @dataclass
@@ -171,6 +197,14 @@ class GenerateConfig:
     def check(self, where):
         for k in ("n_lowres", "keep_lowres", "n_fullres", "steps", "batch_galaxies", "chunk_galaxies"):
             _positive(where, f"generate.{k}", getattr(self, k))
+        if self.limit is not None:
+            _positive(where, "generate.limit", self.limit)
+        _sampler(where, "generate", self.sampler, self.steps, self.alpha_bar_min)
+        if not self.output.strip():
+            raise ConfigError(f"{where}: generate.output: {self.output!r} is empty")
+        if self.split not in ("train", "val", "test", "all"):
+            raise ConfigError(f"{where}: generate.split: {self.split!r} is not one of "
+                              "['train', 'val', 'test', 'all']")
         if self.keep_lowres > self.n_lowres:
             raise ConfigError(f"{where}: generate.keep_lowres: {self.keep_lowres} > n_lowres={self.n_lowres}")
         need = {"diffusion_lr", "diffusion_sr", "contrastive_lr", "contrastive_sr"}
@@ -224,8 +258,29 @@ class BaselineConfig:
 # Loading
 # ----------------------------------------------------------------------------------------------------------
 def _positive(where, key, value):
-    if value is None or value <= 0:
+    if value is None or not value > 0:  # "not >" also catches NaN
         raise ConfigError(f"{where}: {key}: {value!r} must be > 0")
+
+
+def _non_negative(where, key, value):
+    if value is None or not value >= 0:
+        raise ConfigError(f"{where}: {key}: {value!r} must be >= 0")
+
+
+def _positive_list(where, key, values):
+    if not values:
+        raise ConfigError(f"{where}: {key}: {values!r} must be a non-empty list")
+    for i, v in enumerate(values):
+        _positive(where, f"{key}[{i}]", v)
+
+
+def _sampler(where, section, name, steps, alpha_bar_min):
+    """Sampler name and options of ``section`` (validation or generate), checked when the config loads
+    rather than at the first validation hours into a run."""
+    _choice(where, f"{section}.sampler", name, SAMPLER_NAMES)
+    _positive(where, f"{section}.steps", steps)
+    if not 0.0 <= alpha_bar_min < 1.0:
+        raise ConfigError(f"{where}: {section}.alpha_bar_min: {alpha_bar_min!r} must be in [0, 1)")
 
 
 def _choice(where, key, value, choices):
@@ -260,6 +315,8 @@ def _coerce(where: str, key: str, value: Any, tp: Any) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: {key}: {value!r} should be a number")
+        if not np.isfinite(value):
+            raise ConfigError(f"{where}: {key}: {value!r} should be a finite number")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -324,7 +381,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected key=value")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    if not key.strip() or any(not p for p in key.strip().split(".")):
+        raise ConfigError(f"--set {text!r}: key: {key!r} is not a dotted name like train.lr")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        msg = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ConfigError(f"--set {text!r}: {key.strip()}: value {raw!r} is not valid YAML ({msg})") from None
     if isinstance(value, str):  # YAML 1.1 reads "2e-3" (no dot) as a string; users mean a number
         try:
             value = float(value)
@@ -337,11 +400,12 @@ def load_config(path: str | Path, cls, overrides: list[str] | None = None, prese
     """Load YAML ``path`` into dataclass ``cls``; apply ``presets[preset]`` then ``--set`` overrides."""
     path = Path(path)
     where = str(path)
-    if not path.exists():
-        raise ConfigError(f"{where}: file: does not exist")
+    if not path.is_file():
+        raise ConfigError(f"{where}: file: does not exist" if not path.exists() else
+                          f"{where}: file: is a directory, not a YAML file")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"{where}: file: not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: <top>: expected a mapping")
@@ -349,7 +413,7 @@ def load_config(path: str | Path, cls, overrides: list[str] | None = None, prese
     presets = raw.pop("presets", {}) or {}
     parsed = [parse_override(t) for t in overrides or []]
     if preset is not None:
-        if preset not in presets:
+        if not isinstance(presets, dict) or preset not in presets:
             raise ConfigError(f"{where}: presets.{preset}: no such preset (have {sorted(presets)})")
         flat = dict(presets[preset] or {})
         by_stage = {k: flat.pop(k) for k in ("lr", "sr") if isinstance(flat.get(k), dict)}

@@ -1,15 +1,70 @@
-"""Running a CLI's worker in one process or under ignite.distributed (DDP), with one-line user errors."""
+"""Running a CLI's worker in one process or under ignite.distributed (DDP), with one-line user errors.
+
+Every CLI of the project reports bad input the same way: one line ``error: <file>: <field>: <value ...>``
+on stderr and exit status 2, before any output is written (docs/BAD_INPUTS.md lists the cases).
+"""
 from __future__ import annotations
 
+import argparse
 import os
 import sys
-
-import ignite.distributed as idist
-import torch
+from pathlib import Path
 
 # bad input named by file/field/value: printed as one line (exit 2) instead of a traceback
 USER_ERRORS = ("ConfigError", "DatasetError", "SurveyFileError", "CheckpointError", "GenerationError",
-               "ResultsFileError", "EvaluationError")
+               "ResultsFileError", "EvaluationError", "OutputError", "BuildError", "CatalogError",
+               "SpecFileError", "CutoutError", "UsageError")
+
+
+class OutputError(ValueError):
+    """An output path that cannot or must not be written; the message names the path and why."""
+
+
+class UsageError(ValueError):
+    """A command-line value outside its range; the message names the option and the value."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the project's error format: one line ``error: ...`` and exit status 2 (argparse's
+    default prints the usage block first, which buries the message)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {' '.join(message.split())}\n")
+
+
+def is_user_error(e: BaseException) -> bool:
+    """True for the project's bad-input errors (ValueError subclasses named in USER_ERRORS)."""
+    return isinstance(e, ValueError) and any(cls.__name__ in USER_ERRORS for cls in type(e).__mro__)
+
+
+def report(e: BaseException) -> int:
+    """Print a user error as one line on stderr; returns the exit status 2."""
+    print("error: " + " ".join(str(e).split()), file=sys.stderr)
+    return 2
+
+
+def check_output_path(path, overwrite: bool = False, what: str = "output", flag: str = "--overwrite",
+                      allow_existing: bool = False) -> Path:
+    """Refuse an output path before any work: a parent that is a file (or unwritable), a directory where
+    a file goes, or an existing file that would be replaced without ``overwrite``.
+
+    Raises
+    ------
+    OutputError naming the path, the field ``what`` and the reason.
+    """
+    path = Path(path)
+    for parent in [path.parent, *path.parent.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"{path}: {what}: parent {parent} is a file, not a directory")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise OutputError(f"{path}: {what}: directory {parent} is not writable")
+            break
+    if path.is_dir():
+        raise OutputError(f"{path}: {what}: is a directory, expected a file path")
+    if path.exists() and not overwrite and not allow_existing:
+        raise OutputError(f"{path}: {what}: already exists; pass {flag} to replace it")
+    return path
 
 
 def threads_per_process(nproc: int, threads: int | None = None) -> int:
@@ -20,14 +75,19 @@ def threads_per_process(nproc: int, threads: int | None = None) -> int:
 def launch(worker, args: tuple, nproc: int = 1, backend: str | None = None) -> int:
     """Run ``worker(local_rank, *args)``: in this process for ``nproc == 1`` without a backend, else
     spawned over ``nproc`` processes (nccl on CUDA, gloo on CPU unless ``backend`` says otherwise)."""
+    import ignite.distributed as idist  # here, not at the top: the CLIs' argument checks stay torch-free
+    import torch
+
     if backend is None and nproc > 1:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     try:
+        if backend is None:  # one process, no process group: what idist.Parallel would do, minus its logging
+            worker(0, *args)
+            return 0
         with idist.Parallel(backend=backend, nproc_per_node=nproc if backend else None) as parallel:
             parallel.run(worker, *args)
     except ValueError as e:
-        if type(e).__name__ in USER_ERRORS:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        if is_user_error(e):
+            return report(e)
         raise
     return 0

@@ -6,14 +6,15 @@ See docs/MOCK.md for the physics and the catalogue columns.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+
+from utils.launch import ArgumentParser, OutputError, check_output_path, report
 
 
 def main(argv=None) -> int:
     """Parse arguments, build the survey, print a JSON summary (incl. size on disk)."""
-    ap = argparse.ArgumentParser(prog="python -m utils.make_mock",
+    ap = ArgumentParser(prog="python -m utils.make_mock",
                                  description="Build the embedded mock SDSS survey.")
     ap.add_argument("--n", type=int, default=20000, help="number of galaxies")
     ap.add_argument("--out", default="data/mock_sdss.h5", help="output HDF5 (schema v1)")
@@ -24,6 +25,7 @@ def main(argv=None) -> int:
     ap.add_argument("--chunk", type=int, default=1024, help="galaxies per write (memory bound)")
     ap.add_argument("--compression", default=None, choices=[None, "lzf", "gzip"],
                     help="HDF5 compression of images/spectra (default none: fastest to read)")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     a = ap.parse_args(argv)
     if a.n <= 0:
         ap.error(f"--n: must be > 0, got {a.n}")
@@ -37,6 +39,10 @@ def main(argv=None) -> int:
                  "with any training galaxies left")
     if a.workers < 1 or a.chunk < 1:
         ap.error(f"--workers/--chunk: must be >= 1, got {a.workers}/{a.chunk}")
+    try:
+        check_output_path(a.out, a.overwrite, "--out")
+    except OutputError as e:
+        return report(e)
     from utils.mock.build import build_survey
     s = build_survey(a.out, a.n, seed=a.seed, n_val=a.n_val, test_fraction=a.test_fraction,
                      workers=a.workers, chunk=a.chunk, compression=a.compression)

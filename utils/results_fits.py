@@ -287,6 +287,8 @@ def results_to_fits(
     from datasets.schema import open_survey
 
     predictions_h5 = Path(predictions_h5)
+    if not predictions_h5.is_file():
+        raise ResultsFileError(f"{predictions_h5}: file: does not exist")
     with h5py.File(predictions_h5, "r") as p:
         for need in ("wave", "flux_pred"):
             if need not in p:

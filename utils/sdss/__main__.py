@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
+from utils.launch import ArgumentParser, check_output_path
 from utils.sdss.catalog import CatalogError, build_query, query_skyserver, read_catalog_csv
 from utils.sdss.download import SAS_URL, download_all, plan_downloads
 
@@ -15,8 +15,8 @@ def _z_range(a) -> tuple[float, float] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m utils.sdss", description=__doc__)
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    ap = ArgumentParser(prog="python -m utils.sdss", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=ArgumentParser)
 
     q = sub.add_parser("sql", help="print the SkyServer/CasJobs SQL of the paper's sample")
     q.add_argument("--release", default="DR16", choices=["DR16", "DR17"])
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--url", help="SqlSearch endpoint (default: public SkyServer for the release)")
     c.add_argument("--ra-slices", type=int, default=24, help="RA slices (SkyServer caps 500k rows/request)")
     c.add_argument("--timeout", type=float, default=600.0)
+    c.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
     for name, hlp in (
         ("download", "download spec-lite + frame files (resumable)"),
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             s.add_argument("--test-fraction", type=float, default=0.1)
             s.add_argument("--compression", choices=["gzip", "lzf"])
             s.add_argument("--scratch-dir")
+            s.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
             if name == "build":
                 s.add_argument("--orientation", default="native", choices=["native", "north"])
             else:
@@ -71,9 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--predictions", required=True)
     r.add_argument("--survey", required=True)
     r.add_argument("--out", required=True)
+    r.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
     a = ap.parse_args(argv)
     try:
+        if a.cmd in ("catalog", "build", "import-pasquet", "results-to-fits"):
+            check_output_path(a.out, a.overwrite, "--out")  # before any download or build work
         if a.cmd == "sql":
             print(build_query(a.release, a.limit))
             return 0
