@@ -164,10 +164,11 @@ def test_report_json_has_the_three_way_table(perfect_and_shuffled):
     rep = json.loads((perfect_and_shuffled["dir"] / "rep_perfect.json").read_text())
     assert {"predicted", "observed", "noiseless", "train_mean"} <= set(rep["columns"])
     row = _row(rep, "redshift", "z", "sigma_nmad")
-    assert set(row) == {"predicted", "predicted_at_z", "observed", "noiseless", "cnn", "retrieval",
-                        "train_mean"}
+    assert set(row) == {"predicted", "predicted_at_z", "observed", "noiseless", "cnn", "photometric",
+                        "retrieval", "train_mean"}
     assert row["predicted_at_z"] is None  # measured AT the catalogue z: no redshift of its own
     assert row["train_mean"] > row["observed"]  # the constant baseline is worse than the ceiling
+    assert "photometric" in rep["columns"] and row["photometric"] is not None
     assert rep["calibration"]["n_candidates"] == 3
     assert (perfect_and_shuffled["dir"] / "rep_perfect.md").read_text().count("| redshift |") == 3
 
@@ -188,6 +189,21 @@ def test_ppxf_subset_fills_population_and_bpt_rows(synthetic_survey, tmp_path):
     assert rep["n_fit"] == 2
     assert _row(rep, "populations", "pPXF", "success_frac")["predicted"] == 1.0
     assert _row(rep, "AGN", "AGN presence", "accuracy_vs_observed")["predicted"] == 1.0
+
+
+def test_photometric_baseline_learns_z_from_the_images(synthetic_survey):
+    from evaluation.baselines import photometric_predict
+
+    with h5py.File(synthetic_survey) as f:
+        split, z = f["split"][:], f["catalog/z"][:]
+    rows = np.flatnonzero(split != 0)  # validation + test: never in the fit
+    pred = photometric_predict(synthetic_survey, rows, seed=0)
+    assert pred["n_train"] == int((split == 0).sum())
+    assert np.all(np.isnan(pred["dn4000"]))  # no catalogue dn4000 in this survey: not fitted, NaN
+    median = np.full(len(rows), np.median(z[split == 0]))
+    assert M.sigma_nmad(pred["z"], z[rows]) < 0.7 * M.sigma_nmad(median, z[rows])
+    # a smaller --pool-size fits on a seeded subset of the training split
+    assert photometric_predict(synthetic_survey, rows, max_train=20, seed=0)["n_train"] == 20
 
 
 def test_clear_errors(synthetic_survey, tmp_path):
