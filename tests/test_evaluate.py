@@ -206,6 +206,26 @@ def test_photometric_baseline_learns_z_from_the_images(synthetic_survey):
     assert photometric_predict(synthetic_survey, rows, max_train=20, seed=0)["n_train"] == 20
 
 
+def test_image_only_rows_score_the_photometric_column():
+    from evaluation.run import Table, _image_only_rows
+
+    rng = np.random.default_rng(0)
+    n = 50
+    truth = {"sigma_v": rng.uniform(50, 300, n), "ebv": rng.uniform(0, 0.5, n),
+             "bpt_class": rng.integers(-1, 3, n)}
+    phot = {"sigma_v": truth["sigma_v"].copy(), "ebv": rng.permutation(truth["ebv"]),
+            "bpt_class": truth["bpt_class"].copy(), "agn": (truth["bpt_class"] == 2).astype(int)}
+    t = Table()
+    _image_only_rows(t, truth, phot, None, n)
+    rows = {(r["quantity"], r["metric"]): r["values"] for r in t.rows}
+    assert rows[("sigma_v", "pearson_rho")]["photometric"] == pytest.approx(1.0)
+    assert rows[("sigma_v", "scatter [dex]")]["photometric"] == pytest.approx(0.0)
+    assert abs(rows[("ebv", "pearson_rho")]["photometric"]) < 0.5  # shuffled: no correlation
+    assert rows[("bpt_class (4 classes incl. -1)", "accuracy")]["photometric"] == 1.0
+    assert rows[("AGN presence", "balanced_accuracy")]["photometric"] == 1.0
+    assert ("age_lw", "pearson_rho") not in rows  # no truth, no row
+
+
 def test_clear_errors(synthetic_survey, tmp_path):
     from evaluation.run import EvaluationError, load_inputs
 
