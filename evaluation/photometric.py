@@ -172,6 +172,8 @@ def survey_features(survey_path, rows=None, chunk: int = 2048) -> tuple[np.ndarr
     """Features of survey rows ``rows`` (default all; any order, repeats allowed), read ``chunk`` at a time.
 
     Opens the file through :func:`datasets.schema.open_survey` (validated); only /images is read.
+    The same rows read in the same chunks give bit-identical features; in other chunks they agree to
+    ~1e-7 mag (float32 BLAS blocking in :func:`measure_photometry`).
     """
     from datasets.schema import open_survey
 
