@@ -4,7 +4,9 @@
   its measured properties are constant — the floor any image-conditioned method must beat);
 * ``retrieval``: for each test image, the TRAINING spectrum whose full-res contrastive embedding is
   closest to the image's embedding (the contrastive network of the generation chain, no generation);
-* ``cnn``: the supervised CNN of training/baseline.py (z, Dn4000, sigma_v, AGN directly from the image).
+* ``cnn``: the supervised CNN of training/baseline.py (z, Dn4000, sigma_v, AGN directly from the image);
+* ``photometric``: gradient boosting on image aperture photometry (evaluation/photometric.py), fitted on
+  the training split's catalogue truth (z, Dn4000, sigma_v, age, [M/H], E(B-V), log M*, BPT class).
 """
 
 from __future__ import annotations
