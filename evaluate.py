@@ -3,8 +3,8 @@
     python evaluate.py --results outputs/generated.fits                       # survey from the file's header
     python evaluate.py --results outputs/generated.fits --baselines runs/baseline/best.pt --max-fit 25
 
-Writes <report>.json / <report>.md (one table: predicted | observed | noiseless | cnn | retrieval |
-train_mean) and figures/eval_*.png. See docs/EVALUATION.md for every number.
+Writes <report>.json / <report>.md (one table: predicted | observed | noiseless | cnn | photometric |
+retrieval | train_mean) and figures/eval_*.png. See docs/EVALUATION.md for every number.
 """
 
 import sys
@@ -61,6 +61,9 @@ def main(argv=None) -> int:
         default=5000,
         help="training spectra for retrieval/mean (default: %(default)s)",
     )
+    p.add_argument(
+        "--no-photometric", action="store_true", help="skip the aperture-photometry baseline"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing <report>.json/.md")
     a = p.parse_args(argv)
@@ -79,6 +82,7 @@ def main(argv=None) -> int:
             a.workers,
             a.pool_size,
             a.seed,
+            photometric=not a.no_photometric,
         )
     except ValueError as e:
         if not is_user_error(e):

@@ -4,7 +4,9 @@
   its measured properties are constant — the floor any image-conditioned method must beat);
 * ``retrieval``: for each test image, the TRAINING spectrum whose full-res contrastive embedding is
   closest to the image's embedding (the contrastive network of the generation chain, no generation);
-* ``cnn``: the supervised CNN of training/baseline.py (z, Dn4000, sigma_v, AGN directly from the image).
+* ``cnn``: the supervised CNN of training/baseline.py (z, Dn4000, sigma_v, AGN directly from the image);
+* ``photometric``: gradient boosting on image aperture photometry (evaluation/photometric.py), fitted on
+  the training split's catalogue truth (z, Dn4000, sigma_v, age, [M/H], E(B-V), log M*, BPT class).
 """
 
 from __future__ import annotations
@@ -140,4 +142,31 @@ def cnn_predict(path, survey_path, rows: np.ndarray, device="cpu", batch: int = 
     ]
     out = {k: np.concatenate([p[k] for p in parts]).astype(np.float64) for k in parts[0]}
     out["agn"] = (out["agn_prob"] > 0.5).astype(np.int64)
+    return out
+
+
+def photometric_predict(survey_path, rows: np.ndarray, max_train: int = 5000, seed: int = 0) -> dict:
+    """Gradient boosting on image aperture photometry (evaluation.photometric) for survey rows ``rows``.
+
+    Fits on a seeded subset of at most ``max_train`` rows of the survey's TRAIN split (catalogue truth
+    under evaluation.truth's standard names: regressors for whatever of z, dn4000, sigma_v, age_lw,
+    metallicity_lw, ebv, log_mstar the catalogue holds, a classifier for bpt_class) and predicts ``rows``.
+    Returns :func:`evaluation.photometric.predict`'s dict (native units; ``agn`` with a bpt_class) plus
+    ``n_train``; ``z`` and ``dn4000`` are always present (NaN where not fitted).
+    """
+    from datasets.schema import SPLIT_CODES, open_survey
+    from evaluation.photometric import fit_photometric, predict, survey_features
+    from evaluation.truth import load_truth
+
+    with open_survey(survey_path) as f:
+        train = np.flatnonzero(f["split"][:] == SPLIT_CODES["train"])
+    if len(train) > max_train:
+        train = np.sort(np.random.default_rng(seed).choice(train, max_train, replace=False))
+    rows = np.asarray(rows, dtype=np.int64)
+    x, _ = survey_features(survey_path, np.concatenate([train, rows]))
+    model = fit_photometric(x[: len(train)], load_truth(survey_path, train), seed=seed)
+    out = predict(model, x[len(train):])
+    for k in ("z", "dn4000"):
+        out.setdefault(k, np.full(len(rows), np.nan))
+    out["n_train"] = len(train)
     return out

@@ -15,6 +15,7 @@ COLORS = {
     "observed": "C1",
     "noiseless": "C2",
     "cnn": "C3",
+    "photometric": "C5",
     "retrieval": "C4",
     "train_mean": "0.4",
 }
@@ -82,7 +83,7 @@ def spectral_errors(path, c):
 
 def redshift(path, c):
     zt = c["truth"]["z"].astype(float)
-    ms = [m for m in ("predicted", "observed", "retrieval", "cnn") if m in c["meas"]]
+    ms = [m for m in ("predicted", "observed", "retrieval", "cnn", "photometric") if m in c["meas"]]
     fig, axes = plt.subplots(1, len(ms), figsize=(3.1 * len(ms), 3.1), squeeze=False)
     lim = _lim(zt, pad=0.15)
     x = np.linspace(*lim, 10)

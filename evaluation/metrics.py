@@ -53,6 +53,16 @@ def pearson(x, y) -> float:
     return float(np.corrcoef(p, t)[0, 1])
 
 
+def spearman(x, y) -> float:
+    """Spearman rank correlation (Pearson of the ranks, ties averaged; NaN as :func:`pearson`)."""
+    from scipy.stats import rankdata
+
+    p, t = _pairs(x, y)
+    if p.size < MIN_PAIRS or np.ptp(p) == 0 or np.ptp(t) == 0:
+        return float("nan")
+    return float(np.corrcoef(rankdata(p), rankdata(t))[0, 1])
+
+
 def robust_scatter(pred, true) -> float:
     """1.4826 x median absolute deviation of (pred - true): a Gaussian-equivalent, outlier-robust sigma."""
     p, t = _pairs(pred, true)

@@ -5,6 +5,7 @@ Columns of the one table (``METHODS``):
   observed    the observed spectrum (flux_obs, with its ivar) through the same toolbox  (b) ceiling
   noiseless   the noiseless true spectrum (/spectra/model, mock only), same toolbox    (b) ceiling
   cnn         supervised CNN from the image (z, Dn4000, sigma_v, AGN only)             (c)
+  photometric gradient boosting on image aperture photometry (evaluation.photometric)  (c)
   retrieval   nearest training spectrum in contrastive space, same toolbox             (c)
   train_mean  the training-mean spectrum, same toolbox (constant properties)           (c)
 Every row names its reference (catalogue truth where the survey has it). See docs/EVALUATION.md.
@@ -24,7 +25,8 @@ from evaluation import metrics as M
 from evaluation.measure import FIT_QUANTITIES, LICK_NAMES, fit_populations, measure_cheap
 from evaluation.truth import load_truth
 
-METHODS = ("predicted", "predicted_at_z", "observed", "noiseless", "cnn", "retrieval", "train_mean")
+METHODS = ("predicted", "predicted_at_z", "observed", "noiseless", "cnn", "photometric", "retrieval",
+           "train_mean")
 QUIESCENT_DN4000 = 1.5  # Dn4000 above this: quiescent (Kauffmann et al. 2003-style split)
 LOG_QUANTITIES = ("sigma_v", "age_lw")  # scored in dex
 
@@ -215,6 +217,28 @@ def _regression_rows(table, section, q, ref, ref_name, vals: dict, obs_key="obse
         )
 
 
+def _image_only_rows(table, truth, phot, cnn, n):
+    """The image-only baselines on EVERY evaluated galaxy (they are cheap): populations, mass and BPT."""
+    sec = "image-only baselines (all galaxies)"
+    for q in FIT_QUANTITIES + ("log_mstar",):
+        if q in truth and q in phot:
+            vals = {"photometric": phot[q]}
+            if q == "sigma_v" and cnn is not None:
+                vals["cnn"] = cnn["sigma_v"]
+            _regression_rows(table, sec, q, truth[q].astype(np.float64), "catalogue", vals)
+    if "bpt_class" in truth and "bpt_class" in phot:
+        bt = truth["bpt_class"].astype(np.int64)
+        cls = phot["bpt_class"]
+        table.add(sec, "bpt_class (4 classes incl. -1)", "accuracy", "catalogue",
+                  {"photometric": M.accuracy(cls, bt)}, n)
+        table.add(sec, "bpt_class (4 classes incl. -1)", "balanced_accuracy", "catalogue",
+                  {"photometric": M.balanced_accuracy(cls, bt)}, n)
+        agn = {"photometric": phot["agn"]} | ({"cnn": cnn["agn"]} if cnn is not None else {})
+        at = (bt == 2).astype(int)
+        table.add(sec, "AGN presence", "balanced_accuracy", "catalogue",
+                  {m: M.balanced_accuracy(a, at) for m, a in agn.items()}, n, reference_value=at.mean())
+
+
 def evaluate(
     results,
     survey=None,
@@ -228,6 +252,7 @@ def evaluate(
     seed: int = 0,
     figures: bool = True,
     log=print,
+    photometric: bool = True,
 ) -> dict:
     """Run the evaluation; write ``<report>.json``/``.md`` and ``<out_dir>/eval_*.png``; return the report."""
     t0 = time.perf_counter()
@@ -291,6 +316,10 @@ def evaluate(
         cnn = B.cnn_predict(path, inp["survey"], rows)
     if not baselines:
         notes.append("cnn baseline skipped: no --baselines checkpoint (train_baseline.py --preset cpu)")
+    phot = None
+    if photometric:
+        phot = B.photometric_predict(inp["survey"], rows, pool_size, seed)
+        notes.append(f"photometric baseline fitted on {phot['n_train']} training galaxies (--pool-size)")
     t = lap("baselines", t)
 
     # ---------------- cheap measurements: redshift, Lick, Dn4000 of every spectrum
@@ -301,6 +330,8 @@ def evaluate(
             meas[m] = {k: np.repeat(v, n) for k, v in meas[m].items()}
     if cnn is not None:
         meas["cnn"] = {"z": cnn["z"], "dn4000": cnn["dn4000"]}
+    if phot is not None:
+        meas["photometric"] = {"z": phot["z"], "dn4000": phot["dn4000"]}
     if "predicted" in spectra and "z" in truth:
         # the predicted spectra's indices at the catalogue redshift (e.g. a photo-z in practice): separates
         # what the spectrum's shape says from whether its redshift can be read off it
@@ -428,6 +459,8 @@ def evaluate(
             vals = {m: d[q] for m, d in fits.items()}
             if q == "sigma_v" and cnn is not None:
                 vals["cnn"] = cnn["sigma_v"][fit_idx]
+            if phot is not None and q in phot:
+                vals["photometric"] = phot[q][fit_idx]
             _regression_rows(table, sec, q, r, rn, vals)
         table.add(
             sec, "pPXF", "success_frac", "", {m: np.mean(d["success"]) for m, d in fits.items()}, fit_idx.size
@@ -507,6 +540,9 @@ def evaluate(
         agn = {m: (c == 2).astype(int) for m, c in cls.items()}
         if cnn is not None:
             agn["cnn"] = cnn["agn"][fit_idx]
+        if phot is not None and "bpt_class" in phot:
+            cls["photometric"] = phot["bpt_class"][fit_idx]
+            agn["photometric"] = phot["agn"][fit_idx]
         at = (bt == 2).astype(int)
         k = fit_idx.size
         table.add(
@@ -552,6 +588,9 @@ def evaluate(
             k,
         )
         bpt = {"truth": bt, "classes": cls, "reference": bn}
+
+    if phot is not None:
+        _image_only_rows(table, truth, phot, cnn, n)
 
     # calibration of the candidate distributions
     cal_report = None
@@ -640,6 +679,7 @@ def evaluate(
             "observed": "observed spectrum with ivar -> toolbox (b, measurement ceiling)",
             "noiseless": "noiseless true spectrum (/spectra/model) -> toolbox (b, ceiling without noise)",
             "cnn": "supervised CNN from the image (c)",
+            "photometric": "gradient boosting on image aperture photometry (c)",
             "retrieval": "nearest training spectrum in contrastive embedding -> toolbox (c)",
             "train_mean": "training-mean spectrum -> toolbox (c, constant)",
         },

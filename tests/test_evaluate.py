@@ -164,10 +164,11 @@ def test_report_json_has_the_three_way_table(perfect_and_shuffled):
     rep = json.loads((perfect_and_shuffled["dir"] / "rep_perfect.json").read_text())
     assert {"predicted", "observed", "noiseless", "train_mean"} <= set(rep["columns"])
     row = _row(rep, "redshift", "z", "sigma_nmad")
-    assert set(row) == {"predicted", "predicted_at_z", "observed", "noiseless", "cnn", "retrieval",
-                        "train_mean"}
+    assert set(row) == {"predicted", "predicted_at_z", "observed", "noiseless", "cnn", "photometric",
+                        "retrieval", "train_mean"}
     assert row["predicted_at_z"] is None  # measured AT the catalogue z: no redshift of its own
     assert row["train_mean"] > row["observed"]  # the constant baseline is worse than the ceiling
+    assert "photometric" in rep["columns"] and row["photometric"] is not None
     assert rep["calibration"]["n_candidates"] == 3
     assert (perfect_and_shuffled["dir"] / "rep_perfect.md").read_text().count("| redshift |") == 3
 
@@ -188,6 +189,41 @@ def test_ppxf_subset_fills_population_and_bpt_rows(synthetic_survey, tmp_path):
     assert rep["n_fit"] == 2
     assert _row(rep, "populations", "pPXF", "success_frac")["predicted"] == 1.0
     assert _row(rep, "AGN", "AGN presence", "accuracy_vs_observed")["predicted"] == 1.0
+
+
+def test_photometric_baseline_learns_z_from_the_images(synthetic_survey):
+    from evaluation.baselines import photometric_predict
+
+    with h5py.File(synthetic_survey) as f:
+        split, z = f["split"][:], f["catalog/z"][:]
+    rows = np.flatnonzero(split != 0)  # validation + test: never in the fit
+    pred = photometric_predict(synthetic_survey, rows, seed=0)
+    assert pred["n_train"] == int((split == 0).sum())
+    assert np.all(np.isnan(pred["dn4000"]))  # no catalogue dn4000 in this survey: not fitted, NaN
+    median = np.full(len(rows), np.median(z[split == 0]))
+    assert M.sigma_nmad(pred["z"], z[rows]) < 0.7 * M.sigma_nmad(median, z[rows])
+    # a smaller --pool-size fits on a seeded subset of the training split
+    assert photometric_predict(synthetic_survey, rows, max_train=20, seed=0)["n_train"] == 20
+
+
+def test_image_only_rows_score_the_photometric_column():
+    from evaluation.run import Table, _image_only_rows
+
+    rng = np.random.default_rng(0)
+    n = 50
+    truth = {"sigma_v": rng.uniform(50, 300, n), "ebv": rng.uniform(0, 0.5, n),
+             "bpt_class": rng.integers(-1, 3, n)}
+    phot = {"sigma_v": truth["sigma_v"].copy(), "ebv": rng.permutation(truth["ebv"]),
+            "bpt_class": truth["bpt_class"].copy(), "agn": (truth["bpt_class"] == 2).astype(int)}
+    t = Table()
+    _image_only_rows(t, truth, phot, None, n)
+    rows = {(r["quantity"], r["metric"]): r["values"] for r in t.rows}
+    assert rows[("sigma_v", "pearson_rho")]["photometric"] == pytest.approx(1.0)
+    assert rows[("sigma_v", "scatter [dex]")]["photometric"] == pytest.approx(0.0)
+    assert abs(rows[("ebv", "pearson_rho")]["photometric"]) < 0.5  # shuffled: no correlation
+    assert rows[("bpt_class (4 classes incl. -1)", "accuracy")]["photometric"] == 1.0
+    assert rows[("AGN presence", "balanced_accuracy")]["photometric"] == 1.0
+    assert ("age_lw", "pearson_rho") not in rows  # no truth, no row
 
 
 def test_clear_errors(synthetic_survey, tmp_path):
