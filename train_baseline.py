@@ -9,7 +9,13 @@ evaluate.py --baselines runs/baseline/best.pt puts it in the "cnn" column of the
 
 import sys
 
-from training.cli import main
+from training.cli import main as _cli_main
+
+
+def main(argv=None) -> int:
+    """Entry point (``galspec-train-baseline``): the same as ``python train_baseline.py``."""
+    return _cli_main("baseline", argv)
+
 
 if __name__ == "__main__":
-    sys.exit(main("baseline"))
+    sys.exit(main())

@@ -8,7 +8,13 @@ Reads the YAML beside this file unless --config is given; resumes from <out_dir>
 """
 import sys
 
-from training.cli import main
+from training.cli import main as _cli_main
+
+
+def main(argv=None) -> int:
+    """Entry point (``galspec-train-contrastive``): the same as ``python train_contrastive.py``."""
+    return _cli_main("contrastive", argv)
+
 
 if __name__ == "__main__":
-    sys.exit(main("contrastive"))
+    sys.exit(main())

@@ -377,3 +377,8 @@ def results_to_fits(
         **(header or {}),
     }
     return write_spectra_fits(out_fits, table, spectra, wave, header=prov, units=units)
+
+
+# Registers the specutils reader, format "galspec-results" (Spectrum.read / SpectrumList.read of these files);
+# it defers to the first `import specutils` rather than importing it here, and is a no-op without specutils.
+from utils import results_specutils as _results_specutils  # noqa: E402,F401
