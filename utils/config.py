@@ -63,6 +63,8 @@ class DiffusionModelConfig:
     attn_levels: list[int] = field(default_factory=lambda: [3])  # 1-based levels with attention (paper: 3)
     mid_attn: bool = True             # transformer block in the bottleneck (paper: yes)
     head_dim: int = 32
+    layout: str = "released"          # UNet block layout: "released" (the released network's compute) or
+                                      # "wide" (2 blocks per level, ~1.7x the FLOPs); see docs/MODELS.md
     timesteps: int = 250
     schedule: str = "cosine"
     standardize: bool = False         # diffuse per-pixel standardised spectra (training mean/std kept in the
@@ -73,6 +75,7 @@ class DiffusionModelConfig:
     def check(self, where):
         _choice(where, "model.image_encoder", self.image_encoder, ("resnet18", "resnet50"))
         _choice(where, "model.schedule", self.schedule, ("cosine", "linear"))
+        _choice(where, "model.layout", self.layout, ("released", "wide"))
         _positive(where, "model.timesteps", self.timesteps)
         _positive(where, "model.base", self.base)
         if self.base % 8:
@@ -373,6 +376,9 @@ def to_dict(cfg) -> dict:
 
 def config_from_checkpoint_dict(d: dict, cls, where: str):
     """Rebuild a config saved in a checkpoint (validated like a file)."""
+    if cls is GenerativeConfig and "layout" not in d.get("model", {"layout": None}):
+        # diffusion checkpoints written before model.layout existed hold the "wide" UNet
+        d = {**d, "model": {**d["model"], "layout": "wide"}}
     cfg = from_dict(cls, d, where)
     _check_all(cfg, where)
     return cfg
