@@ -98,7 +98,7 @@ class TrainConfig:
     ema_warmup: int = 0               # iterations over which the EMA momentum ramps up (0 = none)
     grad_clip: float | None = 1.0
     seed: int = 0
-    amp: str = "auto"                 # "auto": bf16 autocast on CUDA, fp32 on CPU; "bf16"; "off"
+    amp: str = "auto"                 # "auto": bf16 autocast where native (models.precision); "bf16"; "off"
     compile: bool = False
     num_workers: int = 0
     loss_weighting: str = "uniform"   # diffusion: "uniform" epsilon MSE (paper) or "min_snr" (Min-SNR-gamma)
