@@ -308,3 +308,12 @@ def test_fused_resblock_matches_reference_arithmetic(monkeypatch):
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
     for a, b in zip(results[0][1], results[1][1]):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+
+
+def test_checkpoints_without_layout_rebuild_the_wide_unet():
+    from utils.config import GenerativeConfig, config_from_checkpoint_dict, to_dict
+
+    saved = to_dict(GenerativeConfig())
+    assert saved["model"]["layout"] == "released"  # the default for new runs
+    del saved["model"]["layout"]  # a checkpoint written before model.layout existed
+    assert config_from_checkpoint_dict(saved, GenerativeConfig, "ckpt.pt: run.config").model.layout == "wide"
