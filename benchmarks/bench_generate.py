@@ -9,9 +9,17 @@
    MSE of the top-ranked spectrum against the observed one (normalised linear flux) on mock test galaxies.
 3. Fraction of the CPU's float32 matmul peak reached by one paper-size UNet forward (FLOPs from
    torch.utils.flop_counter over measured seconds).
+4. ``--parts unet``: per stage, at the batch generate.py uses (generate.batch_galaxies x candidates): params,
+   FLOPs per forward (attention included, models.flops), seconds per forward of the ``released`` and ``wide``
+   layouts (fp32; bf16 too where the CPU has native bf16), timed INTERLEAVED (variant A, B, A, B, ...; min of
+   ``--repeats``) so that the ratios between variants hold on a shared machine even when absolute times do
+   not; "before" is the project's code before issue #13 (wide layout, unfused ResBlocks, cross-attention K/V
+   projected at every step); fraction of the fp32 (bf16) matmul peak; the released code's quoted per-item
+   times scaled to this machine by the ratio of fp32 matmul peaks. ``--profile`` adds the top ops by self
+   CPU time.
 
     python benchmarks/bench_generate.py [--threads 2] [--galaxies 4] [--quality-galaxies 24]
-        [--amp off bf16] [--parts timing peak quality]
+        [--amp off bf16] [--parts timing peak quality unet] [--unet-batch 48 48] [--repeats 3] [--profile]
 """
 from __future__ import annotations
 
@@ -36,6 +44,11 @@ from utils.config import ContrastiveConfig, GenerativeConfig, load_config  # noq
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = {"released_3_lowres_candidates_s": 42.0, "released_sr_forward_batch1_s": 0.2,
              "released_chain_estimate_s": 42.0 + 3 * 250 * 0.2}
+# issue #13: the released code's forward per item, measured on an AVX2 EPYC whose fp32 matmul peak is ~70
+# GFLOP/s with 2 threads (low-res at batch 16, super-resolution at batch 1)
+RELEASED_FORWARD = {"lr": {"seconds_per_item": 0.0496, "batch": 16, "gflop": 2.60},
+                    "sr": {"seconds_per_item": 0.41, "batch": 1, "gflop": 19.5},
+                    "fp32_matmul_peak_gflops": 70.0}
 
 
 def paper_chain(gen_cfg) -> GenerationChain:
@@ -141,6 +154,111 @@ def unet_peak_fraction(threads: int) -> dict:
     return out
 
 
+def _time_interleaved(fns: dict, repeats: int) -> dict:
+    """Min seconds of each callable over ``repeats`` rounds, the variants alternating within a round."""
+    best = {k: float("inf") for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best
+
+
+def _top_ops(fn, n: int = 12) -> list[dict]:
+    """The ``n`` ops with the most self CPU time in one call of ``fn`` (torch.profiler)."""
+    with torch.profiler.profile() as prof:
+        fn()
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in rows)
+    return [{"op": e.key, "calls": e.count, "self_ms": round(e.self_cpu_time_total / 1e3, 1),
+             "share": round(e.self_cpu_time_total / total, 3)} for e in rows[:n]]
+
+
+def unet_parts(batches: dict, repeats: int, profile: bool, compile_: bool) -> dict:
+    """Per stage: FLOPs, params and interleaved forward times of both layouts; fractions of the matmul
+    peaks; the released code's quoted per-item times scaled to this machine (see the module docstring)."""
+    from models import unet1d
+    from models.flops import count_flops
+    from models.precision import native_bf16
+    g = load_config(ROOT / "params_generative.yml", GenerativeConfig)
+    bf16 = native_bf16("cpu")
+    peaks = {"fp32": matmul_peak(torch.float32)}
+    if bf16:
+        peaks["bf16"] = matmul_peak(torch.bfloat16)
+    scale = RELEASED_FORWARD["fp32_matmul_peak_gflops"] / (peaks["fp32"] / 1e9)
+    out = {"cpu": _cpu_model(), "native_bf16": bf16,
+           "matmul_peak_gflops": {k: round(v / 1e9, 1) for k, v in peaks.items()},
+           "released_code_time_scale": round(scale, 3), "repeats": repeats,
+           "method": "min over repeats, variants interleaved; FLOPs counted at batch 1 x batch (linear)"}
+    for stage, length in (("lr", N_LOWRES), ("sr", N_FULLRES)):
+        b = batches[stage]
+        x, t = torch.randn(b, length), torch.randint(0, 250, (b,))
+        lowres = torch.randn(b, N_LOWRES) if stage == "sr" else None
+        fns, row = {}, {"batch": b}
+        for layout in ("released", "wide"):
+            g.model.layout = layout
+            m = build_denoiser(g.model, stage).eval()
+            with torch.no_grad():
+                kv = m.precompute_context(m.encode_context(torch.randn(b, 5, 64, 64)))
+                flop1 = count_flops(m.unet, torch.randn(1, m.in_channels, length), t[:1],
+                                    m.encode_context(torch.randn(1, 5, 64, 64)))
+            row[layout] = {"params": sum(p.numel() for p in m.parameters()),
+                           "unet_gflop_per_item": round(flop1 / 1e9, 3)}
+            net = torch.compile(m) if compile_ else m
+            for prec in ["fp32"] + (["bf16"] if bf16 else []):
+                def fwd(net=net, kv=kv, prec=prec, x=x, t=t, lowres=lowres):
+                    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=prec == "bf16"):
+                        return net(x, t, context=kv, lowres=lowres)
+                fwd()  # warm-up (oneDNN primitives; compilation)
+                fns[(layout, prec)] = fwd
+            if layout == "wide":  # the project's code before issue #13: unfused ResBlocks, K/V every step
+                kv_tokens = m.encode_context(torch.randn(b, 5, 64, 64)).detach()
+
+                def before(m=m, x=x, t=t, lowres=lowres, tokens=kv_tokens):
+                    unet1d.FUSED_RESBLOCK = False
+                    try:
+                        with torch.no_grad():
+                            return m(x, t, context=tokens, lowres=lowres)
+                    finally:
+                        unet1d.FUSED_RESBLOCK = True
+                before()
+                fns[("before", "fp32")] = before
+                row["before"] = dict(row["wide"])
+        best = _time_interleaved(fns, repeats)
+        for (layout, prec), sec in best.items():
+            flops = row[layout]["unet_gflop_per_item"] * 1e9 * b
+            row[layout][prec] = {"seconds_per_forward": round(sec, 3), "seconds_per_item": round(sec / b, 4),
+                                 "gflops": round(flops / sec / 1e9, 1),
+                                 "fraction_of_fp32_peak": round(flops / sec / peaks["fp32"], 3)}
+            if prec == "bf16":
+                row[layout][prec]["fraction_of_bf16_peak"] = round(flops / sec / peaks["bf16"], 3)
+        ref = RELEASED_FORWARD[stage]
+        ref_here = ref["seconds_per_item"] * scale
+        row["released_code_seconds_per_item_scaled_here"] = round(ref_here, 4)
+        for (layout, prec), sec in best.items():
+            row[layout][prec]["speedup_vs_released_code_scaled"] = round(ref_here / (sec / b), 2)
+        for other, prec in (("wide", "fp32"), ("before", "fp32"), ("before", "bf16")):
+            if ("released", prec) in best:  # time ratio: > 1 = the released layout is faster
+                ratio = best[(other, "fp32")] / best[("released", prec)]
+                row[f"{other}_fp32_over_released_{prec}"] = round(ratio, 2)
+        if profile:
+            row["top_ops_released_fp32"] = _top_ops(fns[("released", "fp32")])
+        out[stage] = row
+        print(f"unet {stage}: done", file=sys.stderr)
+    return out
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
 def quality(n_gal: int, samplers: list[tuple[str, int]], amps: list[str]) -> dict:
     """MSE of the chain's top-ranked spectrum against the observed one, per sampler/steps (and precision for
     the fast samplers), with the per-galaxy difference to the paper's ancestral sampler (mean and standard
@@ -192,7 +310,12 @@ def main():
                    help="precisions to time (bf16 autocast pays on CPUs with native bf16, e.g. AVX512-BF16)")
     p.add_argument("--quality-galaxies", dest="quality_galaxies", type=int, default=24)
     p.add_argument("--parts", nargs="*", default=["timing", "peak", "quality"],
-                   choices=["timing", "peak", "quality"])
+                   choices=["timing", "peak", "quality", "unet"])
+    p.add_argument("--unet-batch", dest="unet_batch", type=int, nargs=2, default=None, metavar=("LR", "SR"),
+                   help="batches of --parts unet (default: generate.batch_galaxies x n_lowres / n_fullres)")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds of --parts unet")
+    p.add_argument("--profile", action="store_true", help="--parts unet: top ops by self CPU time")
+    p.add_argument("--compile", action="store_true", help="--parts unet: torch.compile the denoisers")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -223,6 +346,10 @@ def main():
                 if k.startswith(("ancestral", "dpmpp"))}})
     if "peak" in a.parts:
         out["unet_forward"] = unet_peak_fraction(a.threads)
+    if "unet" in a.parts:
+        gen = load_config(ROOT / "params_generative.yml", GenerativeConfig).generate
+        lr_b, sr_b = a.unet_batch or (gen.batch_galaxies * gen.n_lowres, gen.batch_galaxies * gen.n_fullres)
+        out["unet"] = unet_parts({"lr": lr_b, "sr": sr_b}, a.repeats, a.profile, a.compile)
     if "quality" in a.parts:
         samplers = [("ancestral", 250)] + [(s, n) for n in a.fast_steps for s in ("dpmpp_2m", "ddim")]
         out["quality_cpu_profile"] = quality(a.quality_galaxies, samplers, a.amp)

@@ -135,6 +135,8 @@ class GenerationChain:
         length = N_FULLRES if role.endswith("sr") else N_LOWRES
         with autocast_context(self.device, self.amp):
             context = lm.model.encode_context(images).repeat_interleave(n, dim=0)
+            # cross-attention keys/values once per galaxy, not at every step
+            context = lm.model.precompute_context(context)
         noise = NoiseSource(seeds, device=self.device)
         if lowres is not None:
             lowres = lm.model.normalize_lowres(lowres)

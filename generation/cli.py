@@ -31,7 +31,8 @@ def parse_args(argv=None):
     p.add_argument("--backend", default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
-                   help="bf16 autocast: auto = on CUDA only")
+                   help="bf16 autocast: auto = where bf16 is native (CUDA with bf16, AVX512-BF16/AMX CPUs), "
+                        "never on an emulating CPU")
     p.add_argument("--no-figure", action="store_true")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing generate.output and discard parts of a different run")

@@ -1,20 +1,30 @@
 """Conditional 1-D UNet denoiser for galaxy spectra, cross-attending to image tokens.
 
-Layout at the paper preset (base 64, multipliers (1, 2, 4, 8), attention at level 3 and the bottleneck):
+Two layouts (``layout=``), both at widths 64/128/256/512 (base 64, multipliers (1, 2, 4, 8)) at the paper
+preset, with attention at level 3 and in the bottleneck:
+
+``released`` (default; compute parity with the paper's released network, ~2.6 / ~19.5 GFLOP per forward at
+563 / 4500 points, see docs/MODELS.md):
 
     init conv k3 (in_channels -> 64)
-    down level i (width w_i):   ResBlock, ResBlock, [Transformer], stride-2 conv (none at the last level)
-    bottleneck (512):           ResBlock, Transformer, ResBlock
-    up level i (reversed):      ResBlock(skip concat), ResBlock(skip concat), [Transformer], transposed conv
-    final ResBlock (concat with the init-conv output), conv 1x1 -> 1 channel (epsilon)
+    down level i (width w_i):  ResBlock(-> w_i), [Transformer at level 3], skip, stride-2 conv k3 (no padding)
+    bottleneck (512, 1/16 length): ResBlock, Transformer, ResBlock
+    up level i (reversed):     ConvTranspose k4 s2 p1 (-> w_i), pad to the skip's length, concatenate the
+                               skip, ResBlock (-> w_i; the deepest one narrows to w_{i-1}),
+                               [Transformer one level deeper than on the way down: after the deepest block]
+    conv 1x1 -> 1 channel (epsilon)
+
+``wide`` (the project's first layout, ~1.7x the compute at the same parameter count): two ResBlocks per level
+on both paths, a skip after each, transformers at level 3 at 1/4 length, transposed conv after each up level,
+a final ResBlock on the init conv's output; GEGLU hidden 2x width; time MLP 4x base.
 
 ResBlock = conv k3 -> GroupNorm(8) -> scale/shift from the time embedding -> ReLU -> conv k3 -> GroupNorm(8)
 -> ReLU, plus a 1x1 shortcut when the width changes. Time conditioning is FiLM (scale/shift) after the
 first normalisation, as in Dhariwal & Nichol's "AdaGN".
 Transformer = GroupNorm, linear in, [LayerNorm -> self-attention, LayerNorm -> cross-attention to the image
-tokens, LayerNorm -> GEGLU feed-forward (hidden 2x width)] with residuals, linear out (zero-initialised)
-+ residual.
-Attention heads are 32 channels wide.
+tokens, LayerNorm -> GEGLU feed-forward] with residuals, linear out (zero-initialised) + residual.
+Attention heads are 32 channels wide. The image tokens are fixed during sampling: ``precompute_context``
+projects every cross-attention's keys/values once (a ``ContextKV``), reused at every step.
 """
 
 from __future__ import annotations
@@ -34,6 +44,8 @@ __all__ = [
     "Attention",
     "TransformerBlock1d",
     "UNet1d",
+    "ContextKV",
+    "LAYOUTS",
     "ConditionalDenoiser",
     "upsample_lowres",
 ]
@@ -102,6 +114,9 @@ class SinusoidalTimeEmbedding(nn.Module):
         return self.mlp(self.features(t))
 
 
+FUSED_RESBLOCK = True  # False: the straightforward ResBlock arithmetic (same result), for benchmarks
+
+
 class ResBlock(nn.Module):
     """Conv k3 + GroupNorm + ReLU residual block with FiLM time conditioning."""
 
@@ -121,10 +136,20 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         scale, shift = self.time_proj(temb)[:, :, None].chunk(2, dim=1)
-        h = self.norm1(self.conv1(x))
-        h = F.relu(h * (1 + scale) + shift)
-        h = F.relu(self.norm2(self.conv2(self.dropout(h))))
-        return h + self.shortcut(x)
+        if not FUSED_RESBLOCK:  # the unfused reference (benchmarks time it as "before")
+            h = F.relu(self.norm1(self.conv1(x)) * (1 + scale) + shift)
+            h = F.relu(self.norm2(self.conv2(self.dropout(h))))
+            return h + self.shortcut(x)
+        # GroupNorm's affine folds into the FiLM: (n g + b)(1 + s) + c = n [g (1 + s)] + [b (1 + s) + c], one
+        # multiply-add pass over the (B, C, L) map instead of three; ReLUs in place (no autograd needs the
+        # tensors they overwrite)
+        n1 = self.norm1
+        gain = n1.weight[:, None] * (1 + scale)
+        h = F.group_norm(self.conv1(x), n1.num_groups, None, None, n1.eps)
+        h = torch.addcmul(n1.bias[:, None] * (1 + scale) + shift, h, gain).relu_()
+        h = self.norm2(self.conv2(self.dropout(h))).relu_()
+        skip = self.shortcut(x)
+        return h.add_(skip) if not torch.is_grad_enabled() else h + skip
 
 
 class Attention(nn.Module):
@@ -145,13 +170,20 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(context_dim, dim, bias=False)
         self.to_out = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        context = x if context is None else context
-        q, k, v = (
-            rearrange(p(a), "b n (h d) -> b h n d", h=self.heads)
-            for p, a in ((self.to_q, x), (self.to_k, context), (self.to_v, context))
-        )
-        out = F.scaled_dot_product_attention(q, k, v)
+    def project_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values (B, heads, N, head_dim) of ``context``: computed once per galaxy when sampling."""
+        return (rearrange(self.to_k(context), "b n (h d) -> b h n d", h=self.heads),
+                rearrange(self.to_v(context), "b n (h d) -> b h n d", h=self.heads))
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None,
+        kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Attend from ``x`` (B, L, dim) to ``context`` (B, N, context_dim), or to itself without one;
+        ``kv`` = ``project_kv(context)`` precomputed replaces ``context``."""
+        q = rearrange(self.to_q(x), "b n (h d) -> b h n d", h=self.heads)
+        k, v = self.project_kv(x if context is None else context) if kv is None else kv
+        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype))
         return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
 
 
@@ -186,13 +218,25 @@ class TransformerBlock1d(nn.Module):
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context) -> torch.Tensor:
+        """``context``: image tokens (B, N, C), their precomputed ``(k, v)`` for this block, or None."""
         h = self.proj_in(rearrange(self.norm_in(x), "b c l -> b l c"))
         h = h + self.self_attn(self.norm1(h))
-        if context is not None:
+        if isinstance(context, tuple):
+            h = h + self.cross_attn(self.norm2(h), kv=context)
+        elif context is not None:
             h = h + self.cross_attn(self.norm2(h), context)
         h = h + self.ff(self.norm3(h))
         return x + rearrange(self.proj_out(h), "b l c -> b c l")
+
+
+LAYOUTS = ("released", "wide")
+
+
+class ContextKV(dict):
+    """Cross-attention keys/values of every transformer block of one UNet, projected once from the image
+    tokens (``UNet1d.precompute_context``); pass it as ``context=`` instead of the tokens. Maps block ->
+    (k, v)."""
 
 
 class UNet1d(nn.Module):
@@ -216,14 +260,18 @@ class UNet1d(nn.Module):
         Channel size of the image tokens (512 for ResNet-18).
     head_dim : int
         Channels per attention head.
-    ff_mult : int
-        GEGLU hidden width / model width (2 matches the paper's parameter count; 4 is the LDM default).
+    ff_mult : int, optional
+        GEGLU hidden width / model width; default 4 (``released``) or 2 (``wide``).
     num_timesteps : int
         T of the diffusion process; t is rescaled by T - 1.
     groups : int
         GroupNorm groups.
     dropout : float
         Dropout inside the residual blocks.
+    layout : {"released", "wide"}
+        Block arrangement (module docstring); ``released`` has the released network's compute.
+    time_mult : int, optional
+        Time-MLP width / base; default 16 (``released``) or 4 (``wide``).
     """
 
     def __init__(
@@ -236,74 +284,108 @@ class UNet1d(nn.Module):
         mid_attn: bool = True,
         context_dim: int = 512,
         head_dim: int = 32,
-        ff_mult: int = 2,
+        ff_mult: int | None = None,
         num_timesteps: int = 250,
         groups: int = 8,
         dropout: float = 0.0,
+        layout: str = "released",
+        time_mult: int | None = None,
     ):
         super().__init__()
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout={layout!r}: expected one of {list(LAYOUTS)}")
+        released = layout == "released"
+        self.layout = layout
         self.in_channels = in_channels
-        self.num_down = len(mults) - 1
-        time_dim = 4 * base
+        self.num_down = len(mults) if released else len(mults) - 1
+        time_dim = (time_mult or (16 if released else 4)) * base
+        ff_mult = ff_mult or (4 if released else 2)
         self.time_embed = SinusoidalTimeEmbedding(base, time_dim, num_timesteps)
         self.init_conv = nn.Conv1d(in_channels, base, 3, padding=1)
         widths = [base * m for m in mults]
 
-        def transformer(level: int, width: int) -> nn.Module:
-            if level in attn_levels:
-                return TransformerBlock1d(width, context_dim, head_dim, groups, ff_mult)
-            return nn.Identity()
+        def res(cin: int, cout: int) -> ResBlock:
+            return ResBlock(cin, cout, time_dim, groups, dropout)
 
+        def transformer(width: int, on: bool = True) -> nn.Module:
+            return TransformerBlock1d(width, context_dim, head_dim, groups, ff_mult) if on else nn.Identity()
+
+        def mid() -> None:  # registered between the paths: parameter order is the checkpoints' (optimizer)
+            self.mid1 = res(widths[-1], widths[-1])
+            self.mid_attn = transformer(widths[-1], mid_attn)
+            self.mid2 = res(widths[-1], widths[-1])
+
+        build = self._build_released if released else self._build_wide
+        ch = build(widths, set(attn_levels), res, transformer, mid)
+        self.final_res = res(ch + base, base) if not released else nn.Identity()
+        self.final_conv = nn.Conv1d(base, out_channels, 1)
+
+    def _build_released(self, widths, attn_levels, res, transformer, mid) -> int:
+        """One ResBlock per level and path; every level ends in a stride-2 conv (the bottleneck sits at
+        1/2**levels of the length). Returns the width entering the final conv."""
+        n = len(widths)
         self.down = nn.ModuleList()
-        ch = base
+        ch = widths[0]
+        for i, w in enumerate(widths, start=1):
+            self.down.append(nn.ModuleDict(dict(
+                res=res(ch, w), attn=transformer(w, i in attn_levels), down=nn.Conv1d(w, w, 3, stride=2))))
+            ch = w
+        mid()
+        self.up = nn.ModuleList()
+        for i in range(n, 0, -1):
+            w = widths[i - 1]
+            out = widths[i - 2] if i == n and n > 1 else w  # the deepest up block narrows one level
+            # the up-path transformer of level a follows up level a + 1 (the deepest, for a = n - 1): one
+            # resolution deeper than on the way down, which is what keeps the compute at the released value
+            attn = any(min(a + 1, n) == i for a in attn_levels)
+            self.up.append(nn.ModuleDict(dict(
+                up=nn.ConvTranspose1d(ch, w, 4, stride=2, padding=1), res=res(2 * w, out),
+                attn=transformer(out, attn))))
+            ch = out
+        return ch
+
+    def _build_wide(self, widths, attn_levels, res, transformer, mid) -> int:
+        """Two ResBlocks per level and path, a skip after each. Returns the width entering the final
+        ResBlock."""
+        self.down = nn.ModuleList()
+        ch = widths[0]
         for i, w in enumerate(widths):
             last = i == len(widths) - 1
-            self.down.append(
-                nn.ModuleDict(
-                    dict(
-                        res1=ResBlock(ch, w, time_dim, groups, dropout),
-                        res2=ResBlock(w, w, time_dim, groups, dropout),
-                        attn=transformer(i + 1, w),
-                        down=nn.Identity() if last else nn.Conv1d(w, w, 3, stride=2, padding=1),
-                    )
-                )
-            )
+            self.down.append(nn.ModuleDict(dict(
+                res1=res(ch, w), res2=res(w, w), attn=transformer(w, i + 1 in attn_levels),
+                down=nn.Identity() if last else nn.Conv1d(w, w, 3, stride=2, padding=1))))
             ch = w
-        self.mid1 = ResBlock(ch, ch, time_dim, groups, dropout)
-        self.mid_attn = (
-            TransformerBlock1d(ch, context_dim, head_dim, groups, ff_mult) if mid_attn else nn.Identity()
-        )
-        self.mid2 = ResBlock(ch, ch, time_dim, groups, dropout)
-
+        mid()
         self.up = nn.ModuleList()
         for i in reversed(range(len(widths))):
             w = widths[i]
-            w_next = widths[i - 1] if i > 0 else base
-            self.up.append(
-                nn.ModuleDict(
-                    dict(
-                        res1=ResBlock(ch + w, w, time_dim, groups, dropout),
-                        res2=ResBlock(w + w, w, time_dim, groups, dropout),
-                        attn=transformer(i + 1, w),
-                        up=nn.Identity() if i == 0 else nn.ConvTranspose1d(w, w_next, 4, stride=2, padding=1),
-                    )
-                )
-            )
+            w_next = widths[i - 1] if i > 0 else widths[0]
+            self.up.append(nn.ModuleDict(dict(
+                res1=res(ch + w, w), res2=res(w + w, w), attn=transformer(w, i + 1 in attn_levels),
+                up=nn.Identity() if i == 0 else nn.ConvTranspose1d(w, w_next, 4, stride=2, padding=1))))
             ch = w if i == 0 else w_next
-        self.final_res = ResBlock(ch + base, base, time_dim, groups, dropout)
-        self.final_conv = nn.Conv1d(base, out_channels, 1)
+        return ch
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def transformers(self) -> list[TransformerBlock1d]:
+        return [m for m in self.modules() if isinstance(m, TransformerBlock1d)]
+
+    def precompute_context(self, context: torch.Tensor) -> ContextKV:
+        """Project the image tokens (B, N, context_dim) to every cross-attention's keys/values once; the
+        result, passed as ``context=``, gives the same output as the tokens (tested to 1e-6)."""
+        return ContextKV({blk: blk.cross_attn.project_kv(context) for blk in self.transformers()})
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context=None) -> torch.Tensor:
         """Predict epsilon.
 
         Parameters
         ----------
         x : torch.Tensor
-            (B, in_channels, L), any L >= 1; padded internally to a multiple of 2**(levels - 1).
+            (B, in_channels, L), any L >= 1 (padded internally where the layout needs it, output cropped).
         t : torch.Tensor
             (B,) integer (or real) timesteps in [0, T - 1].
-        context : torch.Tensor, optional
-            (B, N_tokens, context_dim) image tokens; without it cross-attention is skipped.
+        context : torch.Tensor or ContextKV, optional
+            (B, N_tokens, context_dim) image tokens, or their ``precompute_context``; without it
+            cross-attention is skipped.
 
         Returns
         -------
@@ -313,38 +395,61 @@ class UNet1d(nn.Module):
         if x.ndim != 3 or x.shape[1] != self.in_channels:
             raise ValueError(f"UNet1d expects x (B, {self.in_channels}, L), got {tuple(x.shape)}")
         length = x.shape[-1]
-        multiple = 2**self.num_down
-        pad = (-length) % multiple
+        if self.layout == "released":  # unpadded stride-2 convs need >= 2**(levels+1) - 1 points
+            pad = max(2 ** (self.num_down + 1) - 1 - length, 0)
+        else:  # padded stride-2 convs: a multiple of 2**(levels - 1)
+            pad = (-length) % 2**self.num_down
         if pad:
             # Replicate padding keeps the padded tail on the data's scale; the tail is cropped below.
             x = F.pad(x, (0, pad), mode="replicate")
         t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t
         temb = self.time_embed(t)
-
         h = self.init_conv(x)
+        if self.layout == "released":
+            h = self._forward_released(h, temb, context)
+        else:
+            h = self._forward_wide(h, temb, context)
+        return self.final_conv(h)[..., :length]
+
+    def _mid(self, h, temb, context):
+        return self.mid2(_attend(self.mid_attn, self.mid1(h, temb), context), temb)
+
+    def _forward_released(self, h, temb, context):
+        skips = []
+        for lvl in self.down:
+            h = _attend(lvl["attn"], lvl["res"](h, temb), context)
+            skips.append(h)
+            h = lvl["down"](h)
+        h = self._mid(h, temb, context)
+        for lvl in self.up:
+            skip = skips.pop()
+            h = lvl["up"](h)
+            # (L - 1) // 2 * 2 is 1 or 2 short of L: replicate the last column(s)
+            h = F.pad(h, (0, skip.shape[-1] - h.shape[-1]), mode="replicate")
+            h = _attend(lvl["attn"], lvl["res"](torch.cat([h, skip], dim=1), temb), context)
+        return h
+
+    def _forward_wide(self, h, temb, context):
         h0 = h
         skips = []
         for lvl in self.down:
             h = lvl["res1"](h, temb)
             skips.append(h)
-            h = lvl["res2"](h, temb)
-            h = _attend(lvl["attn"], h, context)
+            h = _attend(lvl["attn"], lvl["res2"](h, temb), context)
             skips.append(h)
             h = lvl["down"](h)
-        h = self.mid1(h, temb)
-        h = _attend(self.mid_attn, h, context)
-        h = self.mid2(h, temb)
+        h = self._mid(h, temb, context)
         for lvl in self.up:
             h = lvl["res1"](torch.cat([h, skips.pop()], dim=1), temb)
             h = lvl["res2"](torch.cat([h, skips.pop()], dim=1), temb)
-            h = _attend(lvl["attn"], h, context)
-            h = lvl["up"](h)
-        h = self.final_res(torch.cat([h, h0], dim=1), temb)
-        return self.final_conv(h)[..., :length]
+            h = lvl["up"](_attend(lvl["attn"], h, context))
+        return self.final_res(torch.cat([h, h0], dim=1), temb)
 
 
-def _attend(block: nn.Module, h: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
-    return h if isinstance(block, nn.Identity) else block(h, context)
+def _attend(block: nn.Module, h: torch.Tensor, context) -> torch.Tensor:
+    if isinstance(block, nn.Identity):
+        return h
+    return block(h, context[block] if isinstance(context, ContextKV) else context)
 
 
 class ConditionalDenoiser(nn.Module):
@@ -413,11 +518,16 @@ class ConditionalDenoiser(nn.Module):
         """
         return rearrange(self.image_encoder.forward_features(images), "b c h w -> b (h w) c")
 
+    def precompute_context(self, context: torch.Tensor) -> ContextKV:
+        """Cross-attention keys/values of ``encode_context``'s tokens, for every sampling step (see
+        ``UNet1d.precompute_context``)."""
+        return self.unet.precompute_context(context)
+
     def forward(
         self,
         x: torch.Tensor,
         t: torch.Tensor,
-        context: torch.Tensor | None = None,
+        context: torch.Tensor | ContextKV | None = None,
         images: torch.Tensor | None = None,
         lowres: torch.Tensor | None = None,
     ) -> torch.Tensor:
@@ -429,8 +539,9 @@ class ConditionalDenoiser(nn.Module):
             Noisy spectra (B, L) or (B, 1, L); the output has the same shape.
         t : torch.Tensor
             (B,) timesteps.
-        context : torch.Tensor, optional
-            Precomputed tokens from ``encode_context``; takes precedence over ``images``.
+        context : torch.Tensor or ContextKV, optional
+            Precomputed tokens from ``encode_context`` (or their ``precompute_context``); takes precedence
+            over ``images``.
         images : torch.Tensor, optional
             (B, bands, H, W) images, encoded here if ``context`` is not given (training).
         lowres : torch.Tensor, optional

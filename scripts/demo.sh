@@ -28,7 +28,7 @@ done
 step "4/7 baseline: direct CNN from images"
 $PY train_baseline.py --preset cpu
 step "5/7 generate spectra for $LIMIT test galaxies"
-$PY generate.py --preset cpu --set generate.limit="$LIMIT" --overwrite   # re-runs replace the last output
+$PY generate.py --preset cpu --set generate.limit="$LIMIT" --overwrite --amp off  # re-runs replace the last output; float32 for the small CPU-preset models (as their training)
 step "6/7 science read-out"
 $PY evaluate.py --results outputs/generated.fits --baselines runs/baseline/best.pt --overwrite
 step "7/7 done: figures/ and outputs/eval_report.md"

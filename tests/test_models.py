@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from models.contrastive import ContrastiveModel, nt_xent, score, score_candidates
+from models.flops import count_flops
 from models.resnet1d import SpectrumResNet
 from models.resnet2d import resnet18, resnet50
 from models.unet1d import Attention, ConditionalDenoiser, SinusoidalTimeEmbedding, UNet1d, upsample_lowres
@@ -234,3 +235,99 @@ def test_narrow_models_for_cpu_presets():
     assert model(torch.randn(2, 50), torch.tensor([0, 9]), images=torch.randn(2, 5, 64, 64)).shape == (2, 50)
     con = ContrastiveModel("resnet18", latent_dim=8, spectrum_base=8, spectrum_mults=(1, 2), image_width=8)
     assert con.encode_image(torch.randn(2, 5, 64, 64)).shape == (2, 8)
+
+
+@pytest.mark.parametrize("layout", ["released", "wide"])
+def test_cross_attention_kv_cache_matches_tokens(layout):
+    # the image tokens are fixed while sampling: their keys/values projected once must give the same output
+    model = ConditionalDenoiser(layout=layout, **SMALL_UNET).eval()
+    for name, p in model.named_parameters():
+        if "proj_out" in name:  # zero-initialised: perturb so cross-attention reaches the output
+            torch.nn.init.normal_(p, std=0.1)
+    x, t = torch.randn(3, 563), torch.tensor([1, 100, 249])
+    with torch.no_grad():
+        context = model.encode_context(torch.randn(3, 5, 64, 64))
+        kv = model.precompute_context(context)
+        assert len(kv) == 3  # down, bottleneck and up transformers
+        out = model(x, t, context=context)
+        torch.testing.assert_close(model(x, t, context=kv), out, atol=1e-6, rtol=1e-6)
+        assert (model(x, t, context=model.precompute_context(context.flip(0))) - out).abs().max() > 1e-3
+
+
+def test_released_layout_has_the_released_compute():
+    # issue #13: the released network (36.0 M parameters) spends 2.60 / 19.5 GFLOP per forward at 563 / 4500
+    # points (batch 1, attention included); the default layout must match both within 5 %
+    for stage, length, gflop in (("lr", 563, 2.60), ("sr", 4500, 19.5)):
+        model = ConditionalDenoiser(in_channels=2 if stage == "sr" else 1).eval()
+        assert model.unet.layout == "released"
+        assert abs(n_params(model) / 36.0e6 - 1) < 0.05
+        lowres = torch.randn(1, 563) if stage == "sr" else None
+        flops = count_flops(model, torch.randn(1, length), torch.tensor([7]),
+                            images=torch.randn(1, 5, 64, 64), lowres=lowres)
+        assert abs(flops / 1e9 / gflop - 1) < 0.05, (stage, flops)
+    wide = ConditionalDenoiser(layout="wide").eval()
+    wide_flops = count_flops(wide, torch.randn(1, 563), torch.tensor([7]), images=torch.randn(1, 5, 64, 64))
+    assert 1.6 < wide_flops / 1e9 / 2.60 < 1.8  # the project's first layout: ~1.7x at the same size
+    with pytest.raises(ValueError, match="layout"):
+        UNet1d(layout="narrow")
+
+
+@pytest.mark.parametrize("length", [5, 31, 64, 563])
+def test_released_layout_any_length(length):
+    # unpadded stride-2 convs at 4 levels need >= 31 points: shorter inputs are padded and cropped back
+    unet = UNet1d(**SMALL_UNET).eval()
+    assert unet(torch.randn(2, 1, length), torch.tensor([1, 2])).shape == (2, 1, length)
+
+
+def test_bf16_auto_only_with_native_bf16(monkeypatch, tmp_path):
+    import models.precision as precision
+    from training.engine import autocast_context
+
+    # /proc/cpuinfo parsing: the flags line of the first processor
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: X\nflags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n")
+    assert "amx_bf16" in precision.cpu_flags(str(info))
+    assert precision.cpu_flags(str(tmp_path / "missing")) == frozenset()
+
+    cpu = torch.device("cpu")
+    for flags, native in ((("avx2", "fma"), False), (("avx2", "avx512f", "avx512bw"), False),
+                          (("avx512f", "avx512_bf16"), True), (("avx512f", "amx_bf16"), True)):
+        monkeypatch.setattr(precision, "cpu_flags", lambda flags=flags: frozenset(flags))
+        assert precision.native_bf16(cpu) is native
+        assert precision.use_bf16("auto", cpu) is native
+        assert precision.use_bf16("bf16", cpu) and not precision.use_bf16("off", cpu)
+        ctx = autocast_context(cpu, "auto")
+        with ctx:
+            y = torch.nn.functional.linear(torch.randn(2, 4), torch.randn(3, 4))
+        assert (y.dtype == torch.bfloat16) is native, flags
+    with pytest.raises(ValueError, match="amp"):
+        precision.use_bf16("fp16", cpu)
+
+
+def test_fused_resblock_matches_reference_arithmetic(monkeypatch):
+    import models.unet1d as unet1d
+
+    model = ConditionalDenoiser(**SMALL_UNET).train()
+    for name, p in model.named_parameters():
+        if "norm" in name:  # non-trivial GroupNorm affine, which the fused path folds into the FiLM
+            torch.nn.init.normal_(p)
+    x, t, images = torch.randn(3, 100), torch.tensor([1, 50, 200]), torch.randn(3, 5, 64, 64)
+    results = []
+    for fused in (True, False):
+        monkeypatch.setattr(unet1d, "FUSED_RESBLOCK", fused)
+        model.zero_grad()
+        y = model(x, t, images=images)
+        y.square().mean().backward()
+        results.append((y.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+
+
+def test_checkpoints_without_layout_rebuild_the_wide_unet():
+    from utils.config import GenerativeConfig, config_from_checkpoint_dict, to_dict
+
+    saved = to_dict(GenerativeConfig())
+    assert saved["model"]["layout"] == "released"  # the default for new runs
+    del saved["model"]["layout"]  # a checkpoint written before model.layout existed
+    assert config_from_checkpoint_dict(saved, GenerativeConfig, "ckpt.pt: run.config").model.layout == "wide"

@@ -34,6 +34,7 @@ from ignite.handlers.tqdm_logger import ProgressBar
 
 from datasets.galaxy import EpochBatchSampler, GalaxyDataset, ImageAugment, build_cache, make_loader
 from datasets.schema import open_survey, survey_version
+from models.precision import use_bf16
 from utils.config import resolve_out_dir, to_dict
 
 CHECKPOINT_FORMAT = 1
@@ -181,8 +182,9 @@ def iteration_generator(seed: int, iteration: int, rank: int) -> torch.Generator
 
 
 def autocast_context(device: torch.device, amp: str):
-    """bf16 autocast on CUDA ("auto" or "bf16"); on CPU only when asked for explicitly ("bf16")."""
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+    """bf16 autocast for "bf16"; for "auto" only where bf16 is native (models.precision.native_bf16: CUDA
+    with bf16, or a CPU with AVX512-BF16 / AMX-BF16; never an emulating CPU)."""
+    if not use_bf16(amp, device):
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 

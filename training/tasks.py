@@ -34,7 +34,7 @@ def build_denoiser(model_cfg, stage: str) -> ConditionalDenoiser:
                                in_channels=2 if stage == "sr" else 1, base=model_cfg.base,
                                mults=tuple(model_cfg.mults), attn_levels=tuple(model_cfg.attn_levels),
                                mid_attn=model_cfg.mid_attn, head_dim=model_cfg.head_dim,
-                               num_timesteps=model_cfg.timesteps)
+                               num_timesteps=model_cfg.timesteps, layout=model_cfg.layout)
 
 
 def build_diffusion(model_cfg) -> GaussianDiffusion:

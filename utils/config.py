@@ -70,6 +70,8 @@ class DiffusionModelConfig:
     attn_levels: list[int] = field(default_factory=lambda: [3])  # 1-based levels with attention (paper: 3)
     mid_attn: bool = True             # transformer block in the bottleneck (paper: yes)
     head_dim: int = 32
+    layout: str = "released"          # UNet block layout: "released" (the released network's compute) or
+                                      # "wide" (2 blocks per level, ~1.7x the FLOPs); see docs/MODELS.md
     timesteps: int = 250
     schedule: str = "cosine"
     standardize: bool = False         # diffuse per-pixel standardised spectra (training mean/std kept in the
@@ -80,6 +82,7 @@ class DiffusionModelConfig:
     def check(self, where):
         _choice(where, "model.image_encoder", self.image_encoder, ("resnet18", "resnet50"))
         _choice(where, "model.schedule", self.schedule, ("cosine", "linear"))
+        _choice(where, "model.layout", self.layout, ("released", "wide"))
         _positive(where, "model.timesteps", self.timesteps)
         _positive(where, "model.base", self.base)
         _positive(where, "model.image_width", self.image_width)
@@ -105,7 +108,7 @@ class TrainConfig:
     ema_warmup: int = 0               # iterations over which the EMA momentum ramps up (0 = none)
     grad_clip: float | None = 1.0
     seed: int = 0
-    amp: str = "auto"                 # "auto": bf16 autocast on CUDA, fp32 on CPU; "bf16"; "off"
+    amp: str = "auto"                 # "auto": bf16 autocast where native (models.precision); "bf16"; "off"
     compile: bool = False
     num_workers: int = 0
     loss_weighting: str = "uniform"   # diffusion: "uniform" epsilon MSE (paper) or "min_snr" (Min-SNR-gamma)
@@ -437,6 +440,9 @@ def to_dict(cfg) -> dict:
 
 def config_from_checkpoint_dict(d: dict, cls, where: str):
     """Rebuild a config saved in a checkpoint (validated like a file)."""
+    if cls is GenerativeConfig and "layout" not in d.get("model", {"layout": None}):
+        # diffusion checkpoints written before model.layout existed hold the "wide" UNet
+        d = {**d, "model": {**d["model"], "layout": "wide"}}
     cfg = from_dict(cls, d, where)
     _check_all(cfg, where)
     return cfg
