@@ -144,9 +144,11 @@ class ResBlock(nn.Module):
         # multiply-add pass over the (B, C, L) map instead of three; ReLUs in place (no autograd needs the
         # tensors they overwrite)
         n1 = self.norm1
-        gain = n1.weight[:, None] * (1 + scale)
         h = F.group_norm(self.conv1(x), n1.num_groups, None, None, n1.eps)
-        h = torch.addcmul(n1.bias[:, None] * (1 + scale) + shift, h, gain).relu_()
+        # float32 parameters times the (bf16 under autocast) FiLM terms: back to the activations' dtype, so
+        # that autocast does not silently run the rest of the block in float32
+        gain = (n1.weight[:, None] * (1 + scale)).to(h.dtype)
+        h = torch.addcmul((n1.bias[:, None] * (1 + scale) + shift).to(h.dtype), h, gain).relu_()
         h = self.norm2(self.conv2(self.dropout(h))).relu_()
         skip = self.shortcut(x)
         return h.add_(skip) if not torch.is_grad_enabled() else h + skip

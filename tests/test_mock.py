@@ -109,7 +109,7 @@ def test_truth_indices_follow_stellar_age(survey):
     wave = 10 ** sdss_loglam_grid()
     # an independent measurement (not analysis.indices, which wrote the catalogue): the step-function
     # pixels supersampled on a 0.01 A rest-frame grid, plain means over the bands, the continuum line
-    # evaluated on that grid (not at pixel centres: <= 0.02 A apart where strong emission lines sit in a band)
+    # evaluated on that grid (not at pixel centres: <= 0.02 A or 5e-4 mag apart where emission lines sit in a band)
     from analysis.indices import BREAK_BANDS, LICK_BANDS
     model = d["model"].astype(np.float64)
     edges = np.r_[wave[0] - 0.5 * (wave[1] - wave[0]), 0.5 * (wave[1:] + wave[:-1]), wave[-1]]
@@ -128,7 +128,7 @@ def test_truth_indices_follow_stellar_age(survey):
         cont = cb[:, None] + (cr - cb)[:, None] * (lam - 0.5 * (b0 + b1)) / (0.5 * (r0 + r1 - b0 - b1))
         ratio = (fi / cont).mean(1)
         ref = (i1 - i0) * (1 - ratio) if kind == "A" else -2.5 * np.log10(ratio)
-        np.testing.assert_allclose(c[f"lick_{name}"], ref, atol=0.02 if kind == "A" else 3e-4, err_msg=name)
+        np.testing.assert_allclose(c[f"lick_{name}"], ref, atol=0.02 if kind == "A" else 5e-4, err_msg=name)
     age = np.log10(c["age_lw"])
     assert spearmanr(age, c["lick_Hdelta_A"]).statistic < -0.5
     assert spearmanr(age, c["lick_Mgb"]).statistic > 0.5
