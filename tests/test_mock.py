@@ -109,7 +109,7 @@ def test_truth_indices_follow_stellar_age(survey):
     wave = 10 ** sdss_loglam_grid()
     # an independent measurement (not analysis.indices, which wrote the catalogue): the step-function
     # pixels supersampled on a 0.01 A rest-frame grid, plain means over the bands, the continuum line
-    # evaluated on that grid (not at pixel centres: <= 0.02 A or 5e-4 mag apart where emission lines sit in a band)
+    # evaluated on that grid (not at pixel centres: <= 0.02 A or 5e-4 mag apart where lines sit in a band)
     from analysis.indices import BREAK_BANDS, LICK_BANDS
     model = d["model"].astype(np.float64)
     edges = np.r_[wave[0] - 0.5 * (wave[1] - wave[0]), 0.5 * (wave[1:] + wave[:-1]), wave[-1]]
