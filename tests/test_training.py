@@ -165,6 +165,10 @@ def test_bad_config_is_a_one_line_error(tmp_path, capsys):
         load_config(cfgfile, GenerativeConfig, ["train.batch_size=big"])
     with pytest.raises(ConfigError, match="train.stage: 'hr' is not one of"):
         load_config(cfgfile, GenerativeConfig, ["train.stage=hr"])
+    # YAML reads an unquoted `off` as false: amp takes it as "off"; other strings stay strict
+    assert load_config(cfgfile, GenerativeConfig, ["train.amp=off"]).train.amp == "off"
+    with pytest.raises(ConfigError, match="train.amp: True should be a string"):
+        load_config(cfgfile, GenerativeConfig, ["train.amp=on"])
     with pytest.raises(ConfigError, match="train.loss_weighting: 'snr' is not one of"):
         load_config(cfgfile, GenerativeConfig, ["train.loss_weighting=snr"])
     with pytest.raises(ConfigError, match="presets.gpu: no such preset"):

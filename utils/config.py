@@ -330,6 +330,8 @@ def _coerce(where: str, key: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"{where}: {key}: {value!r} should be true or false")
         return value
     if tp is str:
+        if value is False and key.endswith(".amp"):  # YAML reads an unquoted `off` as false
+            return "off"
         if not isinstance(value, str):
             raise ConfigError(f"{where}: {key}: {value!r} should be a string")
         return value
