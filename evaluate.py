@@ -47,7 +47,8 @@ def main(argv=None) -> int:
         "--max-fit", type=int, default=25, help="galaxies in the pPXF subset (default: %(default)s)"
     )
     p.add_argument(
-        "--baselines", nargs="*", default=[], help="supervised CNN checkpoint(s) (train_baseline.py)"
+        "--baselines", nargs="*", default=[],
+        help="supervised CNN checkpoint(s) (train_baseline.py); 'reference' = the shipped reference CNN"
     )
     p.add_argument(
         "--no-retrieval", action="store_true", help="skip the contrastive nearest-neighbour baseline"
@@ -70,6 +71,9 @@ def main(argv=None) -> int:
     from evaluation.run import evaluate
 
     try:
+        if "reference" in a.baselines:
+            from models.reference import reference_path
+            a.baselines = [reference_path("baseline") if b == "reference" else b for b in a.baselines]
         _check_args(a)
         evaluate(
             a.results,

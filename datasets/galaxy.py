@@ -7,6 +7,8 @@ writes a cache directory ``<file>.cache/<key>/`` of plain ``.npy`` files, opened
 - ``flux_fullres.npy`` (N, 4500) float32, normalised linear flux (steps 1-4 of datasets.preprocess)
 - ``flux_lowres.npy``  (N, 563) float32, every 8th point (contiguous copy for fast low-res reads)
 - ``ivar_fullres.npy`` (N, 4500) float32, ivar on the 1 Angstrom grid in normalised units
+- ``photometry.npy``   (N, F) float32, aperture-photometry features of the ORIGINAL cutouts
+  (datasets/photometry.py): the networks' optional ``model.photometry`` conditioning
 - ``valid.npy``        (N,) bool, the positive-flux filter
 - ``meta.json``        band statistics, split counts, source file identity
 
@@ -28,9 +30,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from datasets.photometry import image_features
 from datasets.preprocess import N_FULLRES, PREPROCESS_VERSION, lowres, preprocess_spectra, to_model_space
 from datasets.schema import N_BANDS, SPLIT_CODES, SurveyFileError, validate_survey
 
+CACHE_LAYOUT = 2  # 2: photometry.npy added; part of the cache key (bump when the cache's files change)
 AUGMENT_SIZE = 71  # resize 64 -> 71, then crop 64 (paper)
 CROP_SIZE = 64
 
@@ -41,7 +45,7 @@ class DatasetError(ValueError):
 
 def _file_key(path: Path, version: str = "") -> str:
     st = path.stat()
-    ident = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|prep{PREPROCESS_VERSION}|{version}"
+    ident = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|prep{PREPROCESS_VERSION}|layout{CACHE_LAYOUT}|{version}"
     return hashlib.sha1(ident.encode()).hexdigest()[:16]
 
 
@@ -73,6 +77,7 @@ class SurveyCache:
     flux_fullres: np.ndarray
     flux_lowres: np.ndarray
     ivar_fullres: np.ndarray
+    photometry: np.ndarray
     valid: np.ndarray
     split: np.ndarray
     meta: dict
@@ -119,6 +124,7 @@ def open_cache(root: Path) -> SurveyCache:
         return np.load(root / f"{name}.npy", mmap_mode="r")
     return SurveyCache(root=root, images=mm("images"), flux_fullres=mm("flux_fullres"),
                        flux_lowres=mm("flux_lowres"), ivar_fullres=mm("ivar_fullres"),
+                       photometry=mm("photometry"),
                        valid=np.load(root / "valid.npy"), split=np.load(root / "split.npy"), meta=meta)
 
 
@@ -153,22 +159,27 @@ def _write_cache(path: Path, root: Path, summary: dict, chunk: int, progress: bo
         images = np.lib.format.open_memmap(tmp / "images.npy", "w+", np.float32, (n,) + f["images"].shape[1:])
         full = np.lib.format.open_memmap(tmp / "flux_fullres.npy", "w+", np.float32, (n, N_FULLRES))
         ivar_out = np.lib.format.open_memmap(tmp / "ivar_fullres.npy", "w+", np.float32, (n, N_FULLRES))
+        phot = None
         valid = np.zeros(n, dtype=bool)
         rng = range(0, n, chunk)
         if progress:
             from tqdm import tqdm
             rng = tqdm(rng, desc=f"preprocessing {path.name}", unit="chunk")
         for s in rng:
-            images[s:s + chunk] = ((f["images"][s:s + chunk] - mean[None, :, None, None])
-                                   / std[None, :, None, None]).astype(np.float32)
+            raw = f["images"][s:s + chunk]
+            images[s:s + chunk] = ((raw - mean[None, :, None, None]) / std[None, :, None, None]).astype(np.float32)
+            feats = image_features(raw)
+            if phot is None:
+                phot = np.lib.format.open_memmap(tmp / "photometry.npy", "w+", np.float32, (n, feats.shape[1]))
+            phot[s:s + chunk] = feats
             out = preprocess_spectra(loglam, f["spectra/flux"][s:s + chunk], f["spectra/ivar"][s:s + chunk])
             full[s:s + chunk] = out["flux"]
             ivar_out[s:s + chunk] = out["ivar"]
             valid[s:s + chunk] = out["valid"]
         np.save(tmp / "flux_lowres.npy", np.ascontiguousarray(lowres(full)))
-        for arr in (images, full, ivar_out):
+        for arr in (images, full, ivar_out, phot):
             arr.flush()
-        del images, full, ivar_out
+        del images, full, ivar_out, phot
     np.save(tmp / "valid.npy", valid)
     np.save(tmp / "split.npy", split)
     counts = {k: int(((split == v) & valid).sum()) for k, v in SPLIT_CODES.items()}
@@ -193,13 +204,14 @@ class GalaxyDataset(torch.utils.data.Dataset):
     preprocessing : "log" (paper) or "none" (normalised linear flux).
     with_lowres : also return ``lowres`` (563 points) — the super-resolution stage's conditioning.
     with_ivar : also return ``ivar`` on the full-resolution 1 Angstrom grid (normalised units).
+    with_photometry : also return ``photometry`` (F,), the cutout's aperture-photometry features.
 
     Items are dicts of tensors: ``image`` (5, 64, 64) standardised, ``spectrum`` (L,), ``index`` (row in
     the survey file). Images are NOT augmented here: augmentation runs per batch (:class:`ImageAugment`).
     """
 
     def __init__(self, path, split="train", resolution="lowres", preprocessing="log", with_lowres=False,
-                 with_ivar=False, cache_dir=None, cache: SurveyCache | None = None):
+                 with_ivar=False, cache_dir=None, cache: SurveyCache | None = None, with_photometry=False):
         if resolution not in ("lowres", "fullres"):
             raise DatasetError(f"resolution: {resolution!r} is not 'lowres' or 'fullres'")
         self.path = str(path)
@@ -210,6 +222,7 @@ class GalaxyDataset(torch.utils.data.Dataset):
                                "non-positive flux)")
         self.split, self.resolution, self.preprocessing = split, resolution, preprocessing
         self.with_lowres, self.with_ivar = with_lowres, with_ivar
+        self.with_photometry = with_photometry
         to_model_space(np.ones(1), preprocessing)  # validates the name
 
     def __len__(self):
@@ -240,6 +253,8 @@ class GalaxyDataset(torch.utils.data.Dataset):
                                                              self.preprocessing).astype(np.float32))
         if self.with_ivar:
             item["ivar"] = torch.from_numpy(np.ascontiguousarray(take(c.ivar_fullres)))
+        if self.with_photometry:
+            item["photometry"] = torch.from_numpy(np.ascontiguousarray(take(c.photometry)))
         return item
 
 

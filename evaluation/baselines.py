@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from datasets.galaxy import ImageAugment, SurveyCache
+from datasets.photometry import image_features
 from datasets.preprocess import to_model_space
 
 
@@ -94,11 +95,10 @@ def retrieve(
     imgs = _raw_images(survey_path, rows)
     best, score = [], []
     for s in range(0, len(rows), batch):
-        zi = (
-            model.encode_image(_standardised(imgs[s : s + batch], lm.band_mean, lm.band_std).to(device))
-            .float()
-            .cpu()
-        )
+        raw = imgs[s : s + batch]
+        phot = (torch.from_numpy(image_features(raw)).to(device)
+                if getattr(model, "photometry", None) is not None else None)
+        zi = model.encode_image(_standardised(raw, lm.band_mean, lm.band_std).to(device), phot).float().cpu()
         sim = zi @ z_spec.T
         v, k = sim.max(1)
         best.append(k.numpy())

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from datasets.galaxy import ImageAugment
+from datasets.photometry import image_features
 from datasets.preprocess import N_FULLRES, N_LOWRES, to_linear
 from diffusion.process import GaussianDiffusion
 from diffusion.samplers import SAMPLERS, NoiseSource
@@ -122,6 +123,8 @@ class GenerationChain:
         self.mean = torch.tensor(models["diffusion_lr"].band_mean, dtype=torch.float32)[None, :, None, None]
         self.std = torch.tensor(models["diffusion_lr"].band_std, dtype=torch.float32)[None, :, None, None]
         self.augment = ImageAugment()
+        # photometric features (model.photometry): measured on the original cutouts, once per galaxy
+        self.photometry = any(getattr(m.model, "photometry", None) is not None for m in models.values())
         if self.g.sampler not in SAMPLERS:
             raise GenerationError(f"generate.sampler: {self.g.sampler!r} is not one of {sorted(SAMPLERS)}")
 
@@ -130,11 +133,11 @@ class GenerationChain:
         x = (images_nmgy.float() - self.mean) / self.std
         return self.augment(x, train=False).to(self.device)
 
-    def _sample(self, role, images, n, seeds, lowres=None):
+    def _sample(self, role, images, n, seeds, lowres=None, photometry=None):
         lm = self.m[role]
         length = N_FULLRES if role.endswith("sr") else N_LOWRES
         with autocast_context(self.device, self.amp):
-            context = lm.model.encode_context(images).repeat_interleave(n, dim=0)
+            context = lm.model.encode_context(images, photometry).repeat_interleave(n, dim=0)
             # cross-attention keys/values once per galaxy, not at every step
             context = lm.model.precompute_context(context)
         noise = NoiseSource(seeds, device=self.device)
@@ -150,10 +153,10 @@ class GenerationChain:
                                      clip_x0=clip_range(lm.model))
         return lm.model.denormalize(x)
 
-    def _rank(self, role, images, candidates, n):
+    def _rank(self, role, images, candidates, n, photometry=None):
         lm = self.m[role]
         with autocast_context(self.device, self.amp):
-            z_img = lm.model.encode_image(images).float()
+            z_img = lm.model.encode_image(images, photometry).float()
             z_c = lm.model.encode_spectrum(candidates).float()
         return score_candidates(z_img, z_c.reshape(images.shape[0], n, -1))
 
@@ -169,16 +172,18 @@ class GenerationChain:
         b = images_nmgy.shape[0]
         N, k, M = g.n_lowres, g.keep_lowres, g.n_fullres
         images = self.prepare_images(images_nmgy)
+        phot = (torch.from_numpy(image_features(images_nmgy.numpy())).to(self.device) if self.photometry
+                else None)
         gseeds = [galaxy_seed(g.seed, int(i)) for i in ids]
-        lr = self._sample("diffusion_lr", images, N, [s + j for s in gseeds for j in range(N)])
-        lr_scores = self._rank("contrastive_lr", images, lr, N)                      # (B, N)
+        lr = self._sample("diffusion_lr", images, N, [s + j for s in gseeds for j in range(N)], photometry=phot)
+        lr_scores = self._rank("contrastive_lr", images, lr, N, phot)                    # (B, N)
         kept = lr_scores.topk(k, dim=1).indices                                     # (B, k)
         parent = torch.arange(M) % k                                                # (M,)
         chosen = torch.gather(lr.reshape(b, N, -1), 1,
                               kept[:, parent].unsqueeze(-1).expand(b, M, N_LOWRES))  # (B, M, 563)
         sr = self._sample("diffusion_sr", images, M, [s + 1000 + j for s in gseeds for j in range(M)],
-                          lowres=chosen.reshape(b * M, N_LOWRES))
-        sr_scores = self._rank("contrastive_sr", images, sr, M)                      # (B, M)
+                          lowres=chosen.reshape(b * M, N_LOWRES), photometry=phot)
+        sr_scores = self._rank("contrastive_sr", images, sr, M, phot)                    # (B, M)
         top = sr_scores.argmax(dim=1)
         sr = sr.reshape(b, M, N_FULLRES)
         pre = self.preprocessing

@@ -26,6 +26,11 @@ def parse_args(argv=None):
     p.add_argument("--config", default=str(ROOT / "params_generative.yml"))
     p.add_argument("--preset", default=None)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--checkpoints", default=None, metavar="reference|DIR",
+                   help="the four models: 'reference' = the shipped reference models (models/reference/, checked "
+                        "against their manifest), or a directory holding <role>.pt / <role>/best.pt for the "
+                        "roles diffusion_lr, diffusion_sr, contrastive_lr, contrastive_sr (default: "
+                        "generate.checkpoints)")
     p.add_argument("--input", default=None, help="HDF5 with images (default: generate.input or data.path)")
     p.add_argument("--nproc", type=int, default=1)
     p.add_argument("--backend", default=None)
@@ -53,9 +58,30 @@ def _worker(local_rank, cfg, input_path, args, threads):
         print(f"wrote {out}")
 
 
+def resolve_checkpoints(spec: str) -> dict[str, str]:
+    """``--checkpoints``: "reference" or a directory -> {role: checkpoint path}, or a one-line error."""
+    from models.reference import reference_checkpoints
+    if spec == "reference":
+        return reference_checkpoints()
+    root = Path(spec)
+    if not root.is_dir():
+        raise ConfigError(f"--checkpoints: {spec!r} is neither 'reference' nor a directory")
+    out = {}
+    for role in ("diffusion_lr", "diffusion_sr", "contrastive_lr", "contrastive_sr"):
+        for cand in (root / f"{role}.pt", root / role / "best.pt"):
+            if cand.is_file():
+                out[role] = str(cand)
+                break
+        else:
+            raise ConfigError(f"--checkpoints: {root}: no {role}.pt or {role}/best.pt")
+    return out
+
+
 def preflight(cfg, args) -> None:
     """Output paths and process counts, checked before any model is loaded or file written."""
     g = cfg.generate
+    if args.checkpoints:
+        g.checkpoints = resolve_checkpoints(args.checkpoints)
     if args.nproc < 1:
         raise ConfigError(f"--nproc: {args.nproc} must be >= 1")
     out = check_output_path(g.output, args.overwrite, "generate.output")

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.conditioning import PhotometryEncoder
 from models.resnet1d import SpectrumResNet
 from models.resnet2d import resnet18, resnet50
 
@@ -34,6 +35,9 @@ class ContrastiveModel(nn.Module):
         Image bands.
     image_width : int
         Base width of the image ResNet (64 = standard; smaller for tests and CPU presets).
+    photometry_features : int
+        > 0: the image embedding also sees that many aperture-photometry features (models/conditioning.py),
+        concatenated to the pooled ResNet features before the linear head; 0 = images only (paper).
     """
 
     def __init__(
@@ -44,6 +48,7 @@ class ContrastiveModel(nn.Module):
         spectrum_mults: tuple[int, ...] = (1, 2, 4, 8, 16),
         in_bands: int = 5,
         image_width: int = 64,
+        photometry_features: int = 0,
     ):
         super().__init__()
         if image_encoder not in IMAGE_ENCODERS:
@@ -57,20 +62,30 @@ class ContrastiveModel(nn.Module):
             image_width=image_width,
         )
         self.image_trunk = IMAGE_ENCODERS[image_encoder](in_bands, image_width)
-        self.image_head = nn.Linear(self.image_trunk.out_channels, latent_dim)
+        width = self.image_trunk.out_channels
+        self.photometry = PhotometryEncoder(photometry_features, width) if photometry_features else None
+        self.image_head = nn.Linear(width * (2 if photometry_features else 1), latent_dim)
         self.spectrum_encoder = SpectrumResNet(latent_dim, spectrum_base, tuple(spectrum_mults))
 
-    def encode_image(self, img: torch.Tensor) -> torch.Tensor:
-        """Images (B, bands, H, W) -> unit-norm embeddings (B, latent_dim)."""
-        return F.normalize(self.image_head(self.image_trunk(img)), dim=-1)
+    def encode_image(self, img: torch.Tensor, photometry: torch.Tensor | None = None) -> torch.Tensor:
+        """Images (B, bands, H, W) (and their (B, F) photometric features for a model built with
+        ``photometry_features``) -> unit-norm embeddings (B, latent_dim)."""
+        feat = self.image_trunk(img)
+        if self.photometry is not None:
+            if photometry is None:
+                raise ValueError("this contrastive model is conditioned on photometry (model.photometry): "
+                                 "pass photometry=")
+            feat = torch.cat([feat, self.photometry(photometry)[:, 0].to(feat.dtype)], dim=-1)
+        return F.normalize(self.image_head(feat), dim=-1)
 
     def encode_spectrum(self, spec: torch.Tensor) -> torch.Tensor:
         """Spectra (B, L) or (B, 1, L) -> unit-norm embeddings (B, latent_dim)."""
         return F.normalize(self.spectrum_encoder(spec), dim=-1)
 
-    def forward(self, img: torch.Tensor, spec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, img: torch.Tensor, spec: torch.Tensor,
+                photometry: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(z_img, z_spec)``, both (B, latent_dim) and unit-norm."""
-        return self.encode_image(img), self.encode_spectrum(spec)
+        return self.encode_image(img, photometry), self.encode_spectrum(spec)
 
 
 def nt_xent(z_img: torch.Tensor, z_spec: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:

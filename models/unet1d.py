@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from models.conditioning import PhotometryEncoder
 from models.resnet2d import resnet18, resnet50
 
 __all__ = [
@@ -238,7 +239,9 @@ LAYOUTS = ("released", "wide")
 class ContextKV(dict):
     """Cross-attention keys/values of every transformer block of one UNet, projected once from the image
     tokens (``UNet1d.precompute_context``); pass it as ``context=`` instead of the tokens. Maps block ->
-    (k, v)."""
+    (k, v); ``pooled`` holds the mean token for ``UNet1d(cond_dim=...)``."""
+
+    pooled = None
 
 
 class UNet1d(nn.Module):
@@ -274,6 +277,10 @@ class UNet1d(nn.Module):
         Block arrangement (module docstring); ``released`` has the released network's compute.
     time_mult : int, optional
         Time-MLP width / base; default 16 (``released``) or 4 (``wide``).
+    cond_dim : int, optional
+        If set, the mean of the context tokens (cond_dim = context_dim) goes through a linear layer (zero
+        initialised) into the time embedding, so every residual block is conditioned on the image
+        (``model.global_context``); None = cross-attention only (paper).
     """
 
     def __init__(
@@ -292,6 +299,7 @@ class UNet1d(nn.Module):
         dropout: float = 0.0,
         layout: str = "released",
         time_mult: int | None = None,
+        cond_dim: int | None = None,
     ):
         super().__init__()
         if layout not in LAYOUTS:
@@ -321,6 +329,11 @@ class UNet1d(nn.Module):
         ch = build(widths, set(attn_levels), res, transformer, mid)
         self.final_res = res(ch + base, base) if not released else nn.Identity()
         self.final_conv = nn.Conv1d(base, out_channels, 1)
+        self.cond_proj = None
+        if cond_dim:  # registered last: the other parameters keep the paper model's order
+            self.cond_proj = nn.Linear(cond_dim, time_dim)
+            nn.init.zeros_(self.cond_proj.weight)
+            nn.init.zeros_(self.cond_proj.bias)
 
     def _build_released(self, widths, attn_levels, res, transformer, mid) -> int:
         """One ResBlock per level and path; every level ends in a stride-2 conv (the bottleneck sits at
@@ -374,7 +387,10 @@ class UNet1d(nn.Module):
     def precompute_context(self, context: torch.Tensor) -> ContextKV:
         """Project the image tokens (B, N, context_dim) to every cross-attention's keys/values once; the
         result, passed as ``context=``, gives the same output as the tokens (tested to 1e-6)."""
-        return ContextKV({blk: blk.cross_attn.project_kv(context) for blk in self.transformers()})
+        kv = ContextKV({blk: blk.cross_attn.project_kv(context) for blk in self.transformers()})
+        if self.cond_proj is not None:
+            kv.pooled = context.mean(1)
+        return kv
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context=None) -> torch.Tensor:
         """Predict epsilon.
@@ -406,6 +422,9 @@ class UNet1d(nn.Module):
             x = F.pad(x, (0, pad), mode="replicate")
         t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t
         temb = self.time_embed(t)
+        if self.cond_proj is not None and context is not None:
+            pooled = context.pooled if isinstance(context, ContextKV) else context.mean(1)
+            temb = temb + self.cond_proj(pooled.to(temb.dtype))
         h = self.init_conv(x)
         if self.layout == "released":
             h = self._forward_released(h, temb, context)
@@ -468,13 +487,19 @@ class ConditionalDenoiser(nn.Module):
     data_length : int, optional
         Length of the spectra it generates (563 or 4500); gives the per-pixel data scaling buffers
         ``data_mean``/``data_std`` (identity unless set from the training data: see ``normalize``).
+    photometry_features : int
+        > 0: also condition on that many aperture-photometry features per galaxy, mapped to
+        ``photometry_tokens`` extra cross-attention tokens (models/conditioning.py); 0 = image only (paper).
+    global_context : bool
+        Also add the mean context token to the time embedding (``UNet1d(cond_dim=...)``).
     **unet_kwargs
         Passed to ``UNet1d`` (``in_channels=2`` makes the super-resolution model).
     """
 
     def __init__(
         self, image_encoder: str = "resnet18", in_bands: int = 5, image_width: int = 64,
-        data_length: int | None = None, **unet_kwargs
+        data_length: int | None = None, photometry_features: int = 0, photometry_tokens: int = 4,
+        global_context: bool = False, **unet_kwargs
     ):
         super().__init__()
         # the diffusion runs on (x - data_mean) / data_std; identity by default (the paper's raw log flux)
@@ -488,7 +513,11 @@ class ConditionalDenoiser(nn.Module):
             raise ValueError(f"image_encoder={image_encoder!r}: expected one of {sorted(encoders)}")
         self.image_encoder = encoders[image_encoder](in_bands, image_width)
         unet_kwargs.setdefault("context_dim", self.image_encoder.out_channels)
+        if global_context:
+            unet_kwargs["cond_dim"] = unet_kwargs["context_dim"]
         self.unet = UNet1d(**unet_kwargs)
+        self.photometry = (PhotometryEncoder(photometry_features, unet_kwargs["context_dim"], photometry_tokens)
+                           if photometry_features else None)
         self.config = dict(
             image_encoder=image_encoder, in_bands=in_bands, image_width=image_width, **unet_kwargs
         )
@@ -512,13 +541,19 @@ class ConditionalDenoiser(nn.Module):
     def in_channels(self) -> int:
         return self.unet.in_channels
 
-    def encode_context(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (B, bands, H, W) -> cross-attention tokens (B, H/32 * W/32, C): (B, 4, 512) at 64x64.
+    def encode_context(self, images: torch.Tensor, photometry: torch.Tensor | None = None) -> torch.Tensor:
+        """Images (B, bands, H, W) -> cross-attention tokens (B, H/32 * W/32, C): (B, 4, 512) at 64x64,
+        followed by the photometry tokens when the model has them (then ``photometry`` (B, F) is required).
 
         Encode once per galaxy and reuse across sampling steps; for K candidates per galaxy use
         ``context.repeat_interleave(K, dim=0)``.
         """
-        return rearrange(self.image_encoder.forward_features(images), "b c h w -> b (h w) c")
+        tokens = rearrange(self.image_encoder.forward_features(images), "b c h w -> b (h w) c")
+        if self.photometry is None:
+            return tokens
+        if photometry is None:
+            raise ValueError("this denoiser is conditioned on photometry (model.photometry): pass photometry=")
+        return torch.cat([tokens, self.photometry(photometry).to(tokens.dtype)], dim=1)
 
     def precompute_context(self, context: torch.Tensor) -> ContextKV:
         """Cross-attention keys/values of ``encode_context``'s tokens, for every sampling step (see
@@ -532,6 +567,7 @@ class ConditionalDenoiser(nn.Module):
         context: torch.Tensor | ContextKV | None = None,
         images: torch.Tensor | None = None,
         lowres: torch.Tensor | None = None,
+        photometry: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict epsilon for noisy spectra ``x``.
 
@@ -548,11 +584,13 @@ class ConditionalDenoiser(nn.Module):
             (B, bands, H, W) images, encoded here if ``context`` is not given (training).
         lowres : torch.Tensor, optional
             (B, L_low) or (B, 1, L_low) low-res spectra; required when ``in_channels == 2``.
+        photometry : torch.Tensor, optional
+            (B, F) photometric features, with ``images`` for a photometry-conditioned model.
         """
         squeeze = x.ndim == 2
         h = x.unsqueeze(1) if squeeze else x
         if context is None and images is not None:
-            context = self.encode_context(images)
+            context = self.encode_context(images, photometry)
         if self.in_channels == 2:
             if lowres is None:
                 raise ValueError("super-resolution denoiser (in_channels=2) needs lowres=")

@@ -399,10 +399,11 @@ def train(local_rank: int, cfg, task, stop_iteration: int | None = None,
              else None)
     idist.barrier()
     cache = cache or build_cache(cfg.data.path, cfg.data.cache_dir)
+    phot = bool(getattr(cfg.model, "photometry", False))  # model.photometry: the features ride in the batch
     train_ds = GalaxyDataset(cfg.data.path, "train", task.resolution, cfg.data.preprocessing,
-                             with_lowres=task.with_lowres, cache=cache)
+                             with_lowres=task.with_lowres, cache=cache, with_photometry=phot)
     val_ds = GalaxyDataset(cfg.data.path, "val", task.resolution, cfg.data.preprocessing,
-                           with_lowres=task.with_lowres, cache=cache)
+                           with_lowres=task.with_lowres, cache=cache, with_photometry=phot)
     sampler = EpochBatchSampler(len(train_ds), cfg.train.batch_size, seed=cfg.train.seed, rank=rank,
                                 world_size=world)
     loader = make_loader(train_ds, sampler, cfg.train.num_workers)

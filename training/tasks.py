@@ -8,9 +8,11 @@ import numpy as np
 import torch
 
 from datasets.galaxy import GalaxyDataset, ImageAugment
+from datasets.photometry import N_FEATURES
 from datasets.preprocess import N_FULLRES, N_LOWRES, to_linear, to_model_space
 from diffusion.process import GaussianDiffusion
 from diffusion.samplers import SAMPLERS, NoiseSource
+from models.conditioning import set_photometry_statistics
 from models.contrastive import ContrastiveModel, nt_xent
 from models.unet1d import ConditionalDenoiser, upsample_lowres
 
@@ -24,7 +26,8 @@ def build_contrastive(model_cfg) -> ContrastiveModel:
     """The CLIP-style image/spectrum model of a ``ContrastiveModelConfig``."""
     return ContrastiveModel(image_encoder=model_cfg.image_encoder, latent_dim=model_cfg.latent_dim,
                             spectrum_base=model_cfg.spectrum_base,
-                            spectrum_mults=tuple(model_cfg.spectrum_mults), image_width=model_cfg.image_width)
+                            spectrum_mults=tuple(model_cfg.spectrum_mults), image_width=model_cfg.image_width,
+                            photometry_features=N_FEATURES if model_cfg.photometry else 0)
 
 
 def build_denoiser(model_cfg, stage: str) -> ConditionalDenoiser:
@@ -34,7 +37,10 @@ def build_denoiser(model_cfg, stage: str) -> ConditionalDenoiser:
                                in_channels=2 if stage == "sr" else 1, base=model_cfg.base,
                                mults=tuple(model_cfg.mults), attn_levels=tuple(model_cfg.attn_levels),
                                mid_attn=model_cfg.mid_attn, head_dim=model_cfg.head_dim,
-                               num_timesteps=model_cfg.timesteps, layout=model_cfg.layout)
+                               num_timesteps=model_cfg.timesteps, layout=model_cfg.layout,
+                               photometry_features=N_FEATURES if model_cfg.photometry else 0,
+                               photometry_tokens=model_cfg.photometry_tokens,
+                               global_context=model_cfg.global_context)
 
 
 def build_diffusion(model_cfg) -> GaussianDiffusion:
@@ -44,6 +50,17 @@ def build_diffusion(model_cfg) -> GaussianDiffusion:
 
 def _eval_images(images: torch.Tensor) -> torch.Tensor:
     return ImageAugment()(images, train=False)
+
+
+def init_photometry(model, train_ds) -> None:
+    """Standardisation of a photometry-conditioned model's features: the training split's statistics."""
+    if getattr(model, "photometry", None) is not None:
+        set_photometry_statistics(model.photometry, train_ds.cache.photometry[np.sort(train_ds.rows)])
+
+
+def _photometry(batch, device=None):
+    p = batch.get("photometry")
+    return None if p is None or device is None else p.to(device)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -57,7 +74,7 @@ def embed_dataset(model: ContrastiveModel, ds: GalaxyDataset, rows: np.ndarray, 
     zi, zs = [], []
     for s in range(0, len(rows), batch):
         b = ds[rows[s:s + batch]]
-        zi.append(model.encode_image(_eval_images(b["image"]).to(device)).float().cpu())
+        zi.append(model.encode_image(_eval_images(b["image"]).to(device), _photometry(b, device)).float().cpu())
         zs.append(model.encode_spectrum(b["spectrum"].to(device)).float().cpu())
     return torch.cat(zi), torch.cat(zs)
 
@@ -89,13 +106,16 @@ class ContrastiveTask:
         self.temperature = cfg.model.temperature
         return build_contrastive(cfg.model)
 
+    def init_model(self, model, train_ds, cfg):
+        init_photometry(model, train_ds)
+
     def loss(self, model, batch, generator):
         spec = batch["spectrum"]
         if self.crop_length and self.crop_length < spec.shape[-1]:
             # a window of the spectrum; the encoder is convolutional with a global mean pool, so the whole
             # spectrum's embedding at inference is the (normalised) average over its windows
             spec, _ = random_windows(spec, None, self.crop_length, generator)
-        z_img, z_spec = model(batch["image"], spec)
+        z_img, z_spec = model(batch["image"], spec, batch.get("photometry"))
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # negatives from every rank: gather embeddings (gradients flow through the local shard)
             import ignite.distributed as idist
@@ -161,7 +181,9 @@ class DiffusionTask:
 
     def init_model(self, model, train_ds, cfg):
         """Optional initialisations: the image encoder from a contrastive checkpoint
-        (``model.image_encoder_init``) and, with ``model.standardize``, the per-pixel data scaling."""
+        (``model.image_encoder_init``), the photometry standardisation and, with ``model.standardize``, the
+        per-pixel data scaling."""
+        init_photometry(model, train_ds)
         if cfg.model.image_encoder_init:
             from training.engine import CheckpointError, load_checkpoint
             path = cfg.model.image_encoder_init
@@ -205,16 +227,17 @@ class DiffusionTask:
         # images go through forward() (not a precomputed context) so DDP sees the encoder's gradients
 
         def model_fn(x, t):
-            return model(x, t, images=batch["image"], lowres=lowres)
+            return model(x, t, images=batch["image"], lowres=lowres, photometry=batch.get("photometry"))
         return self.diffusion.training_loss(model_fn, x0, generator=generator, **self.loss_kwargs)
 
     @torch.no_grad()
     def sample(self, model, images, device, n_samples, sampler, steps, seeds, lowres=None,
-               alpha_bar_min=0.0):
+               alpha_bar_min=0.0, photometry=None):
         """``n_samples`` spectra per image, (B, n_samples, L), in model space; context encoded once."""
         model.eval()
         self.diffusion = self.diffusion.to(device)
-        context = model.encode_context(_eval_images(images).to(device))
+        context = model.encode_context(_eval_images(images).to(device),
+                                       None if photometry is None else photometry.to(device))
         b = images.shape[0]
         context = context.repeat_interleave(n_samples, dim=0)
         lr = None
@@ -239,15 +262,17 @@ class DiffusionTask:
         pre = cfg.data.preprocessing
         samples = self.sample(model, batch["image"], device, cfg.validation.n_samples, cfg.validation.sampler,
                               cfg.validation.steps, seeds=batch["index"].tolist(), lowres=batch.get("lowres"),
-                              alpha_bar_min=cfg.validation.alpha_bar_min)
+                              alpha_bar_min=cfg.validation.alpha_bar_min, photometry=batch.get("photometry"))
         truth = to_linear(batch["spectrum"], pre)
         pred = to_linear(samples, pre)
         mse = ((pred - truth[:, None]) ** 2).mean(-1)  # (n, n_samples)
         # control: the same draws (same seeds) conditioned on another galaxy's image; a model that uses the
         # image is worse here than above, one that ignores it is not
+        phot = batch.get("photometry")
         shuffled = self.sample(model, batch["image"].roll(1, 0), device, cfg.validation.n_samples,
                                cfg.validation.sampler, cfg.validation.steps, seeds=batch["index"].tolist(),
-                               lowres=batch.get("lowres"), alpha_bar_min=cfg.validation.alpha_bar_min)
+                               lowres=batch.get("lowres"), alpha_bar_min=cfg.validation.alpha_bar_min,
+                               photometry=None if phot is None else phot.roll(1, 0))
         mse_shuffled = ((to_linear(shuffled, pre) - truth[:, None]) ** 2).mean(-1)
         if self._mean_spectrum is None:
             cache = val_ds.cache

@@ -48,6 +48,8 @@ class ContrastiveModelConfig:
     spectrum_base: int = 64
     spectrum_mults: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
     temperature: float = 0.05
+    photometry: bool = False          # also feed the cutout's aperture photometry to the image encoder
+                                      # (models/conditioning.py); false = the paper's image-only encoder
 
     def check(self, where):
         _choice(where, "model.image_encoder", self.image_encoder, ("resnet18", "resnet50"))
@@ -78,6 +80,10 @@ class DiffusionModelConfig:
                                       # model); false = the paper's raw log flux
     image_encoder_init: str | None = None  # start the image encoder from a trained contrastive checkpoint's
                                       # image trunk (same architecture); null = from scratch (paper)
+    photometry: bool = False          # aperture-photometry tokens beside the ResNet's (models/conditioning.py)
+    photometry_tokens: int = 4
+    global_context: bool = False      # the mean of the context tokens is also added to the time embedding,
+                                      # so every residual block sees the image (paper: cross-attention only)
 
     def check(self, where):
         _choice(where, "model.image_encoder", self.image_encoder, ("resnet18", "resnet50"))
@@ -87,6 +93,7 @@ class DiffusionModelConfig:
         _positive(where, "model.base", self.base)
         _positive(where, "model.image_width", self.image_width)
         _positive(where, "model.head_dim", self.head_dim)
+        _positive(where, "model.photometry_tokens", self.photometry_tokens)
         _positive_list(where, "model.mults", self.mults)
         if self.base % 8:
             raise ConfigError(f"{where}: model.base: {self.base} must be a multiple of 8 (GroupNorm(8))")
@@ -401,6 +408,20 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def _preset_chain(presets: dict, name: str, where: str) -> list[str]:
+    """``name`` and the presets it ``extends`` (``presets.<name>.extends: <other>``), base first."""
+    chain = [name]
+    while isinstance(presets.get(chain[-1]), dict) and "extends" in presets[chain[-1]]:
+        parent = presets[chain[-1]]["extends"]
+        if parent not in presets:
+            raise ConfigError(f"{where}: presets.{chain[-1]}.extends: {parent!r} is not a preset "
+                              f"(have {sorted(presets)})")
+        if parent in chain:
+            raise ConfigError(f"{where}: presets.{chain[-1]}.extends: {parent!r} extends itself in a loop")
+        chain.append(parent)
+    return chain[::-1]
+
+
 def load_config(path: str | Path, cls, overrides: list[str] | None = None, preset: str | None = None):
     """Load YAML ``path`` into dataclass ``cls``; apply ``presets[preset]`` then ``--set`` overrides."""
     path = Path(path)
@@ -420,14 +441,16 @@ def load_config(path: str | Path, cls, overrides: list[str] | None = None, prese
     if preset is not None:
         if not isinstance(presets, dict) or preset not in presets:
             raise ConfigError(f"{where}: presets.{preset}: no such preset (have {sorted(presets)})")
-        flat = dict(presets[preset] or {})
-        by_stage = {k: flat.pop(k) for k in ("lr", "sr") if isinstance(flat.get(k), dict)}
-        for key, value in flat.items():
-            _set_dotted(raw, key, value, f"{where} presets.{preset}")
-        # a preset may hold stage-specific values (presets.<name>.lr / .sr), applied for the stage in force
-        stage = dict(parsed).get("train.stage", (raw.get("train") or {}).get("stage", "lr"))
-        for key, value in (by_stage.get(stage) or {}).items():
-            _set_dotted(raw, key, value, f"{where} presets.{preset}.{stage}")
+        for name in _preset_chain(presets, preset, where):
+            flat = dict(presets[name] or {})
+            flat.pop("extends", None)
+            by_stage = {k: flat.pop(k) for k in ("lr", "sr") if isinstance(flat.get(k), dict)}
+            for key, value in flat.items():
+                _set_dotted(raw, key, value, f"{where} presets.{name}")
+            # a preset may hold stage-specific values (presets.<name>.lr / .sr), applied for the stage in force
+            stage = dict(parsed).get("train.stage", (raw.get("train") or {}).get("stage", "lr"))
+            for key, value in (by_stage.get(stage) or {}).items():
+                _set_dotted(raw, key, value, f"{where} presets.{name}.{stage}")
     for key, value in parsed:
         _set_dotted(raw, key, value, f"{where} --set")
     cfg = from_dict(cls, raw, where)

@@ -13,7 +13,7 @@ from pathlib import Path
 # bad input named by file/field/value: printed as one line (exit 2) instead of a traceback
 USER_ERRORS = ("ConfigError", "DatasetError", "SurveyFileError", "CheckpointError", "GenerationError",
                "ResultsFileError", "EvaluationError", "OutputError", "BuildError", "CatalogError",
-               "SpecFileError", "CutoutError", "UsageError")
+               "SpecFileError", "CutoutError", "UsageError", "ReferenceError")
 
 
 class OutputError(ValueError):

@@ -1,0 +1,161 @@
+"""Reference models shipped with the repository: the four networks of the chain and the CNN baseline,
+trained on the embedded mock survey by ``scripts/train_reference.sh`` (docs/MODELS.md, "Reference models").
+
+``models/reference/`` holds one slim checkpoint per role (the EMA weights, large tensors in float16, and the
+run record that rebuilds the network) and ``manifest.json`` (mock version and seed, config, commit, training
+time, validation metrics and the sha256 of every file). ``generate.py --checkpoints reference`` and
+``evaluate.py --baselines reference`` resolve to these files; every use checks the file against the manifest,
+so a missing or damaged weight file is a one-line error naming it.
+
+    python -m models.reference export --runs runs/reference --out models/reference   # after training
+    python -m models.reference check                                                  # verify the files
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
+MANIFEST = "manifest.json"
+#: role -> run directory name under the training root (scripts/train_reference.sh)
+ROLES = {"diffusion_lr": "diffusion_lr", "diffusion_sr": "diffusion_sr", "contrastive_lr": "contrastive_lr",
+         "contrastive_sr": "contrastive_sr", "baseline": "baseline"}
+#: tensors with fewer elements than this stay float32 (normalisation buffers, biases, GroupNorm)
+HALF_MIN_NUMEL = 4096
+
+
+class ReferenceError(ValueError):
+    """A missing, damaged or inconsistent reference file; the message names it."""
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_manifest(root: Path = REFERENCE_DIR) -> dict:
+    path = Path(root) / MANIFEST
+    if not path.exists():
+        raise ReferenceError(f"{path}: file: missing (no reference models here; scripts/train_reference.sh "
+                             "trains and exports them)")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ReferenceError(f"{path}: file: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(manifest.get("files"), dict):
+        raise ReferenceError(f"{path}: files: missing (not a reference manifest)")
+    return manifest
+
+
+def reference_path(role: str, root: Path = REFERENCE_DIR, verify: bool = True) -> str:
+    """Path of the reference checkpoint of ``role`` (e.g. "diffusion_lr"), checked against the manifest."""
+    if role not in ROLES:
+        raise ReferenceError(f"role: {role!r} is not one of {sorted(ROLES)}")
+    root = Path(root)
+    manifest = load_manifest(root)
+    entry = manifest["files"].get(role)
+    if entry is None:
+        raise ReferenceError(f"{root / MANIFEST}: files.{role}: missing")
+    path = root / entry["file"]
+    if not path.exists():
+        raise ReferenceError(f"{path}: file: missing (listed in {root / MANIFEST})")
+    if verify:
+        got = sha256(path)
+        if got != entry["sha256"]:
+            raise ReferenceError(f"{path}: sha256: {got[:16]}... does not match the manifest's "
+                                 f"{entry['sha256'][:16]}... (damaged or replaced file)")
+    return str(path)
+
+
+def reference_checkpoints(root: Path = REFERENCE_DIR) -> dict[str, str]:
+    """The chain's four roles -> verified reference checkpoint paths (``generate.checkpoints``)."""
+    return {role: reference_path(role, root) for role in ROLES if role != "baseline"}
+
+
+def slim_state(state: dict) -> dict:
+    """Float tensors of ``HALF_MIN_NUMEL`` elements or more in float16, the rest as they are."""
+    out = {}
+    for k, v in state.items():
+        if torch.is_tensor(v) and v.is_floating_point() and v.numel() >= HALF_MIN_NUMEL:
+            v = v.half()
+        out[k] = v.contiguous()
+    return out
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def export(runs: Path, out: Path, extra: dict | None = None) -> dict:
+    """Slim each role's best checkpoint under ``runs/<role>/best.pt`` into ``out`` and write the manifest."""
+    from training.engine import _atomic_save, load_checkpoint
+
+    runs, out = Path(runs), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for role, sub in ROLES.items():
+        src = runs / sub / "best.pt"
+        ck = load_checkpoint(src)
+        state = ck.get("ema_model") or ck["model"]
+        dst = out / f"{role}.pt"
+        _atomic_save({"run": ck["run"], "model": slim_state(state)}, dst)
+        run_dir = src.parent
+        metrics = {}
+        if (run_dir / "final_metrics.json").exists():
+            metrics = json.loads((run_dir / "final_metrics.json").read_text())
+        timing = {}
+        if (run_dir / "train_time.json").exists():
+            timing = json.loads((run_dir / "train_time.json").read_text())
+        files[role] = {"file": dst.name, "sha256": sha256(dst), "bytes": dst.stat().st_size,
+                       "iteration": int(ck.get("trainer", {}).get("iteration", 0)) if isinstance(
+                           ck.get("trainer"), dict) else None,
+                       "survey_version": ck["run"].get("survey_version"), "config": ck["run"]["config"],
+                       "validation": metrics, "training": timing}
+    manifest = {"format": 1, "commit": _git_commit(), "files": files, **(extra or {})}
+    tmp = out / (MANIFEST + ".partial")
+    tmp.write_text(json.dumps(manifest, indent=1, default=str))
+    os.replace(tmp, out / MANIFEST)
+    return manifest
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m models.reference", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("export", help="slim trained runs into reference files + manifest")
+    e.add_argument("--runs", required=True, help="directory with <role>/best.pt for every role")
+    e.add_argument("--out", default=str(REFERENCE_DIR))
+    e.add_argument("--info", default=None, help="JSON file merged into the manifest (mock, timings)")
+    c = sub.add_parser("check", help="verify every reference file against the manifest")
+    c.add_argument("--dir", default=str(REFERENCE_DIR))
+    a = p.parse_args(argv)
+    try:
+        if a.cmd == "export":
+            extra = json.loads(Path(a.info).read_text()) if a.info else None
+            m = export(Path(a.runs), Path(a.out), extra)
+            total = sum(f["bytes"] for f in m["files"].values())
+            print(f"wrote {a.out}/{MANIFEST}: {len(m['files'])} files, {total / 1e6:.1f} MB")
+        else:
+            for role in ROLES:
+                print(f"{role}: {reference_path(role, Path(a.dir))} ok")
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
