@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Train the REFERENCE models (the ones shipped in models/reference/) from scratch, on 2 CPU cores in at most
+# Train the REFERENCE models (the ones shipped in models/reference/) from scratch, on ONE CPU core in under
 # ~2 hours: build the seeded reference mock, train the four networks of the chain and the CNN baseline with
 # the `reference` presets of the three YAML files, then slim the best checkpoints into models/reference/
 # with a manifest (config, mock version and seed, commit, training time, validation metrics, sha256).
@@ -15,6 +15,7 @@ N=${GALSPEC_REF_N:-20000}                      # galaxies in the reference mock
 SEED=${GALSPEC_REF_SEED:-1}                    # mock seed (the demo mock uses seed 0: disjoint galaxies)
 DATA=$ROOT/mock_ref.h5
 OUT=${GALSPEC_REF_OUT:-models/reference}
+THREADS=${GALSPEC_REF_THREADS:+--threads $GALSPEC_REF_THREADS}   # e.g. 1 to share the machine
 mkdir -p "$ROOT"
 t0=$(date +%s)
 step() { echo; echo "=== [$(( $(date +%s) - t0 )) s] $*"; }
@@ -26,7 +27,7 @@ train() {
   local dir=$ROOT/$role s
   step "$role"
   s=$(date +%s)
-  $PY "$script" --preset reference --set data.path="$DATA" --set run.out_dir="$dir" "$@"
+  $PY "$script" --preset reference --set data.path="$DATA" --set run.out_dir="$dir" $THREADS "$@"
   $PY - "$dir" "$(( $(date +%s) - s ))" <<'EOF'
 import json, os, platform, sys, torch
 from pathlib import Path
