@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job, end to end, on the embedded mock SDSS survey with the CPU preset (~20 min on 2 cores):
 # build the mock -> train the 4 networks (+ the CNN baseline) -> generate spectra for test galaxies ->
-# read the science out of them. Every step resumes/skips work that is already done.
+# read the science out of them; then the same with the shipped reference models. Every step resumes/skips work that is already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -31,4 +31,16 @@ step "5/7 generate spectra for $LIMIT test galaxies"
 $PY generate.py --preset cpu --set generate.limit="$LIMIT" --overwrite --amp off  # re-runs replace the last output; float32 for the small CPU-preset models (as their training)
 step "6/7 science read-out"
 $PY evaluate.py --results outputs/generated.fits --baselines runs/baseline/best.pt --overwrite
-step "7/7 done: figures/ and outputs/eval_report.md"
+step "7/7 the shipped reference models (scripts/train_reference.sh; models/reference/) on the same $LIMIT galaxies"
+if $PY -m models.reference check >/dev/null; then
+  $PY generate.py --preset reference --checkpoints reference --set generate.limit="$LIMIT" \
+    --set generate.output=outputs/generated_reference.fits --set generate.figure=figures/reference/generated_examples.png \
+    --overwrite --amp off
+  $PY evaluate.py --results outputs/generated_reference.fits --baselines reference --out-dir figures/reference \
+    --report outputs/eval_report_reference --overwrite
+  $PY -m evaluation.compare quick=outputs/eval_report.json reference=outputs/eval_report_reference.json \
+    --out outputs/eval_summary.md
+else
+  echo "no reference models in models/reference/ (scripts/train_reference.sh makes them): skipped"
+fi
+step "done: figures/, outputs/eval_report.md, outputs/eval_summary.md (quick vs reference models)"

@@ -1,0 +1,95 @@
+"""Side-by-side summary of several evaluate.py reports (e.g. the demo's quick models and the shipped reference
+models): the headline science numbers of the chain and of the baselines, one column per report.
+
+    python -m evaluation.compare quick=outputs/eval_report.json reference=outputs/eval_report_reference.json \
+        --out outputs/eval_summary.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+#: (section prefix, quantity, metric, label): the rows of the summary, in order
+HEADLINES = (
+    ("spectrum", "flux", "mse_median", "spectrum MSE (median)"),
+    ("redshift", "z", "sigma_nmad", "z sigma_NMAD"),
+    ("redshift", "z", "outlier_frac", "z outlier fraction"),
+    ("indices", "dn4000", "pearson_rho", "Dn4000 rho"),
+    ("indices", "lick_Hdelta_A", "pearson_rho", "Hdelta_A rho"),
+    ("indices", "lick_Mgb", "pearson_rho", "Mgb rho"),
+    ("populations", "sigma_v", "pearson_rho", "sigma_v rho"),
+    ("AGN", "AGN presence", "balanced_accuracy", "AGN balanced accuracy (pPXF subset)"),
+    ("image-only", "AGN presence", "balanced_accuracy", "AGN balanced accuracy (image-only, all)"),
+    ("calibration", "z", "pit_ks_distance", "z PIT KS distance"),
+    ("calibration", "dn4000", "pit_ks_distance", "Dn4000 PIT KS distance"),
+)
+#: methods shown for every report (columns of evaluate.py's table)
+METHODS = ("predicted", "cnn", "photometric", "retrieval", "train_mean")
+
+
+def _find(table: list, section: str, quantity: str, metric: str) -> dict | None:
+    for row in table:
+        if (row["section"].startswith(section) and row["quantity"].lower() == quantity.lower()
+                and row["metric"].startswith(metric)):
+            return row
+    return None
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def summarize(reports: dict[str, dict]) -> str:
+    """Markdown table: one row per headline metric, per report one column per method."""
+    names = list(reports)
+    head = ["quantity"] + [f"{n}: {m}" for n in names for m in METHODS]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for section, quantity, metric, label in HEADLINES:
+        cells = [label]
+        found = False
+        for n in names:
+            row = _find(reports[n]["table"], section, quantity, metric)
+            found |= row is not None
+            cells += [_fmt(row["values"].get(m)) if row else "—" for m in METHODS]
+        if found:
+            lines.append("| " + " | ".join(cells) + " |")
+    galaxies = ", ".join(f"{n}: {reports[n].get('n_galaxies')} galaxies from {reports[n].get('results')}"
+                         for n in names)
+    return "# Evaluation summary\n\n" + galaxies + "\n\n" + "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m evaluation.compare", description=__doc__.splitlines()[0])
+    p.add_argument("reports", nargs="+", metavar="NAME=REPORT.json")
+    p.add_argument("--out", default=None, help="write the markdown here (default: print it)")
+    a = p.parse_args(argv)
+    reports = {}
+    for spec in a.reports:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            print(f"error: {spec!r}: expected NAME=REPORT.json", file=sys.stderr)
+            return 2
+        try:
+            reports[name] = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            print(f"error: {path}: file: cannot be read as an evaluate.py report ({type(e).__name__})",
+                  file=sys.stderr)
+            return 2
+    text = summarize(reports)
+    if a.out:
+        tmp = Path(a.out + ".partial")
+        tmp.write_text(text)
+        os.replace(tmp, a.out)
+        print(f"wrote {a.out}")
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
