@@ -281,7 +281,7 @@ def test_released_layout_any_length(length):
 
 def test_bf16_auto_only_with_native_bf16(monkeypatch, tmp_path):
     import models.precision as precision
-    from training.engine import autocast_context
+    from models.precision import autocast_context
 
     # /proc/cpuinfo parsing: the flags line of the first processor
     info = tmp_path / "cpuinfo"
