@@ -84,8 +84,8 @@ class GenerationChain:
         with autocast_context(self.device, self.amp):
             context = lm.model.encode_context(images, photometry)
         length = N_FULLRES if role.endswith("sr") else N_LOWRES
-        return sample_conditional(lm.model, lm.diffusion, context, length, seeds, self.g.sampler, self.g.steps,
-                                  lowres=lowres,
+        return sample_conditional(lm.model, lm.diffusion, context, length, seeds, self.g.sampler,
+                                  self.g.steps, lowres=lowres,
                                   alpha_bar_min=self.g.alpha_bar_min,
                                   precision=lambda: autocast_context(self.device, self.amp))
 
