@@ -1,4 +1,4 @@
-"""The supervised image -> properties baseline network: a ResNet trunk with 3 regression heads and 1 AGN logit.
+"""The supervised image -> properties baseline network: a ResNet trunk, 3 regression heads and 1 AGN logit.
 
 Its targets, loss and training task live in training/baseline.py; this module is the network alone, so
 evaluation rebuilds it from a checkpoint (``models.loading.load_model(path, "baseline")``) without training/.

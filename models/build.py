@@ -11,7 +11,8 @@ from models.baseline import BaselineNet
 from models.contrastive import ContrastiveModel
 from models.unet1d import ConditionalDenoiser
 
-__all__ = ["BUILDERS", "build_model", "build_contrastive", "build_denoiser", "build_diffusion", "build_baseline"]
+__all__ = ["BUILDERS", "build_model", "build_contrastive", "build_denoiser", "build_diffusion",
+           "build_baseline"]
 
 
 def build_contrastive(model_cfg) -> ContrastiveModel:

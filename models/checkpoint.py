@@ -13,7 +13,9 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "load_checkpoint", "save_checkpoint", "check_survey_version"]
+__all__ = [
+    "CHECKPOINT_FORMAT", "CheckpointError", "load_checkpoint", "save_checkpoint", "check_survey_version",
+]
 
 CHECKPOINT_FORMAT = 1
 
