@@ -36,9 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from datasets.galaxy import GalaxyDataset  # noqa: E402
 from datasets.preprocess import N_FULLRES, N_LOWRES  # noqa: E402
-from generation.chain import GenerationChain, LoadedModel, load_chain  # noqa: E402
-from training.engine import autocast_context  # noqa: E402
-from training.tasks import build_contrastive, build_denoiser, build_diffusion  # noqa: E402
+from generation.chain import GenerationChain, load_chain  # noqa: E402
+from models.build import build_contrastive, build_denoiser, build_diffusion  # noqa: E402
+from models.loading import LoadedModel  # noqa: E402
+from models.precision import autocast_context  # noqa: E402
 from utils.config import ContrastiveConfig, GenerativeConfig, load_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,11 +58,11 @@ def paper_chain(gen_cfg) -> GenerationChain:
     models = {}
     for role, stage in (("diffusion_lr", "lr"), ("diffusion_sr", "sr")):
         m = build_denoiser(g.model, stage).eval()
-        models[role] = LoadedModel(role, "paper-size (random weights)", m, g, np.zeros(5), np.ones(5),
-                                   build_diffusion(g.model))
-    for role in ("contrastive_lr", "contrastive_sr"):
-        models[role] = LoadedModel(role, "paper-size (random weights)", build_contrastive(c.model).eval(), c,
-                                   np.zeros(5), np.ones(5))
+        models[role] = LoadedModel("paper-size (random weights)", "diffusion", stage, m, g, np.zeros(5),
+                                   np.ones(5), build_diffusion(g.model))
+    for role, stage in (("contrastive_lr", "lr"), ("contrastive_sr", "sr")):
+        models[role] = LoadedModel("paper-size (random weights)", "contrastive", stage,
+                                   build_contrastive(c.model).eval(), c, np.zeros(5), np.ones(5))
     return GenerationChain(models, gen_cfg, torch.device("cpu"))
 
 

@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from training.engine import autocast_context  # noqa: E402
+from models.precision import autocast_context  # noqa: E402
 from training.tasks import ContrastiveTask, DiffusionTask  # noqa: E402
 from utils.config import ContrastiveConfig, GenerativeConfig, load_config  # noqa: E402
 

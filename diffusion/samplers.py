@@ -1,22 +1,30 @@
 """Samplers for ``GaussianDiffusion``; every one has the same signature::
 
-    sampler(model_fn, x, diffusion, steps=None, noise=None, **options) -> x_0
+    sampler(model_fn, x, diffusion, ts=None, noise=None, **options) -> x_0
 
 ``model_fn(x_t, t) -> eps`` with ``t`` a (B,) long tensor; bind conditioning with a closure, e.g.
 ``lambda x, t: denoiser(x, t, context=ctx)``. ``x`` is either the starting noise x_T or a shape, in which
-case x_T is drawn from ``noise``. ``noise`` is a ``NoiseSource``: one generator per item, seeded by the
-caller, so an item's result never depends on which other items share its batch.
+case x_T is drawn from ``noise``. ``ts`` is the explicit, strictly decreasing list of timesteps to visit
+(``timesteps(diffusion, steps, spacing)``; default: every step). ``noise`` is a ``NoiseSource``: one
+generator per item, seeded by the caller, so an item's result never depends on which other items share
+its batch.
 
-- ``ancestral``: DDPM ancestral sampling with sigma_t^2 = beta_t (the paper's sampler), always T steps.
-- ``ddim``: DDIM (Song et al. 2021) with configurable eta and step count; eta = 1 at T steps has the
+- ``ancestral``: DDPM ancestral sampling with sigma_t^2 = beta_t (the paper's sampler); each update is one
+  posterior step, so its list is every step of the process.
+- ``ddim``: DDIM (Song et al. 2021) with configurable eta and step list; eta = 1 at T steps has the
   same per-step mean as ``ancestral`` (and the posterior variance).
 - ``dpmpp_2m``: DPM-Solver++(2M) (Lu et al. 2022), multistep second order in the data prediction,
-  deterministic; good quality in 10-25 steps.
+  deterministic; good quality in 10-25 steps (log-SNR spacing).
+
+``SAMPLERS`` maps each name to a :class:`Sampler`: the function plus, as data, the timestep list it uses
+for a number of steps (``Sampler.timesteps``: its default spacing, or every step for ``ancestral``) and
+the options it takes, so callers never branch on a sampler's name.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -25,15 +33,19 @@ from diffusion.process import GaussianDiffusion
 
 __all__ = [
     "NoiseSource",
+    "SPACINGS",
     "timesteps",
     "ancestral_step",
     "ddim_step",
     "ancestral",
     "ddim",
     "dpmpp_2m",
+    "Sampler",
     "SAMPLERS",
     "get_sampler",
 ]
+
+SPACINGS = ("uniform", "quadratic", "logsnr")
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -106,7 +118,7 @@ def timesteps(diffusion: GaussianDiffusion, steps: int | None = None, spacing: s
         target = np.linspace(lam[0], lam[-1], steps)
         ts = np.abs(lam[None, :] - target[:, None]).argmin(axis=1)
     else:
-        raise ValueError(f"spacing={spacing!r}: expected 'uniform', 'quadratic' or 'logsnr'")
+        raise ValueError(f"spacing={spacing!r}: expected one of {list(SPACINGS)}")
     ts = np.clip(ts.astype(np.int64), 0, T - 1)
     # Rounding can merge neighbours where steps are dense: push duplicates down from the top, then up
     # from the bottom; since steps <= T this always ends with distinct steps in [0, T - 1].
@@ -184,22 +196,27 @@ def ddim_step(
     return mean, float(sigma)
 
 
+def _every_step(diffusion: GaussianDiffusion) -> list[int]:
+    return list(range(diffusion.num_timesteps - 1, -1, -1))
+
+
 def ancestral(
     model_fn: ModelFn,
     x,
     diffusion: GaussianDiffusion,
-    steps: int | None = None,
+    ts: Sequence[int] | None = None,
     noise: NoiseSource | None = None,
     *,
     clip_x0: float | None = None,
     variance: str = "beta",
 ) -> torch.Tensor:
-    """DDPM ancestral sampling over all T steps (``steps`` must be None or T)."""
-    T = diffusion.num_timesteps
-    if steps not in (None, T):
-        raise ValueError(f"ancestral sampling runs all T={T} steps, got steps={steps}; use ddim for fewer")
+    """DDPM ancestral sampling over every step T - 1, ..., 0 (``ts``, if given, must be that list)."""
+    every = _every_step(diffusion)
+    if ts is not None and list(ts) != every:
+        raise ValueError(f"ancestral sampling runs every one of the T={diffusion.num_timesteps} steps, got "
+                         f"{len(ts)} timesteps; use ddim for fewer")
     x = _start(x, noise, diffusion)
-    for t in range(T - 1, -1, -1):
+    for t in every:
         mean, std = ancestral_step(diffusion, x, t, model_fn(x, _tvec(t, x)), clip_x0, variance)
         x = mean + std * _draw(noise, x) if t > 0 else mean
     return x
@@ -209,15 +226,14 @@ def ddim(
     model_fn: ModelFn,
     x,
     diffusion: GaussianDiffusion,
-    steps: int | None = None,
+    ts: Sequence[int] | None = None,
     noise: NoiseSource | None = None,
     *,
     eta: float = 0.0,
-    spacing: str = "uniform",
     clip_x0: float | None = None,
 ) -> torch.Tensor:
-    """DDIM sampling with ``steps`` model evaluations (default T); eta = 0 is deterministic."""
-    ts = timesteps(diffusion, steps, spacing)
+    """DDIM sampling over timesteps ``ts`` (default every step); eta = 0 is deterministic."""
+    ts = _every_step(diffusion) if ts is None else list(ts)
     x = _start(x, noise, diffusion)
     for t, t_prev in zip(ts, ts[1:] + [-1]):
         mean, sigma = ddim_step(diffusion, x, t, t_prev, model_fn(x, _tvec(t, x)), eta, clip_x0)
@@ -229,20 +245,20 @@ def dpmpp_2m(
     model_fn: ModelFn,
     x,
     diffusion: GaussianDiffusion,
-    steps: int | None = 20,
+    ts: Sequence[int] | None = None,
     noise: NoiseSource | None = None,
     *,
-    spacing: str = "logsnr",
     clip_x0: float | None = None,
 ) -> torch.Tensor:
-    """DPM-Solver++(2M): deterministic multistep solver of the probability-flow ODE in x_0-prediction form.
+    """DPM-Solver++(2M): deterministic multistep solver of the probability-flow ODE in x_0-prediction form,
+    over timesteps ``ts`` (default: 20 log-SNR-spaced steps).
 
     With ``alpha = sqrt(abar)``, ``sigma = sqrt(1 - abar)``, ``lambda = log(alpha / sigma)`` and ``h`` the
     lambda increment, each step is ``x <- sigma_s / sigma_t * x - alpha_s * expm1(-h) * D`` where ``D`` is
     the current x_0 prediction, extrapolated with the previous one (second order) after the first step.
     The last step goes to sigma = 0 and returns the final x_0 prediction.
     """
-    ts = timesteps(diffusion, steps, spacing)
+    ts = timesteps(diffusion, min(20, diffusion.num_timesteps), "logsnr") if ts is None else list(ts)
     x = _start(x, noise, diffusion)
     abar = diffusion.alphas_cumprod.double()
     alpha = abar.sqrt()
@@ -265,14 +281,59 @@ def dpmpp_2m(
     return x
 
 
-SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
-    "ancestral": ancestral,
-    "ddim": ddim,
-    "dpmpp_2m": dpmpp_2m,
+@dataclass(frozen=True)
+class Sampler:
+    """A sampler function with, as data, how it visits the process.
+
+    Attributes
+    ----------
+    fn : callable
+        The sampler (signature in the module docstring).
+    spacing : str
+        Default spacing of its timestep list (one of ``SPACINGS``).
+    every_step : bool
+        It visits every step of the process whatever ``steps`` says (ancestral: each update is one
+        posterior step).
+    options : tuple of str
+        Keyword options it takes besides ``clip_x0``.
+    """
+    fn: Callable[..., torch.Tensor]
+    spacing: str = "uniform"
+    every_step: bool = False
+    options: tuple[str, ...] = ()
+
+    def __call__(self, *args, **kwargs) -> torch.Tensor:
+        return self.fn(*args, **kwargs)
+
+    def timesteps(self, diffusion: GaussianDiffusion, steps: int | None = None,
+                  spacing: str | None = None) -> list[int]:
+        """The timestep list for ``steps`` model evaluations (capped at the process's T; None = every step)
+        with ``spacing`` (default: the sampler's own)."""
+        if self.every_step or steps is None:
+            return _every_step(diffusion)
+        return timesteps(diffusion, min(int(steps), diffusion.num_timesteps), spacing or self.spacing)
+
+    def check_options(self, options: dict) -> None:
+        """A one-line ValueError for an option this sampler does not take or a value out of range."""
+        for key, value in options.items():
+            if key not in self.options:
+                raise ValueError(f"{key}={value!r}: not an option of this sampler (it takes "
+                                 f"{list(self.options) or 'none'})")
+        eta = options.get("eta", 0.0)
+        if not 0.0 <= eta <= 1.0:  # "not" also catches NaN
+            raise ValueError(f"eta={eta!r}: must be in [0, 1]")
+        if options.get("variance", "beta") not in ("beta", "posterior"):
+            raise ValueError(f"variance={options['variance']!r}: expected 'beta' or 'posterior'")
+
+
+SAMPLERS: dict[str, Sampler] = {
+    "ancestral": Sampler(ancestral, every_step=True, options=("variance",)),
+    "ddim": Sampler(ddim, spacing="uniform", options=("eta",)),
+    "dpmpp_2m": Sampler(dpmpp_2m, spacing="logsnr"),
 }
 
 
-def get_sampler(name: str) -> Callable[..., torch.Tensor]:
+def get_sampler(name: str) -> Sampler:
     """Look up a sampler by name, with a one-line error listing the valid names."""
     if name not in SAMPLERS:
         raise ValueError(f"sampler={name!r}: expected one of {sorted(SAMPLERS)}")

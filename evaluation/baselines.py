@@ -4,7 +4,8 @@
   its measured properties are constant — the floor any image-conditioned method must beat);
 * ``retrieval``: for each test image, the TRAINING spectrum whose full-res contrastive embedding is
   closest to the image's embedding (the contrastive network of the generation chain, no generation);
-* ``cnn``: the supervised CNN of training/baseline.py (z, Dn4000, sigma_v, AGN directly from the image);
+* ``cnn``: the supervised CNN (models/baseline.py, trained by training/baseline.py): z, Dn4000, sigma_v and
+  AGN directly from the image;
 * ``photometric``: gradient boosting on image aperture photometry (evaluation/photometric.py), fitted on
   the training split's catalogue truth (z, Dn4000, sigma_v, age, [M/H], E(B-V), log M*, BPT class).
 """
@@ -18,6 +19,7 @@ import torch
 from datasets.galaxy import ImageAugment, SurveyCache
 from datasets.photometry import image_features
 from datasets.preprocess import to_model_space
+from models.loading import load_model
 
 
 def _raw_images(survey_path, rows: np.ndarray) -> np.ndarray:
@@ -46,30 +48,6 @@ def train_mean_spectrum(cache: SurveyCache, pool: np.ndarray) -> np.ndarray:
     return np.asarray(cache.flux_fullres[pool], dtype=np.float64).mean(0)
 
 
-def _load_contrastive(path, device):
-    try:
-        from generation.chain import load_model
-
-        return load_model("contrastive_sr", path, device)
-    except ImportError:  # generation module not available: rebuild from the checkpoint directly
-        from types import SimpleNamespace
-
-        from training.engine import load_checkpoint
-        from training.tasks import build_contrastive
-        from utils.config import ContrastiveConfig, config_from_checkpoint_dict
-
-        ck = load_checkpoint(path)
-        cfg = config_from_checkpoint_dict(ck["run"]["config"], ContrastiveConfig, f"{path}: run.config")
-        model = build_contrastive(cfg.model)
-        model.load_state_dict(ck.get("ema_model") or ck["model"])
-        return SimpleNamespace(
-            model=model.to(device).eval(),
-            cfg=cfg,
-            band_mean=np.asarray(ck["run"]["band_mean"]),
-            band_std=np.asarray(ck["run"]["band_std"]),
-        )
-
-
 @torch.no_grad()
 def retrieve(
     contrastive_path,
@@ -85,7 +63,7 @@ def retrieve(
     Returns dict ``flux`` (N, 4500) normalised linear flux of the retrieved spectra, ``train_row`` (N,)
     their survey rows and ``score`` (N,) the dot-product score.
     """
-    lm = _load_contrastive(contrastive_path, device)
+    lm = load_model(contrastive_path, "contrastive", "sr", device, given_as="contrastive_sr")
     model, pre = lm.model, lm.cfg.data.preprocessing
     zs = []
     for s in range(0, len(pool), batch):
@@ -119,25 +97,10 @@ def cnn_predict(path, survey_path, rows: np.ndarray, device="cpu", batch: int = 
 
     Returns dict of (N,) arrays: z, dn4000, sigma_v (km/s), agn_prob, bpt_agn (1 if agn_prob > 0.5).
     """
-    from training.baseline import BaselineNet
-    from training.engine import CheckpointError, load_checkpoint
-    from utils.config import BaselineConfig, config_from_checkpoint_dict
-
-    ck = load_checkpoint(path)
-    if ck["run"].get("kind") != "baseline":
-        raise CheckpointError(
-            f"{path}: run.kind: {ck['run'].get('kind')!r}, expected 'baseline' "
-            "(train it with train_baseline.py)"
-        )
-    cfg = config_from_checkpoint_dict(ck["run"]["config"], BaselineConfig, f"{path}: run.config")
-    model = BaselineNet(cfg.model.image_encoder, cfg.model.image_width)
-    model.load_state_dict(ck.get("ema_model") or ck["model"])
-    model.to(device).eval()
+    lm = load_model(path, "baseline", device=device)
     imgs = _raw_images(survey_path, rows)
     parts = [
-        model.predict(
-            _standardised(imgs[s : s + batch], ck["run"]["band_mean"], ck["run"]["band_std"]).to(device)
-        )
+        lm.model.predict(_standardised(imgs[s : s + batch], lm.band_mean, lm.band_std).to(device))
         for s in range(0, len(rows), batch)
     ]
     out = {k: np.concatenate([p[k] for p in parts]).astype(np.float64) for k in parts[0]}

@@ -7,13 +7,12 @@
 
 Every model's image encoder runs ONCE per galaxy; the cross-attention context is reused across all
 sampling steps and all candidates, and all candidates of a batch of galaxies go through each network
-together. Randomness is per galaxy (seeded by the run seed and the galaxy's id), so a galaxy's output does
-not depend on the batch it is in, on chunking, on resuming or on the number of processes.
+together. Randomness is per galaxy (seeded by the run seed and the galaxy's id: ``diffusion.sampling``),
+so a galaxy's output does not depend on the batch it is in, on chunking, on resuming or on the number of
+processes. Models come from ``models.loading.load_model``; sampling is
+``diffusion.sampling.sample_conditional``.
 """
 from __future__ import annotations
-
-import hashlib
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,12 +20,10 @@ import torch
 from datasets.galaxy import ImageAugment
 from datasets.photometry import image_features
 from datasets.preprocess import N_FULLRES, N_LOWRES, to_linear
-from diffusion.process import GaussianDiffusion
-from diffusion.samplers import SAMPLERS, NoiseSource
+from diffusion.sampling import galaxy_seed, item_seeds, sample_conditional
 from models.contrastive import score_candidates
-from training.engine import CheckpointError, autocast_context, load_checkpoint
-from training.tasks import build_contrastive, build_denoiser, build_diffusion, clip_range
-from utils.config import ContrastiveConfig, GenerativeConfig, config_from_checkpoint_dict
+from models.loading import LoadedModel, load_model
+from models.precision import autocast_context
 
 ROLES = {  # role -> (kind, stage)
     "diffusion_lr": ("diffusion", "lr"), "diffusion_sr": ("diffusion", "sr"),
@@ -36,49 +33,6 @@ ROLES = {  # role -> (kind, stage)
 
 class GenerationError(ValueError):
     """Inconsistent models or inputs; the message names the file and the field."""
-
-
-@dataclass
-class LoadedModel:
-    role: str
-    path: str
-    model: torch.nn.Module
-    cfg: object
-    band_mean: np.ndarray
-    band_std: np.ndarray
-    diffusion: GaussianDiffusion | None = None
-    survey_version: str = "mock-sdss/v1"
-
-
-def load_model(role: str, path: str, device: torch.device) -> LoadedModel:
-    """Rebuild a trained model from its checkpoint alone (config inside), EMA weights where present."""
-    kind, stage = ROLES[role]
-    ckpt = load_checkpoint(path)
-    run = ckpt["run"]
-    if run.get("kind") != kind:
-        raise GenerationError(f"{path}: run.kind: {run.get('kind')!r}, but it is given as {role} "
-                              f"(needs a {kind} checkpoint)")
-    if run.get("stage") != stage:
-        what = "super-resolution" if stage == "sr" else "low-res"
-        raise GenerationError(f"{path}: run.stage: {run.get('stage')!r}, but it is given as {role} "
-                              f"(needs stage {stage!r}: {what})")
-    cls = ContrastiveConfig if kind == "contrastive" else GenerativeConfig
-    cfg = config_from_checkpoint_dict(run["config"], cls, f"{path}: run.config")
-    if kind == "contrastive":
-        model = build_contrastive(cfg.model)
-        diffusion = None
-    else:
-        model = build_denoiser(cfg.model, stage)
-        diffusion = build_diffusion(cfg.model).to(device)
-    state = ckpt.get("ema_model") or ckpt["model"]
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: model: weights do not fit the config's architecture: "
-                              f"{str(e).splitlines()[0]}") from None
-    model.to(device).eval()
-    return LoadedModel(role, str(path), model, cfg, np.asarray(run["band_mean"]), np.asarray(run["band_std"]),
-                       diffusion, run.get("survey_version", "mock-sdss/v1"))
 
 
 def check_compatible(models: dict[str, LoadedModel]) -> None:
@@ -104,12 +58,6 @@ def check_compatible(models: dict[str, LoadedModel]) -> None:
                               "model's")
 
 
-def galaxy_seed(seed: int, galaxy_id: int) -> int:
-    """A 63-bit seed of (run seed, galaxy id), independent of batch composition."""
-    h = hashlib.blake2b(f"{seed}:{galaxy_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") & ((1 << 62) - 1)
-
-
 class GenerationChain:
     """The four models and the chain's settings; ``run(images, ids)`` processes one batch of galaxies."""
 
@@ -125,33 +73,21 @@ class GenerationChain:
         self.augment = ImageAugment()
         # photometric features (model.photometry): measured on the original cutouts, once per galaxy
         self.photometry = any(getattr(m.model, "photometry", None) is not None for m in models.values())
-        if self.g.sampler not in SAMPLERS:
-            raise GenerationError(f"generate.sampler: {self.g.sampler!r} is not one of {sorted(SAMPLERS)}")
 
     def prepare_images(self, images_nmgy: torch.Tensor) -> torch.Tensor:
         """Nanomaggies -> standardised with the training band statistics -> evaluation crop."""
         x = (images_nmgy.float() - self.mean) / self.std
         return self.augment(x, train=False).to(self.device)
 
-    def _sample(self, role, images, n, seeds, lowres=None, photometry=None):
+    def _sample(self, role, images, seeds, lowres=None, photometry=None):
         lm = self.m[role]
-        length = N_FULLRES if role.endswith("sr") else N_LOWRES
         with autocast_context(self.device, self.amp):
-            context = lm.model.encode_context(images, photometry).repeat_interleave(n, dim=0)
-            # cross-attention keys/values once per galaxy, not at every step
-            context = lm.model.precompute_context(context)
-        noise = NoiseSource(seeds, device=self.device)
-        if lowres is not None:
-            lowres = lm.model.normalize_lowres(lowres)
-
-        def model_fn(x, t):
-            with autocast_context(self.device, self.amp):
-                return lm.model(x, t, context=context, lowres=lowres).float()
-        process = lm.diffusion.truncated(self.g.alpha_bar_min)
-        steps = None if self.g.sampler == "ancestral" else min(self.g.steps, process.num_timesteps)
-        x = SAMPLERS[self.g.sampler](model_fn, (len(seeds), length), process, steps=steps, noise=noise,
-                                     clip_x0=clip_range(lm.model))
-        return lm.model.denormalize(x)
+            context = lm.model.encode_context(images, photometry)
+        length = N_FULLRES if role.endswith("sr") else N_LOWRES
+        return sample_conditional(lm.model, lm.diffusion, context, length, seeds, self.g.sampler,
+                                  self.g.steps, lowres=lowres,
+                                  alpha_bar_min=self.g.alpha_bar_min,
+                                  precision=lambda: autocast_context(self.device, self.amp))
 
     def _rank(self, role, images, candidates, n, photometry=None):
         lm = self.m[role]
@@ -175,13 +111,13 @@ class GenerationChain:
         phot = (torch.from_numpy(image_features(images_nmgy.numpy())).to(self.device) if self.photometry
                 else None)
         gseeds = [galaxy_seed(g.seed, int(i)) for i in ids]
-        lr = self._sample("diffusion_lr", images, N, [s + j for s in gseeds for j in range(N)], photometry=phot)
+        lr = self._sample("diffusion_lr", images, item_seeds(gseeds, N), photometry=phot)
         lr_scores = self._rank("contrastive_lr", images, lr, N, phot)                    # (B, N)
         kept = lr_scores.topk(k, dim=1).indices                                     # (B, k)
         parent = torch.arange(M) % k                                                # (M,)
         chosen = torch.gather(lr.reshape(b, N, -1), 1,
                               kept[:, parent].unsqueeze(-1).expand(b, M, N_LOWRES))  # (B, M, 563)
-        sr = self._sample("diffusion_sr", images, M, [s + 1000 + j for s in gseeds for j in range(M)],
+        sr = self._sample("diffusion_sr", images, item_seeds(gseeds, M, offset=1000),
                           lowres=chosen.reshape(b * M, N_LOWRES), photometry=phot)
         sr_scores = self._rank("contrastive_sr", images, sr, M, phot)                    # (B, M)
         top = sr_scores.argmax(dim=1)
@@ -199,5 +135,6 @@ class GenerationChain:
 
 def load_chain(gen_cfg, device, amp="auto") -> GenerationChain:
     """Load the four checkpoints named in ``generate.checkpoints`` and check that they fit together."""
-    models = {role: load_model(role, gen_cfg.checkpoints[role], device) for role in ROLES}
+    models = {role: load_model(gen_cfg.checkpoints[role], kind, stage, device, given_as=role)
+              for role, (kind, stage) in ROLES.items()}
     return GenerationChain(models, gen_cfg, device, amp)

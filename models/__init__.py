@@ -1,4 +1,6 @@
-"""Networks: 2-D ResNets, the 1-D spectrum ResNet, the contrastive model and the conditional 1-D UNet."""
+"""Networks (2-D ResNets, the 1-D spectrum ResNet, the contrastive model, the conditional 1-D UNet, the CNN
+baseline), their builders (``models.build``), checkpoint I/O (``models.checkpoint``) and ``load_model``
+(``models.loading``): everything about a model from its config to its checkpoint and back."""
 
 from models.contrastive import ContrastiveModel, nt_xent, score, score_candidates
 from models.resnet1d import SpectrumResNet

@@ -7,12 +7,13 @@ than float32 and less accurate, so ``amp: auto`` must never pick it there.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
-__all__ = ["BF16_CPU_FLAGS", "cpu_flags", "native_bf16", "use_bf16"]
+__all__ = ["BF16_CPU_FLAGS", "autocast_context", "cpu_flags", "native_bf16", "use_bf16"]
 
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -46,3 +47,11 @@ def use_bf16(amp: str, device: torch.device | str) -> bool:
     if amp not in ("auto", "bf16", "off"):
         raise ValueError(f"amp={amp!r}: expected 'auto', 'bf16' or 'off'")
     return amp == "bf16" or (amp == "auto" and native_bf16(device))
+
+
+def autocast_context(device: torch.device, amp: str):
+    """bf16 autocast for "bf16"; for "auto" only where bf16 is native (``native_bf16``: CUDA with bf16, or
+    a CPU with AVX512-BF16 / AMX-BF16; never an emulating CPU); otherwise a no-op context."""
+    if not use_bf16(amp, device):
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)

@@ -102,7 +102,7 @@ def _git_commit() -> str:
 
 def export(runs: Path, out: Path, extra: dict | None = None) -> dict:
     """Slim each role's best checkpoint under ``runs/<role>/best.pt`` into ``out`` and write the manifest."""
-    from training.engine import _atomic_save, load_checkpoint
+    from models.checkpoint import load_checkpoint, save_checkpoint
 
     runs, out = Path(runs), Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -112,7 +112,7 @@ def export(runs: Path, out: Path, extra: dict | None = None) -> dict:
         ck = load_checkpoint(src)
         state = ck.get("ema_model") or ck["model"]
         dst = out / f"{role}.pt"
-        _atomic_save({"run": ck["run"], "model": slim_state(state)}, dst)
+        save_checkpoint({"run": ck["run"], "model": slim_state(state)}, dst)
         run_dir = src.parent
         metrics = {}
         if (run_dir / "final_metrics.json").exists():

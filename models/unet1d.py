@@ -537,6 +537,17 @@ class ConditionalDenoiser(nn.Module):
             return self.normalize(lowres)
         return (lowres - self.data_mean[::8]) / self.data_std[::8]
 
+    def clip_range(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """x0 clipping bounds for sampling: the per-pixel range of the training data (set with the data
+        scaling, ``model.standardize``), or None where it was not recorded (the paper's unscaled setting).
+
+        With the cosine schedule the terminal alpha-bar is ~0, so early x0 = (x_t - sqrt(1-abar) eps) /
+        sqrt(abar) estimates are unbounded; clipping them to the data range keeps a short-trained model's
+        samples sane."""
+        if not torch.isfinite(self.data_lo).all():
+            return None
+        return (self.data_lo, self.data_hi)
+
     @property
     def in_channels(self) -> int:
         return self.unet.in_channels

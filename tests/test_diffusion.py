@@ -186,15 +186,16 @@ def test_ddim_eta1_reproduces_ancestral_trajectory(diffusion):
     eps_fn = gaussian_eps_model(diffusion, -0.2, 0.5)
     shape = (2, 1, 16)
     a = ancestral(eps_fn, shape, diffusion, noise=NoiseSource([5, 6]), variance="posterior")
-    d = ddim(eps_fn, shape, diffusion, steps=250, noise=NoiseSource([5, 6]), eta=1.0)
+    d = ddim(eps_fn, shape, diffusion, timesteps(diffusion, 250), noise=NoiseSource([5, 6]), eta=1.0)
     torch.testing.assert_close(d, a, atol=1e-4, rtol=1e-4)
 
 
 def test_point_mass_recovered_in_few_steps(diffusion):
     model = gaussian_eps_model(diffusion, 1.3, 0.0)
     x_T = NoiseSource([0, 1]).randn((2, 1, 10))
-    for sampler, steps in [(ddim, 1), (ddim, 3), (dpmpp_2m, 3), (dpmpp_2m, 10)]:
-        out = sampler(model, x_T, diffusion, steps)
+    for name, steps in [("ddim", 1), ("ddim", 3), ("dpmpp_2m", 3), ("dpmpp_2m", 10)]:
+        sampler = SAMPLERS[name]
+        out = sampler(model, x_T, diffusion, sampler.timesteps(diffusion, steps))
         torch.testing.assert_close(out, torch.full_like(out, 1.3), atol=1e-3, rtol=0)
 
 
@@ -208,7 +209,9 @@ def test_ode_samplers_converge_for_gaussian_data(diffusion):
     exact = mu + s * (x_T - a_T * mu) / torch.sqrt(a_T**2 * s**2 + s_T**2)
 
     def err(sampler, steps):
-        return (sampler(model, x_T, diffusion, steps) - exact).abs().max().item()
+        spacing = "logsnr" if sampler is dpmpp_2m else "uniform"
+        x0 = sampler(model, x_T, diffusion, timesteps(diffusion, steps, spacing))
+        return (x0 - exact).abs().max().item()
 
     assert err(dpmpp_2m, 10) < 0.02
     assert err(dpmpp_2m, 10) < err(ddim, 10) / 5
@@ -229,10 +232,11 @@ def test_batch_composition_independence(diffusion, name, opts):
     # An elementwise model is batch-invariant bit for bit, so any difference would come from the sampler.
     model = gaussian_eps_model(diffusion, 0.1, 0.6)
     sampler = get_sampler(name)
-    steps = None if name == "ancestral" else 10
+    ts = sampler.timesteps(diffusion, 10)  # every step for ancestral: data of the sampler, not a branch here
+    assert len(ts) == (250 if name == "ancestral" else 10)
 
     def run(seeds):
-        return sampler(model, (len(seeds), 1, 24), diffusion, steps, NoiseSource(seeds), **opts)
+        return sampler(model, (len(seeds), 1, 24), diffusion, ts, NoiseSource(seeds), **opts)
 
     both = run([11, 22])
     assert torch.equal(both[0:1], run([11]))
@@ -250,7 +254,7 @@ def test_batch_composition_independence_with_unet():
 
     def run(seeds):
         with torch.no_grad():
-            return ddim(unet, (len(seeds), 1, 24), d, 5, NoiseSource(seeds), eta=1.0)
+            return ddim(unet, (len(seeds), 1, 24), d, timesteps(d, 5), NoiseSource(seeds), eta=1.0)
 
     torch.testing.assert_close(run([11, 22])[1:2], run([22]), atol=1e-5, rtol=1e-5)
 
@@ -260,11 +264,18 @@ def test_sampler_registry_and_errors(diffusion):
     with pytest.raises(ValueError, match="sampler="):
         get_sampler("euler")
     with pytest.raises(ValueError, match="NoiseSource"):
-        ddim(lambda x, t: x, (2, 3), diffusion, 5)
+        ddim(lambda x, t: x, (2, 3), diffusion, timesteps(diffusion, 5))
     with pytest.raises(ValueError, match="2 seeds"):
         NoiseSource([1, 2]).randn((3, 4))
     with pytest.raises(ValueError, match="ancestral"):
-        ancestral(lambda x, t: x, torch.zeros(1, 3), diffusion, steps=10)
+        ancestral(lambda x, t: x, torch.zeros(1, 3), diffusion, timesteps(diffusion, 10))
+    with pytest.raises(ValueError, match="eta=1.5"):
+        get_sampler("ddim").check_options({"eta": 1.5})
+    with pytest.raises(ValueError, match="not an option"):
+        get_sampler("dpmpp_2m").check_options({"eta": 0.5})
+    # steps above a (truncated) process's T are capped; None = every step
+    assert SAMPLERS["ddim"].timesteps(diffusion, 1000) == list(range(249, -1, -1))
+    assert SAMPLERS["dpmpp_2m"].timesteps(diffusion, 10) == timesteps(diffusion, 10, "logsnr")
 
 
 def test_tiny_unet_overfits_fixed_spectra():

@@ -295,8 +295,9 @@ def test_baseline_task_trains_and_loss_falls(synthetic_survey, tmp_path):
 
     from datasets.schema import SPLIT_CODES
     from evaluation.baselines import _raw_images, _standardised
-    from training.baseline import BaselineNet, baseline_targets
-    from training.engine import load_checkpoint
+    from models.baseline import BaselineNet
+    from models.checkpoint import load_checkpoint
+    from training.baseline import baseline_targets
 
     ck = load_checkpoint(tmp_path / "run" / "best.pt")
     sd = ck.get("ema_model") or ck["model"]

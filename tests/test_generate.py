@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from generation.chain import GenerationError, galaxy_seed
+from diffusion.sampling import galaxy_seed
+from generation.chain import GenerationError
 from generation.cli import main as generate_main
 from tests.test_training import TINY_CONTRASTIVE, TINY_DIFFUSION, _args
 from training.cli import main as train_main
@@ -171,13 +172,14 @@ def test_bad_inputs_fail_before_any_work(synthetic_survey, trained, tmp_path, ca
 
 
 def test_mismatched_latent_sizes_are_rejected(synthetic_survey, trained, tmp_path):
-    from generation.chain import ROLES, GenerationChain, load_model
+    from generation.chain import ROLES, GenerationChain
+    from models.loading import load_model
     from utils.config import GenerativeConfig, load_config
     out = tmp_path / "c_sr"
     assert train_main("contrastive", _args(synthetic_survey, out, TINY_CONTRASTIVE, 1,
                                            ["train.stage=sr", "model.latent_dim=8"])) == 0
     ck = dict(trained, contrastive_sr=str(out / "best.pt"))
-    models = {r: load_model(r, ck[r], torch.device("cpu")) for r in ROLES}
+    models = {r: load_model(ck[r], *ROLES[r], torch.device("cpu")) for r in ROLES}
     g = load_config(ROOT / "params_generative.yml", GenerativeConfig).generate
     with pytest.raises(GenerationError, match="model.latent_dim: 8 differs"):
         GenerationChain(models, g, torch.device("cpu"))

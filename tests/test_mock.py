@@ -368,7 +368,7 @@ def test_disk_structure_keeps_flux():
 
 def test_mock_version_recorded_and_old_checkpoints_refused(realism):
     from datasets.schema import survey_version
-    from training.engine import CheckpointError, check_survey_version
+    from models.checkpoint import CheckpointError, check_survey_version
     _, _, attrs = realism
     assert attrs["mock_version"] == S.MOCK_VERSION == 2
     assert survey_version(attrs) == "mock-sdss/v2"

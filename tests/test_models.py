@@ -281,7 +281,7 @@ def test_released_layout_any_length(length):
 
 def test_bf16_auto_only_with_native_bf16(monkeypatch, tmp_path):
     import models.precision as precision
-    from training.engine import autocast_context
+    from models.precision import autocast_context
 
     # /proc/cpuinfo parsing: the flags line of the first processor
     info = tmp_path / "cpuinfo"
@@ -331,3 +331,53 @@ def test_checkpoints_without_layout_rebuild_the_wide_unet():
     assert saved["model"]["layout"] == "released"  # the default for new runs
     del saved["model"]["layout"]  # a checkpoint written before model.layout existed
     assert config_from_checkpoint_dict(saved, GenerativeConfig, "ckpt.pt: run.config").model.layout == "wide"
+
+
+def _fake_checkpoint(path, kind, stage, cfg, model, ema=None):
+    """A galspec checkpoint of ``model`` (the keys load_model reads) written with save_checkpoint."""
+    from models.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+    from utils.config import to_dict
+    ck = {"model": model.state_dict(), "run": {"format": CHECKPOINT_FORMAT, "kind": kind, "stage": stage,
+                                               "config": to_dict(cfg), "band_mean": [0.0] * 5,
+                                               "band_std": [1.0] * 5}}
+    if ema is not None:
+        ck["ema_model"] = ema.state_dict()
+    save_checkpoint(ck, path)
+    return path
+
+
+def test_load_model_every_kind_and_image_encoder_init(tmp_path):
+    from models.build import build_model
+    from models.checkpoint import CheckpointError
+    from models.loading import load_model
+    from training.tasks import init_image_encoder
+    from utils.config import BaselineConfig, ContrastiveConfig, GenerativeConfig
+
+    c = ContrastiveConfig()
+    c.model.image_encoder, c.model.image_width, c.model.spectrum_base = "resnet18", 8, 8
+    trained, ema = build_model("contrastive", c.model), build_model("contrastive", c.model)
+    path = _fake_checkpoint(tmp_path / "c.pt", "contrastive", "sr", c, trained, ema)
+    lm = load_model(path, "contrastive", "sr")
+    assert lm.kind == "contrastive" and lm.stage == "sr" and lm.diffusion is None and not lm.model.training
+    for k, v in lm.model.state_dict().items():  # the EMA weights where present
+        torch.testing.assert_close(v, ema.state_dict()[k], rtol=0, atol=0)
+    with pytest.raises(CheckpointError, match=r"c\.pt: run\.stage: 'sr', but it is given as contrastive_lr"):
+        load_model(path, "contrastive", "lr")
+    with pytest.raises(CheckpointError, match=r"run\.kind: 'contrastive', but it is given as baseline"):
+        load_model(path, "baseline")
+
+    g = GenerativeConfig()
+    g.model.image_encoder, g.model.image_width, g.model.base, g.model.timesteps = "resnet18", 8, 8, 10
+    den = build_model("diffusion", g.model, "lr")
+    init_image_encoder(den, path)  # model.image_encoder_init: the TRAINED trunk, not the EMA one
+    for k, v in den.image_encoder.state_dict().items():
+        torch.testing.assert_close(v, trained.image_trunk.state_dict()[k], rtol=0, atol=0)
+    dl = load_model(_fake_checkpoint(tmp_path / "d.pt", "diffusion", "lr", g, den), "diffusion", "lr")
+    assert dl.diffusion.num_timesteps == 10 and dl.model.clip_range() is None
+
+    b = BaselineConfig()
+    b.model.image_width = 8
+    net = build_model("baseline", b.model)
+    net.target_mean.fill_(2.0)
+    bl = load_model(_fake_checkpoint(tmp_path / "b.pt", "baseline", "lr", b, net), "baseline")
+    assert float(bl.model.target_mean[0]) == 2.0

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from models.checkpoint import CheckpointError, load_checkpoint
 from training.cli import main
-from training.engine import CheckpointError, load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 

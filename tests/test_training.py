@@ -144,7 +144,7 @@ def test_two_gloo_processes_train_like_one_process_with_the_same_global_batch(id
     # Measured on the synthetic survey: ratio <= 1e-3; training one process on 8 galaxies instead: 0.4.
     ck = torch.load(single / "last.pt", weights_only=True)
     ref = ck["model"]
-    from training.tasks import build_contrastive
+    from models.build import build_contrastive
     from utils.config import config_from_checkpoint_dict
     torch.manual_seed(0)
     init = build_contrastive(config_from_checkpoint_dict(ck["run"]["config"], ContrastiveConfig, "x").model)

@@ -1,4 +1,5 @@
-"""The supervised image -> properties baseline: a ResNet-18 with 3 regression heads and 1 classifier.
+"""The supervised image -> properties baseline's targets, loss and training task (the network, a ResNet-18
+with 3 regression heads and 1 classifier, is models/baseline.py).
 
 Targets (read from the survey catalogue at build time; ``baseline_targets``):
 z; Dn4000 (catalogue ``dn4000``/``d4000_n`` if present, else ``analysis.dn4000`` of the noiseless
@@ -12,7 +13,6 @@ A missing column or a NaN target masks that head for that galaxy. Plugged into `
 from __future__ import annotations
 
 import functools
-import inspect
 
 import h5py
 import numpy as np
@@ -21,10 +21,7 @@ from torch import nn
 
 from datasets.galaxy import ImageAugment
 from datasets.schema import SPLIT_CODES
-from models.resnet2d import resnet18, resnet50
-
-REGRESSION = ("z", "dn4000", "log_sigma_v")
-N_OUT = len(REGRESSION) + 1  # + AGN logit
+from models.build import build_baseline
 
 
 def _dn4000_from_spectra(f, z: np.ndarray, chunk: int = 1024) -> np.ndarray:
@@ -77,35 +74,6 @@ def baseline_targets(path) -> dict:
     return _targets_cached(str(path), os.stat(path).st_mtime_ns)
 
 
-class BaselineNet(nn.Module):
-    """ResNet trunk -> linear head with 3 standardised regressions and 1 AGN logit."""
-
-    def __init__(self, image_encoder: str = "resnet18", image_width: int = 64):
-        super().__init__()
-        ctor = resnet18 if image_encoder == "resnet18" else resnet50
-        kw = {"width": image_width} if "width" in inspect.signature(ctor).parameters else {}
-        self.encoder = ctor(5, **kw)
-        self.head = nn.Linear(self.encoder.out_channels, N_OUT)
-        self.register_buffer("target_mean", torch.zeros(len(REGRESSION)))
-        self.register_buffer("target_std", torch.ones(len(REGRESSION)))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(images))
-
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> dict[str, np.ndarray]:
-        """Standardised, centre-cropped images (B, 5, 64, 64) -> z, dn4000, sigma_v (km/s), agn_prob."""
-        self.eval()
-        out = self(images).float()
-        reg = out[:, :3] * self.target_std + self.target_mean
-        return {
-            "z": reg[:, 0].numpy(),
-            "dn4000": reg[:, 1].numpy(),
-            "sigma_v": (10 ** reg[:, 2]).numpy(),
-            "agn_prob": torch.sigmoid(out[:, 3]).numpy(),
-        }
-
-
 def baseline_loss(out: torch.Tensor, y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """Masked MSE of the standardised regressions + masked BCE of the AGN logit (NaN targets ignored)."""
     yr = (y[:, :3] - mean) / std
@@ -148,7 +116,7 @@ class BaselineTask:
                 for c in yt.T
             ]
         ).float()
-        model = BaselineNet(cfg.model.image_encoder, cfg.model.image_width)
+        model = build_baseline(cfg.model)
         model.target_mean.copy_(torch.nan_to_num(mean))
         model.target_std.copy_(torch.nan_to_num(std, nan=1.0).clamp(min=1e-6))
         return model

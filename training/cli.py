@@ -92,10 +92,12 @@ def _first_difference(old, new, key: str):
 
 def preflight(kind: str, cfg, args) -> None:
     """Validate everything a run needs before anything is written: the output directory, the survey
-    (building its preprocessed cache, which the run then reuses), the split sizes, and — when resuming —
-    that the checkpoint in ``run.out_dir`` was made with the same model shapes."""
+    (building its preprocessed cache, which the run then reuses), the split sizes, the
+    ``model.image_encoder_init`` checkpoint and — when resuming — that the checkpoint in ``run.out_dir`` was
+    made with the same model shapes."""
     from datasets.galaxy import build_cache
-    from training.engine import CheckpointError, load_checkpoint
+    from models.checkpoint import CheckpointError, load_checkpoint
+    from models.loading import load_model
 
     out = resolve_out_dir(cfg)
     for p in [out, *out.parents]:
@@ -115,8 +117,8 @@ def preflight(kind: str, cfg, args) -> None:
         raise ConfigError(f"{cfg.data.path}: split: the validation split is empty (after dropping spectra "
                           "with non-positive flux)")
     init = getattr(cfg.model, "image_encoder_init", None)
-    if init:
-        load_checkpoint(init)
+    if init:  # a readable contrastive checkpoint whose weights fit its own config
+        load_model(init, "contrastive", given_as="model.image_encoder_init")
     last = out / "last.pt"
     if cfg.run.resume and last.exists():
         run = load_checkpoint(last)["run"]

@@ -17,12 +17,10 @@ import csv
 import json
 import math
 import os
-import pickle
 import re
 import shutil
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import ignite.distributed as idist
@@ -34,10 +32,15 @@ from ignite.handlers.tqdm_logger import ProgressBar
 
 from datasets.galaxy import EpochBatchSampler, GalaxyDataset, ImageAugment, build_cache, make_loader
 from datasets.schema import open_survey, survey_version
-from models.precision import use_bf16
+from models.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    check_survey_version,
+    load_checkpoint,
+    save_checkpoint,
+)
+from models.precision import autocast_context
 from utils.config import resolve_out_dir, to_dict
-
-CHECKPOINT_FORMAT = 1
 
 
 class RunState:
@@ -88,52 +91,6 @@ class BestState:
         self.score, self.iteration = d["score"], d["iteration"]
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message names the file and what is wrong."""
-
-
-def load_checkpoint(path) -> dict:
-    """Load a checkpoint written by this project, with a clear error for anything else.
-
-    The file is unpickled with ``weights_only=True``: tensors, numbers, strings and plain containers only,
-    so a file carrying a pickled callable is refused (one line naming it) instead of being executed."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: file: does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if found:
-            raise CheckpointError(f"{path}: file: refused to load: it holds a pickled object "
-                                  f"({found.group(1)}) beyond tensors and plain containers; galspec "
-                                  "checkpoints never do") from None
-        detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(e))
-        raise CheckpointError(f"{path}: file: not a readable torch checkpoint (UnpicklingError: "
-                              f"{(detail.group(1) if detail else str(e).splitlines()[0])[:120]})") from None
-    except Exception as e:  # zip/format errors have many types
-        raise CheckpointError(f"{path}: file: not a readable torch checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:120] if str(e) else ''})") from None
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("run"), dict) or "model" not in ckpt:
-        raise CheckpointError(f"{path}: keys: {sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt)} "
-                              "— not a galspec checkpoint (needs 'run' and 'model')")
-    if ckpt["run"].get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: run.format: {ckpt['run'].get('format')!r}, this code reads "
-                              f"{CHECKPOINT_FORMAT}")
-    return ckpt
-
-
-def check_survey_version(run: dict, survey_version: str, where: str) -> None:
-    """A checkpoint trained on one generation of data (e.g. mock v1) must not be resumed or used on another.
-
-    Checkpoints written before the field existed were trained on mock v1 (or real SDSS: "sdss").
-    """
-    got = run.get("survey_version", "mock-sdss/v1")
-    if got != survey_version:
-        raise CheckpointError(f"{where}: run.survey_version: the checkpoint was trained on {got!r}, the "
-                              f"survey is {survey_version!r} (rebuilt data: retrain in a new run directory)")
-
-
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -181,23 +138,9 @@ def iteration_generator(seed: int, iteration: int, rank: int) -> torch.Generator
     return torch.Generator().manual_seed((seed * 1_000_003 + iteration) * 131 + rank)
 
 
-def autocast_context(device: torch.device, amp: str):
-    """bf16 autocast for "bf16"; for "auto" only where bf16 is native (models.precision.native_bf16: CUDA
-    with bf16, or a CPU with AVX512-BF16 / AMX-BF16; never an emulating CPU)."""
-    if not use_bf16(amp, device):
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
 def _atomic_copy(src: Path, dst: Path) -> None:
     tmp = dst.with_name(dst.name + ".partial")
     shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
-def _atomic_save(obj, dst: Path) -> None:
-    tmp = dst.with_name(dst.name + ".partial")
-    torch.save(obj, tmp)
     os.replace(tmp, dst)
 
 
@@ -478,7 +421,7 @@ def train(local_rank: int, cfg, task, stop_iteration: int | None = None,
         """last.pt first, then its copies: best.pt is never ahead of the last.pt that records it."""
         if rank != 0:
             return
-        _atomic_save({k: v.state_dict() for k, v in to_save.items()}, out_dir / "last.pt")
+        save_checkpoint({k: v.state_dict() for k, v in to_save.items()}, out_dir / "last.pt")
         if numbered:
             _atomic_copy(out_dir / "last.pt", out_dir / f"checkpoint_{it:07d}.pt")
             prune_checkpoints(out_dir, cfg.run.n_saved)

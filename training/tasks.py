@@ -1,6 +1,6 @@
 """The two training tasks — what a batch's loss is, how a model is built from its config, and how it is
-validated. The ignite wiring lives in training/engine.py; the networks in models/; the diffusion process
-and samplers in diffusion/.
+validated. The ignite wiring lives in training/engine.py; the networks, their builders and checkpoint loading
+in models/; the diffusion process, samplers and conditional sampling in diffusion/.
 """
 from __future__ import annotations
 
@@ -8,44 +8,16 @@ import numpy as np
 import torch
 
 from datasets.galaxy import GalaxyDataset, ImageAugment
-from datasets.photometry import N_FEATURES
 from datasets.preprocess import N_FULLRES, N_LOWRES, to_linear, to_model_space
-from diffusion.process import GaussianDiffusion
-from diffusion.samplers import SAMPLERS, NoiseSource
+from diffusion.sampling import item_seeds, sample_conditional
+from models.build import build_contrastive, build_denoiser, build_diffusion
+from models.checkpoint import CheckpointError
 from models.conditioning import set_photometry_statistics
 from models.contrastive import ContrastiveModel, nt_xent
-from models.unet1d import ConditionalDenoiser, upsample_lowres
+from models.loading import load_model
+from models.unet1d import upsample_lowres
 
 RESOLUTION = {"lr": "lowres", "sr": "fullres"}
-
-
-# ----------------------------------------------------------------------------------------------------------
-# builders (also used by generate.py to rebuild models from a checkpoint's config alone)
-# ----------------------------------------------------------------------------------------------------------
-def build_contrastive(model_cfg) -> ContrastiveModel:
-    """The CLIP-style image/spectrum model of a ``ContrastiveModelConfig``."""
-    return ContrastiveModel(image_encoder=model_cfg.image_encoder, latent_dim=model_cfg.latent_dim,
-                            spectrum_base=model_cfg.spectrum_base,
-                            spectrum_mults=tuple(model_cfg.spectrum_mults), image_width=model_cfg.image_width,
-                            photometry_features=N_FEATURES if model_cfg.photometry else 0)
-
-
-def build_denoiser(model_cfg, stage: str) -> ConditionalDenoiser:
-    """The conditional UNet of a ``DiffusionModelConfig``: 1 input channel (lr) or 2 (sr)."""
-    return ConditionalDenoiser(image_encoder=model_cfg.image_encoder, image_width=model_cfg.image_width,
-                               data_length=N_FULLRES if stage == "sr" else N_LOWRES,
-                               in_channels=2 if stage == "sr" else 1, base=model_cfg.base,
-                               mults=tuple(model_cfg.mults), attn_levels=tuple(model_cfg.attn_levels),
-                               mid_attn=model_cfg.mid_attn, head_dim=model_cfg.head_dim,
-                               num_timesteps=model_cfg.timesteps, layout=model_cfg.layout,
-                               photometry_features=N_FEATURES if model_cfg.photometry else 0,
-                               photometry_tokens=model_cfg.photometry_tokens,
-                               global_context=model_cfg.global_context)
-
-
-def build_diffusion(model_cfg) -> GaussianDiffusion:
-    """The noise process (schedule buffers) of a ``DiffusionModelConfig``."""
-    return GaussianDiffusion(num_timesteps=model_cfg.timesteps, schedule=model_cfg.schedule)
 
 
 def _eval_images(images: torch.Tensor) -> torch.Tensor:
@@ -56,6 +28,17 @@ def init_photometry(model, train_ds) -> None:
     """Standardisation of a photometry-conditioned model's features: the training split's statistics."""
     if getattr(model, "photometry", None) is not None:
         set_photometry_statistics(model.photometry, train_ds.cache.photometry[np.sort(train_ds.rows)])
+
+
+def init_image_encoder(model, path) -> None:
+    """Start a denoiser's image encoder from the image trunk of a trained contrastive checkpoint (its trained,
+    not EMA, weights; ``model.image_encoder_init``)."""
+    trunk = load_model(path, "contrastive", ema=False, given_as="model.image_encoder_init").model.image_trunk
+    try:
+        model.image_encoder.load_state_dict(trunk.state_dict())
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: image_trunk: does not fit model.image_encoder "
+                              f"({str(e).splitlines()[0][:100]})") from None
 
 
 def _photometry(batch, device=None):
@@ -136,17 +119,6 @@ class ContrastiveTask:
 # ----------------------------------------------------------------------------------------------------------
 # diffusion
 # ----------------------------------------------------------------------------------------------------------
-def clip_range(model):
-    """x0 clipping bounds of a denoiser: the per-pixel range of its training data (stored in the model
-    by ``init_model``), or None where it was not recorded (the paper's unscaled setting).
-
-    With the cosine schedule the terminal alpha-bar is ~0, so early x0 = (x_t - sqrt(1-abar) eps)/sqrt(abar)
-    estimates are unbounded; clipping them to the data range keeps a short-trained model's samples sane."""
-    if not torch.isfinite(model.data_lo).all():
-        return None
-    return (model.data_lo, model.data_hi)
-
-
 def random_windows(x0, lowres, length: int, generator):
     """One random window of ``length`` pixels per spectrum (start a multiple of 8, so it is aligned with
     the low-res grid); the low-res conditioning is interpolated to full resolution first and cut the same
@@ -185,16 +157,7 @@ class DiffusionTask:
         per-pixel data scaling."""
         init_photometry(model, train_ds)
         if cfg.model.image_encoder_init:
-            from training.engine import CheckpointError, load_checkpoint
-            path = cfg.model.image_encoder_init
-            ck = load_checkpoint(path)
-            trunk = {k[len("image_trunk."):]: v for k, v in ck["model"].items()
-                     if k.startswith("image_trunk.")}
-            try:
-                model.image_encoder.load_state_dict(trunk)
-            except RuntimeError as e:
-                raise CheckpointError(f"{path}: image_trunk: does not fit model.image_encoder "
-                                      f"({str(e).splitlines()[0][:100]})") from None
+            init_image_encoder(model, cfg.model.image_encoder_init)
         if not cfg.model.standardize:
             return
         cache = train_ds.cache
@@ -233,28 +196,19 @@ class DiffusionTask:
     @torch.no_grad()
     def sample(self, model, images, device, n_samples, sampler, steps, seeds, lowres=None,
                alpha_bar_min=0.0, photometry=None):
-        """``n_samples`` spectra per image, (B, n_samples, L), in model space; context encoded once."""
+        """``n_samples`` spectra per image, (B, n_samples, L), in model space; context encoded once.
+        ``seeds`` are the galaxies' dataset indices (item seeds ``index * 1000 + k``)."""
         model.eval()
         self.diffusion = self.diffusion.to(device)
         context = model.encode_context(_eval_images(images).to(device),
                                        None if photometry is None else photometry.to(device))
-        b = images.shape[0]
-        context = context.repeat_interleave(n_samples, dim=0)
-        lr = None
         if lowres is not None:
-            lr = model.normalize_lowres(lowres.to(device)).repeat_interleave(n_samples, 0)
-        length = 4500 if self.stage == "sr" else 563
-        item_seeds = [int(s) * 1000 + k for s in seeds for k in range(n_samples)]
-        noise = NoiseSource(item_seeds, device=device)
-
-        def model_fn(x, t):
-            return model(x, t, context=context, lowres=lr)
-        process = self.diffusion.truncated(alpha_bar_min)
-        x = SAMPLERS[sampler](model_fn, (b * n_samples, length), process,
-                              steps=None if sampler == "ancestral" else min(steps, process.num_timesteps),
-                              noise=noise,
-                              clip_x0=clip_range(model))
-        return model.denormalize(x).reshape(b, n_samples, length).float().cpu()
+            lowres = lowres.to(device).repeat_interleave(n_samples, 0)
+        length = N_FULLRES if self.stage == "sr" else N_LOWRES
+        seeds = item_seeds(seeds, n_samples, stride=1000)
+        x = sample_conditional(model, self.diffusion, context, length, seeds, sampler, steps, lowres=lowres,
+                               alpha_bar_min=alpha_bar_min)
+        return x.reshape(images.shape[0], n_samples, length).float().cpu()
 
     def validate(self, model, val_ds, cfg, device, figure=None):
         n = min(cfg.validation.n_galaxies, len(val_ds))

@@ -17,8 +17,6 @@ from typing import Any
 import numpy as np
 import yaml
 
-SAMPLER_NAMES = ("ancestral", "ddim", "dpmpp_2m")  # diffusion.samplers.SAMPLERS (kept import-free here)
-
 
 class ConfigError(ValueError):
     """Invalid configuration; the message names the file, the key and the value."""
@@ -286,8 +284,12 @@ def _positive_list(where, key, values):
 
 def _sampler(where, section, name, steps, alpha_bar_min):
     """Sampler name and options of ``section`` (validation or generate), checked when the config loads
-    rather than at the first validation hours into a run."""
-    _choice(where, f"{section}.sampler", name, SAMPLER_NAMES)
+    rather than at the first validation hours into a run. The names are those of
+    ``diffusion.samplers.SAMPLERS`` (imported here, not at module level: loading a config needs no torch
+    until it has a sampler to check)."""
+    from diffusion.samplers import SAMPLERS
+
+    _choice(where, f"{section}.sampler", name, tuple(SAMPLERS))
     _positive(where, f"{section}.steps", steps)
     if not 0.0 <= alpha_bar_min < 1.0:
         raise ConfigError(f"{where}: {section}.alpha_bar_min: {alpha_bar_min!r} must be in [0, 1)")

@@ -1,0 +1,95 @@
+"""Conditional sampling: the one function that turns a conditional denoiser and per-galaxy conditioning into
+spectra, used by training validation (training/tasks.py) and by generate.py (generation/chain.py).
+
+Seeds: every sampled item draws its noise from its own generator (``NoiseSource``), seeded by
+``item_seeds(galaxy_seeds, n, stride, offset)`` = ``galaxy_seed * stride + offset + k`` for its galaxy and
+candidate k, so a galaxy's samples depend neither on the batch it is in nor on chunking or the number of
+processes. The callers keep the seeds their outputs were made with:
+
+- training validation: galaxy seed = the galaxy's dataset index, ``stride=1000`` (item ``index * 1000 + k``);
+- generation: galaxy seed = ``galaxy_seed(run seed, galaxy id)`` (a hash), ``stride=1``; the low-res
+  candidates use ``offset=0`` and the super-resolved ones ``offset=1000``.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+
+import torch
+
+from diffusion.process import GaussianDiffusion
+from diffusion.samplers import NoiseSource, get_sampler
+
+__all__ = ["galaxy_seed", "item_seeds", "sample_conditional"]
+
+
+def galaxy_seed(seed: int, galaxy_id: int) -> int:
+    """A 62-bit seed of (run seed, galaxy id), independent of batch composition."""
+    h = hashlib.blake2b(f"{seed}:{galaxy_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & ((1 << 62) - 1)
+
+
+def item_seeds(galaxy_seeds: Sequence[int], n: int, stride: int = 1, offset: int = 0) -> list[int]:
+    """One seed per sampled item, galaxy-major: ``galaxy_seed * stride + offset + k`` for k < ``n``."""
+    return [int(s) * stride + offset + k for s in galaxy_seeds for k in range(n)]
+
+
+@torch.no_grad()
+def sample_conditional(model, diffusion: GaussianDiffusion, context: torch.Tensor, length: int,
+                       seeds: Sequence[int], sampler: str = "ancestral", steps: int | None = None, *,
+                       lowres: torch.Tensor | None = None, alpha_bar_min: float = 0.0,
+                       precision: Callable[[], object] = nullcontext, **options) -> torch.Tensor:
+    """Draw ``len(seeds)`` spectra, n = len(seeds) / B per galaxy, from a conditional denoiser.
+
+    Parameters
+    ----------
+    model
+        A conditional denoiser (``models.unet1d.ConditionalDenoiser``): ``model(x, t, context=, lowres=)``
+        predicts epsilon; ``precompute_context``, ``normalize_lowres``, ``denormalize`` and ``clip_range``
+        (the x0 clipping bounds, or None) as there.
+    diffusion : GaussianDiffusion
+        The model's noise process (on the model's device).
+    context : torch.Tensor
+        (B, N, C) conditioning tokens of B galaxies (``model.encode_context``); each galaxy's are used for
+        its n consecutive items, their cross-attention keys/values projected once.
+    length : int
+        Spectrum length (pixels).
+    seeds : sequence of int
+        One noise seed per item, galaxy-major (``item_seeds``).
+    sampler : str
+        A name in ``diffusion.samplers.SAMPLERS``.
+    steps : int, optional
+        Model evaluations (capped at the number of steps; ignored by samplers that visit every step).
+    lowres : torch.Tensor, optional
+        (len(seeds), L_low) low-res spectra in model space, one per item (super-resolution).
+    alpha_bar_min : float
+        Sample only the steps with alpha-bar >= this (``GaussianDiffusion.truncated``; 0 = all).
+    precision : callable
+        Returns the context manager every network call runs in (e.g. bf16 autocast); default none.
+    **options
+        The sampler's own options (e.g. ``eta`` for ddim), checked by ``Sampler.check_options``.
+
+    Returns
+    -------
+    torch.Tensor
+        (len(seeds), length) samples in model space (``model.denormalize`` applied), float32.
+    """
+    spec = get_sampler(sampler)
+    spec.check_options(options)
+    n = len(seeds) // context.shape[0]
+    if n * context.shape[0] != len(seeds):
+        raise ValueError(f"{len(seeds)} seeds for {context.shape[0]} galaxies: not a whole number per galaxy")
+    with precision():
+        # cross-attention keys/values once per item, not at every step
+        kv = model.precompute_context(context.repeat_interleave(n, dim=0))
+    if lowres is not None:
+        lowres = model.normalize_lowres(lowres)
+
+    def model_fn(x, t):
+        with precision():
+            return model(x, t, context=kv, lowres=lowres).float()
+    process = diffusion.truncated(alpha_bar_min)
+    x = spec(model_fn, (len(seeds), length), process, spec.timesteps(process, steps),
+             noise=NoiseSource(seeds, device=diffusion.betas.device), clip_x0=model.clip_range(), **options)
+    return model.denormalize(x)
