@@ -1,6 +1,6 @@
 """The project's one HDF5 survey schema (version 1).
 
-Both the mock-survey builder (``utils.make_mock``) and the real-SDSS builder write it; training,
+Both the mock-survey builder (``surveys.mock.make``) and the real-SDSS builder write it; training,
 generation and evaluation read only this. Layout::
 
     /                      attrs: schema="galspec-survey", schema_version=1, survey, bands="ugriz",

@@ -1,6 +1,6 @@
 """Build the embedded mock SDSS survey.
 
-Usage: ``python -m utils.make_mock --n 20000 --out data/mock_sdss.h5 --seed 0``.
+Usage: ``python -m surveys.mock.make --n 20000 --out data/mock_sdss.h5 --seed 0``.
 
 See docs/MOCK.md for the physics and the catalogue columns.
 """
@@ -14,7 +14,7 @@ from utils.launch import ArgumentParser, OutputError, check_output_path, report
 
 def main(argv=None) -> int:
     """Parse arguments, build the survey, print a JSON summary (incl. size on disk)."""
-    ap = ArgumentParser(prog="python -m utils.make_mock",
+    ap = ArgumentParser(prog="python -m surveys.mock.make",
                                  description="Build the embedded mock SDSS survey.")
     ap.add_argument("--n", type=int, default=20000, help="number of galaxies")
     ap.add_argument("--out", default="data/mock_sdss.h5", help="output HDF5 (schema v1)")
@@ -43,7 +43,7 @@ def main(argv=None) -> int:
         check_output_path(a.out, a.overwrite, "--out")
     except OutputError as e:
         return report(e)
-    from utils.mock.build import build_survey
+    from surveys.mock.build import build_survey
     s = build_survey(a.out, a.n, seed=a.seed, n_val=a.n_val, test_fraction=a.test_fraction,
                      workers=a.workers, chunk=a.chunk, compression=a.compression)
     s["out"] = a.out

@@ -10,7 +10,7 @@ import numpy as np
 
 from analysis.indices import LICK_BANDS, READOUT_LICK
 from datasets.schema import N_LOGLAM, SPECTRUM_CHUNK, assign_split, create_survey, write_column
-from utils.mock.simulate import BLOCK, MOCK_VERSION, simulate_block
+from surveys.mock.simulate import BLOCK, MOCK_VERSION, simulate_block
 
 LINE_DESC = {
     "oii_3727": "[OII]3726+3729 doublet", "hb": "Hbeta 4861", "oiii_4959": "[OIII]4959",
@@ -101,6 +101,8 @@ def build_survey(out: str | os.PathLike, n: int, seed: int = 0, n_val: int = 512
     per_write = max(1, chunk // BLOCK)
     t0 = time.time()
     cols: dict[str, list] = {}
+    # "builder" keeps the module's historical name (still a working entry point, utils/make_mock.py) so that
+    # survey files stay byte-identical across the move to surveys/.
     attrs = {"seed": int(seed), "builder": "utils.make_mock", "mock_block": BLOCK,
              "mock_version": MOCK_VERSION,
              "description": "galspec mock SDSS main-sample survey (BC03 bulge+disk, Calzetti dust, nebular "

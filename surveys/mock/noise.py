@@ -10,7 +10,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from utils.mock.sed import C_KMS, sigma_inst_kms
+from surveys.mock.sed import C_KMS, sigma_inst_kms
 
 # Dark-sky surface brightness at APO (AB mag / arcsec^2) at the band effective wavelengths
 SKY_SB = {3550.0: 22.1, 4690.0: 21.9, 6170.0: 20.9, 7480.0: 20.1, 8930.0: 18.9}

@@ -28,7 +28,7 @@ import numpy as np
 from astropy.wcs import WCS
 from scipy.ndimage import map_coordinates
 
-from utils.sdss.download import InvalidFileError, frame_relpath, open_frame
+from surveys.sdss.download import InvalidFileError, frame_relpath, open_frame
 
 BANDS = "ugriz"
 SIZE = 64

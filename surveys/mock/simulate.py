@@ -13,8 +13,8 @@ import numpy as np
 from astropy.io import fits
 
 from datasets.schema import DLOGLAM, IMAGE_SIZE, LOGLAM0, N_LOGLAM, PIXEL_SCALE_ARCSEC, sdss_loglam_grid
-from utils.mock import noise, render, scene
-from utils.mock.sed import (
+from surveys.mock import noise, render, scene
+from surveys.mock.sed import (
     C_KMS,
     L_SUN,
     LINES,
@@ -31,7 +31,7 @@ from utils.mock.sed import (
     sigma_inst_kms,
     surviving_fraction,
 )
-from utils.mock.sed import (
+from surveys.mock.sed import (
     DLOGLAM as REST_DLOGLAM,
 )
 

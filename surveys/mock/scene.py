@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from datasets.schema import IMAGE_SIZE, PIXEL_SCALE_ARCSEC
-from utils.mock import render
+from surveys.mock import render
 
 CUTOUT_DEG2 = (IMAGE_SIZE * PIXEL_SCALE_ARCSEC / 3600.0) ** 2
 R_DETECT = 22.2
