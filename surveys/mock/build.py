@@ -10,7 +10,7 @@ import numpy as np
 
 from analysis.indices import LICK_BANDS, READOUT_LICK
 from datasets.schema import N_LOGLAM, SPECTRUM_CHUNK, assign_split, create_survey, write_column
-from surveys.mock.simulate import BLOCK, MOCK_VERSION, simulate_block
+from surveys.mock.simulate import BANDS, BLOCK, MOCK_VERSION, simulate_block
 
 LINE_DESC = {
     "oii_3727": "[OII]3726+3729 doublet", "hb": "Hbeta 4861", "oiii_4959": "[OIII]4959",
@@ -55,7 +55,7 @@ for _n in READOUT_LICK:
     COLUMNS[f"lick_{_n}"] = ("mag" if LICK_BANDS[_n][3] == "mag" else "Angstrom",
                              f"Lick index {_n} of the noiseless fibre spectrum at its own resolution, "
                              "analysis.indices.lick_indices")
-for _b in "ugriz":
+for _b in BANDS:
     COLUMNS[f"mag_{_b}"] = ("AB mag", f"total {_b} magnitude (bulge+disk+lines, SDSS filter sdss2010-{_b}), "
                                       "no noise")
     COLUMNS[f"psf_fwhm_{_b}"] = ("arcsec", f"PSF FWHM in {_b} (Moffat beta=3)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+from surveys.description import SDSS
 from surveys.sdss.catalog import CatalogError, build_query, query_skyserver, read_catalog_csv
 from surveys.sdss.download import SAS_URL, download_all, plan_downloads
 from utils.launch import ArgumentParser, check_output_path
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             s.add_argument("--timeout", type=float, default=60.0)
             s.add_argument("--retries", type=int, default=5)
             s.add_argument("--backoff", type=float, default=1.0)
-            s.add_argument("--bands", default="ugriz")
+            s.add_argument("--bands", default=SDSS.bands)
             s.add_argument(
                 "--no-frames", action="store_true", help="spectra only (e.g. with the Pasquet cube)"
             )
