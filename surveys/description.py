@@ -37,6 +37,7 @@ class SurveyDescription:
     asinh_softening_nmgy : asinh-magnitude softening per band, nanomaggies (``datasets.photometry``).
     reference_band : the band whose light moments give size, ellipticity and centroid offset.
     fibre_radius_arcsec : radius of the spectroscopic fibre (the photometry's colour-gradient aperture).
+    rgb_bands : the bands shown as red, green, blue in colour images (``"irg"``).
     loglam_start, loglam_step, n_loglam : the survey file's spectrum grid, log10(lambda / Angstrom) =
         ``loglam_start + loglam_step * i``, i = 0..n_loglam-1 (vacuum, observed frame).
     wave_start, wave_step, n_wave : the networks' full-resolution grid, lambda = ``wave_start + wave_step
@@ -52,6 +53,7 @@ class SurveyDescription:
     asinh_softening_nmgy: tuple[float, ...]
     reference_band: str
     fibre_radius_arcsec: float
+    rgb_bands: str
     loglam_start: float
     loglam_step: float
     n_loglam: int
@@ -67,6 +69,8 @@ class SurveyDescription:
         if len(self.asinh_softening_nmgy) != len(self.bands):
             raise ValueError(f"survey {self.name}: asinh_softening_nmgy: {len(self.asinh_softening_nmgy)} "
                              f"values for {len(self.bands)} bands {self.bands!r}")
+        if len(self.rgb_bands) != 3 or not set(self.rgb_bands) <= set(self.bands):
+            raise ValueError(f"survey {self.name}: rgb_bands: 3 of {self.bands!r}, got {self.rgb_bands!r}")
         if self.reference_band not in self.bands:
             raise ValueError(f"survey {self.name}: reference_band: {self.reference_band!r} "
                              f"not in {self.bands!r}")
@@ -79,6 +83,11 @@ class SurveyDescription:
     def n_bands(self) -> int:
         """Number of imaging bands (image planes)."""
         return len(self.bands)
+
+    @property
+    def rgb_index(self) -> tuple[int, int, int]:
+        """Image-plane indices of the red, green and blue channels of a colour image."""
+        return tuple(self.bands.index(b) for b in self.rgb_bands)
 
     @property
     def wave_end(self) -> float:
@@ -121,6 +130,7 @@ SDSS = SurveyDescription(
     asinh_softening_nmgy=(0.14, 0.09, 0.12, 0.18, 0.74),
     reference_band="r",
     fibre_radius_arcsec=1.5,  # 3" fibres
+    rgb_bands="irg",
     # SDSS's global grid is 3.5 + 1e-4 k (69 km/s per pixel); the file keeps k = 800 .. 4637, i.e.
     # 3801.9 .. 9195 Angstrom
     loglam_start=3.5800,

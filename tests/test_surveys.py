@@ -18,6 +18,7 @@ def test_sdss_values_are_the_papers():
     assert (SDSS.bands, SDSS.n_bands, SDSS.image_size, SDSS.pixel_scale_arcsec) == ("ugriz", 5, 64, 0.396)
     assert SDSS.stage_lengths == {"lr": 563, "sr": 4500}
     assert [SDSS.spectrum_length(s) for s in ("lr", "sr")] == [563, 4500]
+    assert SDSS.rgb_index == (3, 2, 1)  # i, r, g as red, green, blue
     with pytest.raises(ValueError, match="stage"):
         SDSS.spectrum_length("hr")
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -26,9 +27,11 @@ def test_sdss_values_are_the_papers():
 
 def test_aliases_are_the_description_and_bit_identical_to_the_old_literals():
     # the literals the modules held before the description existed: same bytes, so same outputs
-    assert schema.sdss_loglam_grid().tobytes() == (3.5800 + 1e-4 * np.arange(3838, dtype=np.float64)).tobytes()
+    old_loglam = 3.5800 + 1e-4 * np.arange(3838, dtype=np.float64)
+    assert schema.sdss_loglam_grid().tobytes() == old_loglam.tobytes()
     assert preprocess.FULLRES_WAVE.tobytes() == np.arange(4000.0, 8500.0, 1.0).tobytes()
-    assert (schema.BANDS, schema.N_BANDS, schema.IMAGE_SIZE, schema.PIXEL_SCALE_ARCSEC) == ("ugriz", 5, 64, 0.396)
+    assert (schema.BANDS, schema.N_BANDS, schema.IMAGE_SIZE) == ("ugriz", 5, 64)
+    assert schema.PIXEL_SCALE_ARCSEC == 0.396
     assert (schema.LOGLAM0, schema.DLOGLAM, schema.N_LOGLAM) == (3.58, 1e-4, 3838)
     assert (preprocess.N_LOWRES, preprocess.N_FULLRES, preprocess.LOWRES_STEP) == (563, 4500, 8)
     assert preprocess.STAGE_LENGTHS == {"lr": preprocess.N_LOWRES, "sr": preprocess.N_FULLRES}
@@ -46,15 +49,17 @@ def test_photometry_feature_count_follows_the_bands():
 
 
 def test_a_new_survey_is_a_description():
-    desi = dataclasses.replace(SDSS, name="DESI-like", bands="grz", pixel_scale_arcsec=0.262,
+    desi = dataclasses.replace(SDSS, name="DESI-like", bands="grz", rgb_bands="zrg", pixel_scale_arcsec=0.262,
                                asinh_softening_nmgy=(0.09, 0.12, 0.74), wave_start=3600.0, wave_step=0.8,
                                n_wave=7781, lowres_stride=8)
-    assert desi.n_bands == 3 and desi.stage_lengths == {"lr": 973, "sr": 7781}
+    assert desi.n_bands == 3 and desi.stage_lengths == {"lr": 973, "sr": 7781} and desi.rgb_index == (2, 1, 0)
     assert desi.wave_grid()[[0, -1]].tolist() == pytest.approx([3600.0, 9824.0])
     with pytest.raises(ValueError, match="asinh_softening_nmgy: 5 values for 3 bands"):
-        dataclasses.replace(SDSS, bands="grz")
+        dataclasses.replace(SDSS, bands="grz", rgb_bands="zrg")
+    with pytest.raises(ValueError, match="rgb_bands: 3 of 'grz', got 'irg'"):
+        dataclasses.replace(SDSS, bands="grz", asinh_softening_nmgy=(0.1, 0.1, 0.7))
     with pytest.raises(ValueError, match="reference_band: 'r' not in 'gz'"):
-        dataclasses.replace(SDSS, bands="gz", asinh_softening_nmgy=(0.1, 0.7))
+        dataclasses.replace(SDSS, bands="gz", rgb_bands="zgz", asinh_softening_nmgy=(0.1, 0.7))
     with pytest.raises(ValueError, match="image_size: must be > 0"):
         dataclasses.replace(SDSS, image_size=0)
     assert isinstance(desi, SurveyDescription)
