@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.mock.build import build_survey  # noqa: E402
+from surveys.mock.build import build_survey  # noqa: E402
 
 
 def main(argv=None) -> int:

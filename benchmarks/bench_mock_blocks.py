@@ -1,6 +1,6 @@
 """Time single mock blocks on one core: ``python benchmarks/bench_mock_blocks.py [--repo PATH] [--blocks 3]``.
 
-Prints JSON: seconds per block of 64 galaxies (``utils.mock.simulate.simulate_block``, seed 1, blocks 1..n
+Prints JSON: seconds per block of 64 galaxies (``surveys.mock.simulate.simulate_block``, seed 1, blocks 1..n
 after a warm-up block that fills the caches) and galaxies per second on one core. ``--repo`` points at
 another checkout (e.g. ``git worktree add /tmp/v1 a4621b8``) so two versions of the mock can be timed
 alternately under the same machine load.
@@ -23,7 +23,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, a.repo)
     import torch
     torch.set_num_threads(1)
-    from utils.mock import simulate
+    from surveys.mock import simulate
     load = os.getloadavg()[0]
     simulate.simulate_block(1, 0)
     ts = []

@@ -133,7 +133,7 @@ def photometry_rate(survey, n: int) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--survey", default=None, help="survey HDF5 (default: build a mock with utils.make_mock)")
+    ap.add_argument("--survey", default=None, help="survey HDF5 (default: build a mock, surveys.mock.make)")
     ap.add_argument("--n", type=int, default=5000, help="galaxies (first n rows; the mock size if built)")
     ap.add_argument("--seed", type=int, default=1, help="mock seed and CV seed (default: %(default)s)")
     ap.add_argument("--folds", type=int, default=5)
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         survey, built_s = a.survey, None
         if survey is None:
-            from utils.make_mock import main as make_mock
+            from surveys.mock.make import main as make_mock
 
             survey = os.path.join(tmp, "mock.h5")
             t0 = time.perf_counter()

@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     py = a.python
     mock = out / "mock.h5"
-    run([py, "-m", "utils.make_mock", "--n", "40", "--out", str(mock), "--seed", "3", "--n-val", "8",
+    run([py, "-m", "surveys.mock.make", "--n", "40", "--out", str(mock), "--seed", "3", "--n-val", "8",
          "--workers", "1", "--overwrite"])
     common = ["--preset", "cpu", "--threads", "1", "--no-resume", "--set", f"data.path={mock}",
               "--set", "train.max_iterations=4", "--set", "train.batch_size=8", "--set", "run.validate_every=4",

@@ -32,11 +32,11 @@ import torch.nn.functional as F
 
 from datasets.photometry import image_features
 from datasets.preprocess import N_FULLRES, PREPROCESS_VERSION, lowres, preprocess_spectra, to_model_space
-from datasets.schema import N_BANDS, SPLIT_CODES, SurveyFileError, validate_survey
+from datasets.schema import BANDS, IMAGE_SIZE, N_BANDS, SPLIT_CODES, SurveyFileError, validate_survey
 
 CACHE_LAYOUT = 2  # 2: photometry.npy added; part of the cache key (bump when the cache's files change)
 AUGMENT_SIZE = 71  # resize 64 -> 71, then crop 64 (paper)
-CROP_SIZE = 64
+CROP_SIZE = IMAGE_SIZE
 
 
 class DatasetError(ValueError):
@@ -65,7 +65,7 @@ def _check_band_std(path, mean: np.ndarray, std: np.ndarray) -> None:
     flat = std < 1e-6 * np.maximum(1.0, np.abs(mean))
     if flat.any():
         b = int(np.flatnonzero(flat)[0])
-        raise DatasetError(f"{path}: images: band {'ugriz'[b]!r} of the training split has std "
+        raise DatasetError(f"{path}: images: band {BANDS[b]!r} of the training split has std "
                            f"{std[b]:.3g} (mean {mean[b]:.3g}): the images are constant (all zero?)")
 
 

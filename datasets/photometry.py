@@ -21,6 +21,7 @@ from functools import lru_cache
 import numpy as np
 
 from datasets.schema import BANDS, IMAGE_SIZE, N_BANDS, PIXEL_SCALE_ARCSEC
+from surveys.description import SURVEY
 
 #: aperture RADII in arcsec; 1.5" is the SDSS fibre radius, 9" still fits inside the sky annulus
 APERTURE_RADII_ARCSEC = (1.0, 1.5, 2.5, 4.0, 6.0, 9.0)
@@ -28,9 +29,11 @@ APERTURE_RADII_ARCSEC = (1.0, 1.5, 2.5, 4.0, 6.0, 9.0)
 SKY_ANNULUS_ARCSEC = (9.6, 12.3)
 #: width (arcsec) of the fixed Gaussian weight of the second moments (stable on noisy outskirts)
 MOMENT_SIGMA_ARCSEC = 3.0
-#: SDSS asinh-magnitude softening per band (Lupton et al. 1999; SDSS DR7 values b = 1.4, 0.9, 1.2, 1.8,
-#: 7.4 x 1e-10 maggies), here in nanomaggies
-ASINH_SOFTENING_NMGY = np.array([0.14, 0.09, 0.12, 0.18, 0.74])
+#: asinh-magnitude softening per band in nanomaggies, from the survey description (SDSS: Lupton et al.
+#: 1999, DR7 values b = 1.4, 0.9, 1.2, 1.8, 7.4 x 1e-10 maggies)
+ASINH_SOFTENING_NMGY = np.array(SURVEY.asinh_softening_nmgy)
+#: the band whose light moments give size, ellipticity and centroid offset ("r")
+REFERENCE_BAND = SURVEY.reference_band
 # ----------------------------------------------------------------------------------------------------------
 # photometry
 # ----------------------------------------------------------------------------------------------------------
@@ -103,7 +106,7 @@ def measure_photometry(images, radii_arcsec=APERTURE_RADII_ARCSEC, annulus_arcse
     raw = np.einsum("nbyx,kyx->nbk", img, w.astype(np.float32), optimize=True).astype(np.float64)
     raw -= sky[:, :, None] * w.sum((1, 2))[None, None, :]  # sky pedestal x each mask's total weight
     flux = raw[:, :, :n_ap]
-    m0, mx, my, mxx, myy, mxy = np.moveaxis(raw[:, BANDS.index("r"), n_ap:], -1, 0)
+    m0, mx, my, mxx, myy, mxy = np.moveaxis(raw[:, BANDS.index(REFERENCE_BAND), n_ap:], -1, 0)
     with np.errstate(divide="ignore", invalid="ignore"):
         cx, cy = mx / m0, my / m0
         qxx, qyy, qxy = mxx / m0 - cx ** 2, myy / m0 - cy ** 2, mxy / m0 - cx * cy
@@ -142,11 +145,11 @@ def photometric_features(phot: dict) -> tuple[np.ndarray, list[str]]:
         names += [f"mag_{b}_r{r:g}" for b in BANDS] + [f"{a}-{b}_r{r:g}" for a, b in zip(BANDS, BANDS[1:])]
     cols.append((mag[:, :, :-1] - mag[:, :, -1:]).reshape(len(mag), -1))  # band-major, as the names
     names += [f"conc_{b}_r{r:g}" for b in BANDS for r in radii[:-1]]
-    k_fib = int(np.argmin(np.abs(np.asarray(radii) - 1.5)))
+    k_fib = int(np.argmin(np.abs(np.asarray(radii) - SURVEY.fibre_radius_arcsec)))
     cols.append(col[:, :, k_fib] - col[:, :, -1])
     names += [f"grad_{a}-{b}" for a, b in zip(BANDS, BANDS[1:])]
     cols.append(np.stack([phot["size"], phot["ellipticity"], phot["offset"]], axis=1))
-    names += ["size_r", "ellipticity_r", "offset_r"]
+    names += [f"{q}_{REFERENCE_BAND}" for q in ("size", "ellipticity", "offset")]
     return np.concatenate(cols, axis=1), names
 
 
@@ -187,5 +190,8 @@ def image_features(images_nmgy) -> np.ndarray:
     return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
 
 
-#: number of features of :func:`image_features` with the default apertures
-N_FEATURES = 6 * 9 + 5 * 5 + 4 + 3
+#: number of features of :func:`image_features` with the default apertures (SDSS: 6 * 9 + 5 * 5 + 4 + 3 = 86):
+#: per aperture N_BANDS magnitudes and N_BANDS - 1 colours, per band the concentrations, the colour
+#: gradients, and size, ellipticity and offset
+N_FEATURES = (len(APERTURE_RADII_ARCSEC) * (2 * N_BANDS - 1) + N_BANDS * (len(APERTURE_RADII_ARCSEC) - 1)
+              + (N_BANDS - 1) + 3)

@@ -20,13 +20,18 @@ import numpy as np
 from scipy.interpolate import CubicSpline
 from scipy.ndimage import gaussian_filter1d
 
-WAVE_MIN = 4000.0  # Angstrom
-WAVE_MAX = 8500.0
-FULLRES_WAVE = np.arange(4000.0, 8500.0, 1.0)  # 4500 points, Angstrom, observed frame, vacuum
-LOWRES_STEP = 8
+from surveys.description import SURVEY
+
+# the grids come from the survey description (surveys/description.py); values shown are SDSS's
+WAVE_MIN = SURVEY.wave_start  # 4000.0 Angstrom
+WAVE_MAX = SURVEY.wave_end  # 8500.0
+FULLRES_WAVE = SURVEY.wave_grid()  # 4500 points, Angstrom, observed frame, vacuum
+LOWRES_STEP = SURVEY.lowres_stride  # 8
 LOWRES_WAVE = FULLRES_WAVE[::LOWRES_STEP]  # 563 points
 N_FULLRES = FULLRES_WAVE.size
 N_LOWRES = LOWRES_WAVE.size
+#: spectrum length per stage, {"lr": 563, "sr": 4500}: the one stage table
+STAGE_LENGTHS = SURVEY.stage_lengths
 SMOOTH_SIGMA = 2.0  # pixels of the 1 Angstrom grid
 NORM_WINDOW = (6900.0, 6950.0)  # Angstrom
 PREPROCESS_VERSION = 1  # bump when anything above changes: invalidates caches

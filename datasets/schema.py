@@ -1,6 +1,6 @@
 """The project's one HDF5 survey schema (version 1).
 
-Both the mock-survey builder (``utils.make_mock``) and the real-SDSS builder write it; training,
+Both the mock-survey builder (``surveys.mock.make``) and the real-SDSS builder write it; training,
 generation and evaluation read only this. Layout::
 
     /                      attrs: schema="galspec-survey", schema_version=1, survey, bands="ugriz",
@@ -18,6 +18,9 @@ generation and evaluation read only this. Layout::
                                                    required: id (int64), ra, dec (deg), z
     /split                 int8 (N,)               0 train, 1 validation, 2 test (SPLIT_CODES)
 
+The bands, image size, pixel scale and grid shown are the survey description's
+(``surveys.description.SURVEY``, SDSS); the module constants below are aliases of its fields.
+
 Real spectra whose wavelength coverage starts or ends inside the grid get ivar = 0 (and flux 0) in the
 uncovered pixels. Every writer goes through :func:`create_survey` (temporary name, renamed when complete);
 every reader through :func:`open_survey`, which validates before any work starts.
@@ -34,15 +37,19 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from surveys.description import SURVEY
+
 SCHEMA_NAME = "galspec-survey"
 SCHEMA_VERSION = 1
-BANDS = "ugriz"
-N_BANDS = 5
-IMAGE_SIZE = 64
-PIXEL_SCALE_ARCSEC = 0.396
-LOGLAM0 = 3.5800  # log10(3801.9 Angstrom): SDSS's global grid is 3.5 + 1e-4 k; this is k = 800
-DLOGLAM = 1e-4  # 69 km/s per pixel
-N_LOGLAM = 3838  # up to log10 = 3.9637 (9195 Angstrom)
+# the survey's facts (surveys/description.py), under the names the rest of the code imports
+BANDS = SURVEY.bands  # "ugriz"
+N_BANDS = SURVEY.n_bands  # 5
+IMAGE_SIZE = SURVEY.image_size  # 64
+PIXEL_SCALE_ARCSEC = SURVEY.pixel_scale_arcsec  # 0.396
+IMAGE_UNIT = SURVEY.image_unit  # "nanomaggy"
+LOGLAM0 = SURVEY.loglam_start  # 3.58 = log10(3801.9 Angstrom): SDSS's global grid 3.5 + 1e-4 k at k = 800
+DLOGLAM = SURVEY.loglam_step  # 1e-4: 69 km/s per pixel
+N_LOGLAM = SURVEY.n_loglam  # 3838: up to log10 = 3.9637 (9195 Angstrom)
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 REQUIRED_COLUMNS = ("id", "ra", "dec", "z")
 IMAGE_CHUNK = 16
@@ -55,7 +62,7 @@ class SurveyFileError(ValueError):
 
 def sdss_loglam_grid() -> np.ndarray:
     """The schema's common observed-frame grid, log10(lambda / Angstrom), vacuum."""
-    return LOGLAM0 + DLOGLAM * np.arange(N_LOGLAM, dtype=np.float64)
+    return SURVEY.loglam_grid()
 
 
 def assign_split(n: int, seed: int = 0, n_val: int = 512, test_fraction: float = 0.1) -> np.ndarray:
@@ -93,7 +100,7 @@ def create_survey(path: str | os.PathLike, n: int, survey: str, attrs: Mapping |
     try:
         f.attrs.update({
             "schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "survey": survey, "bands": BANDS,
-            "pixel_scale_arcsec": PIXEL_SCALE_ARCSEC, "image_unit": "nanomaggy",
+            "pixel_scale_arcsec": PIXEL_SCALE_ARCSEC, "image_unit": IMAGE_UNIT,
             "flux_unit": "1e-17 erg/s/cm2/Angstrom", "wavelength_medium": "vacuum",
             "n_galaxies": n, "creator": "galspec", "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                             time.gmtime()),

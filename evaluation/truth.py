@@ -3,7 +3,7 @@
 Standard names: z, dn4000, sigma_v (km/s), age_lw (Gyr), metallicity_lw ([M/H]), ebv, log_mstar,
 morphology (0 elliptical, 1 spiral, 2 uncertain), bpt_class (0 SF, 1 composite, 2 AGN, -1 unclassifiable),
 lick_<Name> (Lick indices in the toolbox's names). The mock writes most of them directly; a real SDSS
-survey (utils/sdss) carries MPA-JHU columns, mapped here (d4000_n -> dn4000, lgm_tot_p50 -> log_mstar,
+survey (surveys/sdss) carries MPA-JHU columns, mapped here (d4000_n -> dn4000, lgm_tot_p50 -> log_mstar,
 bptclass -> bpt_class, lick_hb -> lick_Hbeta, ...). Missing columns are simply absent from the result;
 the caller reports what it had to skip.
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
-#: MPA-JHU (utils/sdss) column -> (standard name, converter)
+#: MPA-JHU (surveys/sdss) column -> (standard name, converter)
 SDSS_MAP = {
     "d4000_n": "dn4000",
     "lgm_tot_p50": "log_mstar",

@@ -14,6 +14,7 @@ from torch import nn
 from models.conditioning import PhotometryEncoder
 from models.resnet1d import SpectrumResNet
 from models.resnet2d import resnet18, resnet50
+from surveys.description import SURVEY
 
 __all__ = ["ContrastiveModel", "nt_xent", "score", "score_candidates", "IMAGE_ENCODERS"]
 
@@ -32,7 +33,7 @@ class ContrastiveModel(nn.Module):
     spectrum_base, spectrum_mults : int, sequence of int
         Width of the 1-D ResNet (paper: 64, (1, 2, 4, 8, 16)).
     in_bands : int
-        Image bands.
+        Image bands (default: the survey description's, 5 for SDSS ugriz).
     image_width : int
         Base width of the image ResNet (64 = standard; smaller for tests and CPU presets).
     photometry_features : int
@@ -46,7 +47,7 @@ class ContrastiveModel(nn.Module):
         latent_dim: int = 256,
         spectrum_base: int = 64,
         spectrum_mults: tuple[int, ...] = (1, 2, 4, 8, 16),
-        in_bands: int = 5,
+        in_bands: int = SURVEY.n_bands,
         image_width: int = 64,
         photometry_features: int = 0,
     ):

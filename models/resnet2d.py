@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from surveys.description import SURVEY
+
 __all__ = ["BasicBlock", "Bottleneck", "ResNet2d", "resnet18", "resnet50"]
 
 
@@ -77,13 +79,14 @@ class ResNet2d(nn.Module):
     layers : sequence of int
         Blocks per stage, e.g. ``(2, 2, 2, 2)`` for ResNet-18.
     in_channels : int
-        Image bands (5 for SDSS u, g, r, i, z).
+        Image bands (default: the survey description's, 5 for SDSS u, g, r, i, z).
     width : int
         Stem and first-stage width (64 = standard); stage i has ``width * 2**i``. Smaller values
         make test- and CPU-sized models.
     """
 
-    def __init__(self, block: type, layers: tuple[int, ...], in_channels: int = 5, width: int = 64):
+    def __init__(self, block: type, layers: tuple[int, ...], in_channels: int = SURVEY.n_bands,
+                 width: int = 64):
         super().__init__()
         self.in_channels = in_channels
         self.stem = nn.Sequential(
@@ -118,11 +121,11 @@ class ResNet2d(nn.Module):
         return self.forward_features(x).mean(dim=(2, 3))
 
 
-def resnet18(in_channels: int = 5, width: int = 64) -> ResNet2d:
+def resnet18(in_channels: int = SURVEY.n_bands, width: int = 64) -> ResNet2d:
     """ResNet-18 trunk (BasicBlock, [2, 2, 2, 2]); 8 * width output channels (512, ~11.2 M parameters)."""
     return ResNet2d(BasicBlock, (2, 2, 2, 2), in_channels, width)
 
 
-def resnet50(in_channels: int = 5, width: int = 64) -> ResNet2d:
+def resnet50(in_channels: int = SURVEY.n_bands, width: int = 64) -> ResNet2d:
     """ResNet-50 trunk (Bottleneck, [3, 4, 6, 3]); 32 * width output channels (2048, ~23.5 M parameters)."""
     return ResNet2d(Bottleneck, (3, 4, 6, 3), in_channels, width)

@@ -38,6 +38,7 @@ from torch import nn
 
 from models.conditioning import PhotometryEncoder
 from models.resnet2d import resnet18, resnet50
+from surveys.description import SURVEY
 
 __all__ = [
     "SinusoidalTimeEmbedding",
@@ -481,7 +482,7 @@ class ConditionalDenoiser(nn.Module):
     image_encoder : {"resnet18", "resnet50"}
         Trunk whose final spatial map gives the cross-attention tokens (64x64 -> 2x2 = 4 tokens).
     in_bands : int
-        Image bands.
+        Image bands (default: the survey description's, 5 for SDSS ugriz).
     image_width : int
         Base width of the image ResNet (64 = standard); the token size is 8x (ResNet-18) or 32x it.
     data_length : int, optional
@@ -497,7 +498,7 @@ class ConditionalDenoiser(nn.Module):
     """
 
     def __init__(
-        self, image_encoder: str = "resnet18", in_bands: int = 5, image_width: int = 64,
+        self, image_encoder: str = "resnet18", in_bands: int = SURVEY.n_bands, image_width: int = 64,
         data_length: int | None = None, photometry_features: int = 0, photometry_tokens: int = 4,
         global_context: bool = False, **unet_kwargs
     ):

@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CLI = {"contrastive": "train_contrastive.py", "generative": "train_generative.py",
        "baseline": "train_baseline.py", "generate": "generate.py", "evaluate": "evaluate.py",
-       "make_mock": "python -m utils.make_mock", "sdss": "python -m utils.sdss"}
+       "make_mock": "python -m surveys.mock.make", "sdss": "python -m surveys.sdss"}
 TMP = re.compile(r"(/private)?/tmp/pytest-of-[^/]+/pytest-\d+/[^/ ]+?\d*/(case/)?")
 
 HEAD = """# Bad inputs: what each CLI says
@@ -33,7 +33,7 @@ Related behaviour that is not an error (tested in the same file):
   pixel is dropped by the positive-flux filter.
 - a galaxy whose image has NaN/inf pixels or a constant band is flagged in generate.py's `status` column and
   gets no spectrum; the rest complete.
-- `--overwrite` (generate.py, evaluate.py, make_mock, and `utils.sdss` build, import-pasquet,
+- `--overwrite` (generate.py, evaluate.py, make_mock, and `surveys.sdss` build, import-pasquet,
   results-to-fits, catalog) replaces an existing output; for generate.py it also discards the parts of
   a different run. Parts of the same run (same checkpoint sha256, input catalogue fingerprint and
   settings) are resumed without it.

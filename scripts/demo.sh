@@ -13,8 +13,8 @@ t0=$(date +%s)
 step() { echo; echo "=== [$(( $(date +%s) - t0 )) s] $*"; }
 
 step "1/7 mock survey ($N galaxies) and its figures"
-[ -f "$DATA" ] || $PY -m utils.make_mock --n "$N" --out "$DATA" --seed 0
-$PY -m utils.mock.figures "$DATA"
+[ -f "$DATA" ] || $PY -m surveys.mock.make --n "$N" --out "$DATA" --seed 0
+$PY -m surveys.mock.figures "$DATA"
 step "2/7 contrastive networks (low-res, full-res)"
 $PY train_contrastive.py --preset cpu --stage lr
 $PY train_contrastive.py --preset cpu --stage sr

@@ -44,7 +44,7 @@ EOF
 
 if [ -z "${GALSPEC_REF_EXPORT_ONLY:-}" ]; then
   step "reference mock ($N galaxies, seed $SEED)"
-  [ -f "$DATA" ] || $PY -m utils.make_mock --n "$N" --out "$DATA" --seed "$SEED"
+  [ -f "$DATA" ] || $PY -m surveys.mock.make --n "$N" --out "$DATA" --seed "$SEED"
   train contrastive_lr train_contrastive.py --stage lr
   train contrastive_sr train_contrastive.py --stage sr
   train diffusion_lr train_generative.py --stage lr
@@ -58,7 +58,7 @@ path, n, seed, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4
 with h5py.File(path, "r") as f:
     version = int(f.attrs.get("mock_version", 1))
 json.dump({"mock": {"n_galaxies": n, "seed": seed, "mock_version": version,
-                    "command": f"python -m utils.make_mock --n {n} --seed {seed}"},
+                    "command": f"python -m surveys.mock.make --n {n} --seed {seed}"},
            "trained_by": "scripts/train_reference.sh"}, open(out, "w"), indent=1)
 EOF
 $PY -m models.reference export --runs "$ROOT" --out "$OUT" --info "$ROOT/info.json"

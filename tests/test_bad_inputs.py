@@ -447,7 +447,7 @@ CASES = [
       ["cnn.pt", "--baselines", "does not exist"], False),
     ("evaluate-max-fit-not-int", "evaluate", "`--max-fit lots` (argparse)",
      lambda e, d: E(e, d, "--max-fit", "lots"), ["--max-fit", "'lots'"], False),
-    # --- utils/make_mock.py
+    # --- surveys/mock/make.py
     ("mock-n-zero", "make_mock", "`--n 0`", lambda e, d: ["--n", "0", "--out", str(d / "m.h5")], ["--n", "0"],
      False),
     ("mock-n-not-int", "make_mock", "`--n many`", lambda e, d: ["--n", "many"], ["--n", "'many'"], False),
@@ -466,7 +466,7 @@ CASES = [
     ("mock-workers-zero", "make_mock", "`--workers 0`", lambda e, d: M(d, "--workers", "0"),
      ["--workers", "0"],
      False),
-    # --- the SDSS route CLI (python -m utils.sdss)
+    # --- the SDSS route CLI (python -m surveys.sdss)
     ("sdss-no-subcommand", "sdss", "no subcommand", lambda e, d: [], ["required", "cmd"], False),
     ("sdss-release", "sdss", "`sql --release DR99`", lambda e, d: ["sql", "--release", "DR99"],
      ["--release", "'DR99'"], False),
@@ -490,7 +490,7 @@ CASES = [
      lambda e, d: T(e, d, ["train.lr=[1"]), ["train.lr", "'[1'"], True),
     ("sub-evaluate-other-survey", "evaluate", "`evaluate.py` against another survey, as a process",
      lambda e, d: E(e, d, "--survey", str(e.other)), ["ra", "other.h5"], True),
-    ("sub-mock-out-exists", "make_mock", "`python -m utils.make_mock` onto an existing file, as a process",
+    ("sub-mock-out-exists", "make_mock", "`python -m surveys.mock.make` onto an existing file, as a process",
      lambda e, d: M(d, out=_text(d, "m.h5")), ["m.h5", "already exists"], True),
     ("baseline-ivar-negative", "baseline", "`train_baseline.py` on ivar = -1 in one pixel of row 5",
      lambda e, d: T(e, d, survey=_edit(e, d, _fill("spectra/ivar", -1.0, (5, 100))), tiny=[]),
@@ -513,7 +513,7 @@ def _grp(d):
 
 SCRIPTS = {"contrastive": ["train_contrastive.py"], "generative": ["train_generative.py"],
            "baseline": ["train_baseline.py"], "generate": ["generate.py"], "evaluate": ["evaluate.py"],
-           "make_mock": ["-m", "utils.make_mock"], "sdss": ["-m", "utils.sdss"]}
+           "make_mock": ["-m", "surveys.mock.make"], "sdss": ["-m", "surveys.sdss"]}
 
 
 def _run_inprocess(cli, argv):
@@ -527,10 +527,10 @@ def _run_inprocess(cli, argv):
         import evaluate
         fn = lambda: evaluate.main(argv)  # noqa: E731
     elif cli == "make_mock":
-        from utils.make_mock import main
+        from surveys.mock.make import main
         fn = lambda: main(argv)  # noqa: E731
     else:
-        from utils.sdss.__main__ import main
+        from surveys.sdss.__main__ import main
         fn = lambda: main(argv)  # noqa: E731
     try:
         return fn()

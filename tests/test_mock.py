@@ -1,4 +1,4 @@
-"""Physics and contract tests of the embedded mock SDSS survey (utils.mock, utils.make_mock)."""
+"""Physics and contract tests of the embedded mock SDSS survey (surveys.mock, surveys.mock.make)."""
 from __future__ import annotations
 
 import h5py
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from datasets.schema import sdss_loglam_grid, validate_survey
-from utils.make_mock import main as make_mock_main
-from utils.mock import simulate as S
-from utils.mock.build import build_survey
-from utils.mock.sed import LINES, calzetti_k, load_templates, rest_loglam, sfh_weights
+from surveys.mock import simulate as S
+from surveys.mock.build import build_survey
+from surveys.mock.make import main as make_mock_main
+from surveys.mock.sed import LINES, calzetti_k, load_templates, rest_loglam, sfh_weights
 
 N = 64
 
@@ -325,7 +325,7 @@ def test_bpt_fractions_and_mixing(realism):
 
 
 def test_image_sky_noise_from_sky_brightness(realism):
-    from utils.mock import noise
+    from surveys.mock import noise
     sig = noise.image_sky_sigma()
     assert 0.025 < sig[2] < 0.03  # r, SDSS ~0.025-0.03 nanomaggy per pixel
     assert sig[4] == sig.max() and sig[1] == sig.min()  # z noisiest, g cleanest
@@ -344,7 +344,7 @@ def test_neighbours_and_stars(realism):
 
 
 def test_bright_star_spikes_and_bleed(monkeypatch):
-    from utils.mock import noise, scene
+    from surveys.mock import noise, scene
     monkeypatch.setattr(scene, "P_BRIGHT_STAR", 1.0)
     rng = np.random.default_rng(4)
     img, has = scene.bright_stars(rng, np.full((8, 5), 3.4), noise.E_PER_NMGY)
@@ -355,7 +355,7 @@ def test_bright_star_spikes_and_bleed(monkeypatch):
 
 
 def test_disk_structure_keeps_flux():
-    from utils.mock import render, scene
+    from surveys.mock import render, scene
     b = 4
     xc = yc = np.full(b, 32.0)
     disk = render.render_sersic(xc, yc, np.full(b, 8.0), np.ones(b), np.full(b, 0.8), np.zeros(b))

@@ -104,7 +104,7 @@ def test_wheel_installs_and_console_scripts_run_elsewhere(tmp_path):
     subprocess.run(pip + ["--python", str(py), "install", "--no-deps", "-q", str(wheel)], check=True, env=env)
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
-    probe = ("import analysis._common as c, generation.cli as g, os, utils.mock.sed as s; "
+    probe = ("import analysis._common as c, generation.cli as g, os, surveys.mock.sed as s; "
              "print(c.__file__); print(os.path.isdir(c.TEMPLATE_DIR) and s.BC03_PATH.is_file() "
              "and (g.ROOT / 'params_generative.yml').is_file())")
     out = subprocess.run([str(py), "-c", probe], check=True, capture_output=True, text=True, env=env, cwd=cwd)

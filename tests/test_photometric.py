@@ -114,7 +114,7 @@ def test_spearman():
 @pytest.fixture(scope="module")
 def mock(tmp_path_factory):
     from evaluation.truth import load_truth
-    from utils.mock.build import build_survey
+    from surveys.mock.build import build_survey
 
     path = tmp_path_factory.mktemp("phot") / "mock.h5"
     build_survey(path, 320, seed=5, n_val=32, test_fraction=0.2, workers=1, progress=False)

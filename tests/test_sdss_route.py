@@ -20,6 +20,17 @@ from astropy.wcs import WCS
 
 from datasets.schema import N_LOGLAM, validate_survey
 from datasets.sdss_spec import read_spec, to_schema_grid
+from surveys.sdss.build import BuildError, build_survey, import_pasquet_cube
+from surveys.sdss.catalog import REQUIRED, CatalogError, build_query, query_skyserver, read_catalog_csv
+from surveys.sdss.cutouts import CutoutError, make_cutout
+from surveys.sdss.download import (
+    Task,
+    download_all,
+    frame_relpath,
+    load_manifest,
+    plan_downloads,
+    spec_lite_relpath,
+)
 from tests.sdss_server import SASServer, make_frame
 from utils.results_fits import (
     FLUX_UNIT,
@@ -27,17 +38,6 @@ from utils.results_fits import (
     read_spectra_fits,
     to_specutils,
     write_spectra_fits,
-)
-from utils.sdss.build import BuildError, build_survey, import_pasquet_cube
-from utils.sdss.catalog import REQUIRED, CatalogError, build_query, query_skyserver, read_catalog_csv
-from utils.sdss.cutouts import CutoutError, make_cutout
-from utils.sdss.download import (
-    Task,
-    download_all,
-    frame_relpath,
-    load_manifest,
-    plan_downloads,
-    spec_lite_relpath,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +89,7 @@ def write_csv(path, header, rows):
     return path
 
 
-# the catalogue's required columns (utils.sdss.catalog.REQUIRED, zErr among them in a query's order) and
+# the catalogue's required columns (surveys.sdss.catalog.REQUIRED, zErr among them in a query's order) and
 # the optional truth columns
 CAT_HEADER = [*REQUIRED[:5], "zErr", *REQUIRED[5:], "velDisp", "velDispErr", "cModelMag_r", "extinction_r",
               "lick_hb", "d4000_n", "h_alpha_flux", "bptclass", "lgm_tot_p50"]
@@ -375,7 +375,7 @@ def test_killed_download_resumes_without_refetching(server, tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "utils.sdss",
+        "surveys.sdss",
         "download",
         "--catalog",
         str(cat_csv),
@@ -551,7 +551,7 @@ def test_build_cli(e2e, tmp_path):
     out = tmp_path / "cli.h5"
 
     def build(*extra):
-        cmd = [sys.executable, "-m", "utils.sdss", "build", "--catalog", str(e2e["cat_csv"]),
+        cmd = [sys.executable, "-m", "surveys.sdss", "build", "--catalog", str(e2e["cat_csv"]),
                "--data", str(e2e["data"]), "--out", str(out), *extra]
         return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
 
@@ -640,7 +640,7 @@ def test_results_to_fits_cli(e2e, tmp_path):
         [
             sys.executable,
             "-m",
-            "utils.sdss",
+            "surveys.sdss",
             "results-to-fits",
             "--predictions",
             str(pred),

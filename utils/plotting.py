@@ -10,9 +10,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from surveys.description import SURVEY  # noqa: E402
 
-def rgb_image(image: np.ndarray, bands=(3, 2, 1), q: float = 8.0) -> np.ndarray:
-    """(5, H, W) image (nanomaggies or standardised) -> (H, W, 3) asinh-stretched RGB of i, r, g.
+
+def rgb_image(image: np.ndarray, bands=SURVEY.rgb_index, q: float = 8.0) -> np.ndarray:
+    """(5, H, W) image (nanomaggies or standardised) -> (H, W, 3) asinh-stretched RGB of i, r, g
+    (the survey description's ``rgb_bands``; SDSS planes 3, 2, 1).
 
     A Lupton-style asinh stretch on the summed intensity, scaled per image from the 99.5th percentile,
     so both bright and faint galaxies are visible.

@@ -28,11 +28,12 @@ import numpy as np
 from astropy.wcs import WCS
 from scipy.ndimage import map_coordinates
 
-from utils.sdss.download import InvalidFileError, frame_relpath, open_frame
+from surveys.description import SDSS
+from surveys.sdss.download import InvalidFileError, frame_relpath, open_frame
 
-BANDS = "ugriz"
-SIZE = 64
-PIXEL_SCALE_ARCSEC = 0.396
+BANDS = SDSS.bands  # "ugriz"
+SIZE = SDSS.image_size  # 64
+PIXEL_SCALE_ARCSEC = SDSS.pixel_scale_arcsec  # 0.396
 
 
 class CutoutError(ValueError):

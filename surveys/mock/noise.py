@@ -10,7 +10,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from utils.mock.sed import C_KMS, sigma_inst_kms
+from surveys.description import SDSS
+from surveys.mock.sed import C_KMS, sigma_inst_kms
 
 # Dark-sky surface brightness at APO (AB mag / arcsec^2) at the band effective wavelengths
 SKY_SB = {3550.0: 22.1, 4690.0: 21.9, 6170.0: 20.9, 7480.0: 20.1, 8930.0: 18.9}
@@ -36,7 +37,7 @@ SKY_SUB_RESID = 0.03  # fractional sky-line subtraction residual (added to the v
 EXPTIME_S = 53.9
 E_PER_NMGY = np.array([160.0, 1000.0, 900.0, 700.0, 160.0])
 IMG_READ_NOISE_E = 6.0
-PIXEL_AREA_ARCSEC2 = 0.396**2
+PIXEL_AREA_ARCSEC2 = SDSS.pixel_scale_arcsec**2
 PSF_MEDIAN = np.array([1.50, 1.43, 1.35, 1.30, 1.28])
 
 

@@ -13,8 +13,9 @@ import numpy as np
 from astropy.io import fits
 
 from datasets.schema import DLOGLAM, IMAGE_SIZE, LOGLAM0, N_LOGLAM, PIXEL_SCALE_ARCSEC, sdss_loglam_grid
-from utils.mock import noise, render, scene
-from utils.mock.sed import (
+from surveys.description import SDSS
+from surveys.mock import noise, render, scene
+from surveys.mock.sed import (
     C_KMS,
     L_SUN,
     LINES,
@@ -31,7 +32,7 @@ from utils.mock.sed import (
     sigma_inst_kms,
     surviving_fraction,
 )
-from utils.mock.sed import (
+from surveys.mock.sed import (
     DLOGLAM as REST_DLOGLAM,
 )
 
@@ -43,7 +44,7 @@ MOCK_VERSION = 2  # bump when the simulated population / physics changes: writte
 Z_MIN, Z_MAX = 0.005, 0.35
 R_LIMIT, R_BRIGHT = 17.77, 14.0
 MU50_LIMIT = 24.5  # r-band mean surface brightness within the half-light radius (mag/arcsec^2), main sample
-BANDS = "ugriz"
+BANDS = SDSS.bands  # "ugriz"
 COSMOS_FITS = REPO / "templates" / "cosmos" / "real_galaxy_catalog_23.5_example_fits.fits"
 KENNICUTT_HA = 5.37e-42  # SFR [M_sun/yr] per L(Halpha) [erg/s] (Kennicutt & Evans 2012, Kroupa/Chabrier IMF)
 DEMARC = {"kauffmann": (0.61, 0.05, 1.30), "kewley": (0.61, 0.47, 1.19)}

@@ -1,4 +1,4 @@
-"""Diagnostic figures of a mock survey: ``python -m utils.mock.figures data/mock_sdss.h5 [--outdir figures]``.
+"""Diagnostic figures of a mock survey: ``python -m surveys.mock.figures data/mock_sdss.h5 [--outdir DIR]``.
 
 Writes mock_examples.png, mock_vs_sdss.png and mock_distributions.png.
 """

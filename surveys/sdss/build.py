@@ -11,7 +11,7 @@ Two passes with bounded memory (nothing of size N x spectrum is ever held in RAM
    :func:`datasets.schema.assign_split`.
 
 Drops go to ``<output stem>_dropped.csv`` (specObjID, reason). Images come either from the calibrated
-frames (:mod:`utils.sdss.cutouts`) or from the Pasquet et al. (2019) cube (:func:`import_pasquet_cube`).
+frames (:mod:`surveys.sdss.cutouts`) or from the Pasquet et al. (2019) cube (:func:`import_pasquet_cube`).
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ from datasets.schema import (
     write_column,
 )
 from datasets.sdss_spec import SpecFileError, read_spec, to_schema_grid
-from utils.sdss.catalog import COLUMNS, Z_MAX, Z_MIN, read_catalog_csv
-from utils.sdss.cutouts import CutoutError, FrameCache, make_cutout
-from utils.sdss.download import spec_lite_relpath
+from surveys.sdss.catalog import COLUMNS, Z_MAX, Z_MIN, read_catalog_csv
+from surveys.sdss.cutouts import CutoutError, FrameCache, make_cutout
+from surveys.sdss.download import spec_lite_relpath
 
 
 class BuildError(ValueError):
@@ -161,7 +161,7 @@ def build_survey(
     seed, n_val, test_fraction : passed to :func:`datasets.schema.assign_split` (paper: 512 and 0.1).
     z_range : catalogue redshift check (None: off).
     images : "frames" (cutouts from calibrated frames) or "pasquet" (the Pasquet cube, ``pasquet_npz``).
-    orientation : cutout orientation, "native" or "north" (:func:`utils.sdss.cutouts.make_cutout`).
+    orientation : cutout orientation, "native" or "north" (:func:`surveys.sdss.cutouts.make_cutout`).
     max_dz : drop a galaxy if its spec file's Z differs from the catalogue z by more than this.
     max_sep_arcsec : drop if the fibre (PLUG_RA/DEC) is further than this from the catalogue ra/dec.
     chunk : rows per copy chunk in pass 2.
@@ -286,6 +286,7 @@ def build_survey(
             "catalog_source": str(catalog) if not isinstance(catalog, dict) else "dict",
             "cutout_interpolation": "bilinear" if images == "frames" else "Pasquet et al. 2019 cube",
             "cutout_orientation": orientation if images == "frames" else "as in the cube",
+            # the module's name before the move to surveys/ (issue 12), kept so files stay byte-identical
             "builder": "utils.sdss.build",
         }
         with (

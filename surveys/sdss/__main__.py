@@ -1,13 +1,14 @@
-"""CLI of the real-SDSS route: ``python -m utils.sdss <subcommand> --help`` (docs/REAL_DATA.md)."""
+"""CLI of the real-SDSS route: ``python -m surveys.sdss <subcommand> --help`` (docs/REAL_DATA.md)."""
 
 from __future__ import annotations
 
 import json
 import sys
 
+from surveys.description import SDSS
+from surveys.sdss.catalog import CatalogError, build_query, query_skyserver, read_catalog_csv
+from surveys.sdss.download import SAS_URL, download_all, plan_downloads
 from utils.launch import ArgumentParser, check_output_path
-from utils.sdss.catalog import CatalogError, build_query, query_skyserver, read_catalog_csv
-from utils.sdss.download import SAS_URL, download_all, plan_downloads
 
 
 def _z_range(a) -> tuple[float, float] | None:
@@ -15,7 +16,7 @@ def _z_range(a) -> tuple[float, float] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = ArgumentParser(prog="python -m utils.sdss", description=__doc__)
+    ap = ArgumentParser(prog="python -m surveys.sdss", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True, parser_class=ArgumentParser)
 
     q = sub.add_parser("sql", help="print the SkyServer/CasJobs SQL of the paper's sample")
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             s.add_argument("--timeout", type=float, default=60.0)
             s.add_argument("--retries", type=int, default=5)
             s.add_argument("--backoff", type=float, default=1.0)
-            s.add_argument("--bands", default="ugriz")
+            s.add_argument("--bands", default=SDSS.bands)
             s.add_argument(
                 "--no-frames", action="store_true", help="spectra only (e.g. with the Pasquet cube)"
             )
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             res["failures"] = f"{a.out}/failures.csv"
             print(json.dumps(res))
             return 0
-        from utils.sdss.build import build_survey, import_pasquet_cube
+        from surveys.sdss.build import build_survey, import_pasquet_cube
 
         kw = dict(
             release=a.release,

@@ -36,9 +36,10 @@ from astropy.wcs import WCS
 from tqdm import tqdm
 
 from datasets.sdss_spec import SpecFileError, read_spec
+from surveys.description import SDSS
 
 SAS_URL = "https://data.sdss.org/sas"
-BANDS = "ugriz"
+BANDS = SDSS.bands  # "ugriz"
 CHUNK = 1 << 16
 
 

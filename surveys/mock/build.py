@@ -10,7 +10,7 @@ import numpy as np
 
 from analysis.indices import LICK_BANDS, READOUT_LICK
 from datasets.schema import N_LOGLAM, SPECTRUM_CHUNK, assign_split, create_survey, write_column
-from utils.mock.simulate import BLOCK, MOCK_VERSION, simulate_block
+from surveys.mock.simulate import BANDS, BLOCK, MOCK_VERSION, simulate_block
 
 LINE_DESC = {
     "oii_3727": "[OII]3726+3729 doublet", "hb": "Hbeta 4861", "oiii_4959": "[OIII]4959",
@@ -55,7 +55,7 @@ for _n in READOUT_LICK:
     COLUMNS[f"lick_{_n}"] = ("mag" if LICK_BANDS[_n][3] == "mag" else "Angstrom",
                              f"Lick index {_n} of the noiseless fibre spectrum at its own resolution, "
                              "analysis.indices.lick_indices")
-for _b in "ugriz":
+for _b in BANDS:
     COLUMNS[f"mag_{_b}"] = ("AB mag", f"total {_b} magnitude (bulge+disk+lines, SDSS filter sdss2010-{_b}), "
                                       "no noise")
     COLUMNS[f"psf_fwhm_{_b}"] = ("arcsec", f"PSF FWHM in {_b} (Moffat beta=3)")
@@ -101,6 +101,8 @@ def build_survey(out: str | os.PathLike, n: int, seed: int = 0, n_val: int = 512
     per_write = max(1, chunk // BLOCK)
     t0 = time.time()
     cols: dict[str, list] = {}
+    # "builder" keeps the module's historical name (still a working entry point, utils/make_mock.py) so that
+    # survey files stay byte-identical across the move to surveys/.
     attrs = {"seed": int(seed), "builder": "utils.make_mock", "mock_block": BLOCK,
              "mock_version": MOCK_VERSION,
              "description": "galspec mock SDSS main-sample survey (BC03 bulge+disk, Calzetti dust, nebular "

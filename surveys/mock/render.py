@@ -10,10 +10,11 @@ import torch
 from scipy.special import gammainc, gammaln
 
 from datasets.schema import IMAGE_SIZE, PIXEL_SCALE_ARCSEC
+from surveys.description import SDSS
 
 SUPERSAMPLE = 4
 MOFFAT_BETA = 3.0
-FIBRE_RADIUS_ARCSEC = 1.5
+FIBRE_RADIUS_ARCSEC = SDSS.fibre_radius_arcsec  # 1.5: 3" fibres
 CENTRE = IMAGE_SIZE // 2
 
 

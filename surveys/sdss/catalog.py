@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from surveys.description import SDSS
+
 RELEASES = ("DR16", "DR17")
 Z_MIN, Z_MAX = 0.05, 0.15
 MAIN_SAMPLE_PETRO_R = 17.77
@@ -31,7 +33,7 @@ TARGET_GALAXY_BIT = 0x40  # legacy_target1 / primTarget GALAXY bit (main galaxy 
 SKYSERVER_URL = "https://skyserver.sdss.org/{release}/SkyServerWS/SearchTools/SqlSearch"
 SKYSERVER_ROW_CAP = 500_000
 
-BANDS = "ugriz"
+BANDS = SDSS.bands  # "ugriz"
 LICK_COLUMNS = (
     "lick_hd_a",
     "lick_hg_a",

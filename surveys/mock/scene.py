@@ -20,7 +20,8 @@ from __future__ import annotations
 import numpy as np
 
 from datasets.schema import IMAGE_SIZE, PIXEL_SCALE_ARCSEC
-from utils.mock import render
+from surveys.description import SDSS
+from surveys.mock import render
 
 CUTOUT_DEG2 = (IMAGE_SIZE * PIXEL_SCALE_ARCSEC / 3600.0) ** 2
 R_DETECT = 22.2
@@ -101,7 +102,7 @@ def neighbours(rng: np.random.Generator, xc, yc, target_mag, target_re_px) -> tu
         d[keep],
     )
     k = len(host)
-    out = np.zeros((b, 5, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    out = np.zeros((b, SDSS.n_bands, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
     stats = {
         "n_neighbours": np.bincount(host, minlength=b).astype(np.int16),
         "nb_min_sep_arcsec": np.full(b, np.nan),
@@ -147,7 +148,7 @@ def bright_stars(
     """
     b = psf_fwhm_px.shape[0]
     has = rng.random(b) < P_BRIGHT_STAR
-    out = np.zeros((b, 5, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    out = np.zeros((b, SDSS.n_bands, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
     idx = np.flatnonzero(has)
     rmag = rng.uniform(9.0, 13.5, b)
     # position: within ~30" of the cutout centre, not on the target (> 6")
