@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VOLATILE = ("time", "date", "seconds", "created", "elapsed", "per_s", "sha256", "path", "input", "results",
-            "survey", "checkpoint", "commit", "host", "cpu")
+            "survey", "checkpoint", "commit", "host", "cpu", "out_dir", "figure", "timings")
 
 
 def _h(b: bytes) -> str:
@@ -62,7 +62,8 @@ def fp_fits(path: Path) -> dict:
     with fits.open(path) as hdul:
         for i, hdu in enumerate(hdul):
             cards = [f"{c.keyword}={c.value}" for c in hdu.header.cards
-                     if not any(w in c.keyword.lower() for w in ("date", "time", "sha", "path", "input", "ckpt"))]
+                     if not any(w in c.keyword.lower()
+                               for w in ("date", "time", "sha", "path", "input", "ckpt", "provjson"))]
             out[f"hdu{i}.header"] = _h("\n".join(cards).encode())
             if hdu.data is not None:
                 data = hdu.data
