@@ -1,4 +1,4 @@
-"""The evaluation figures (figures/eval_*.png), written from the context dict built in evaluation.run."""
+"""The evaluation figures (figures/eval_*.png), drawn from the evaluation data (evaluation.run.EvalData)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def _lim(*arrs, pad=0.05):
 
 
 def spectral_errors(path, c):
-    errs, morph = c["errs"], c["morph"]
+    errs, morph = c.errs, c.morph
     if "predicted" not in errs:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
@@ -82,13 +82,13 @@ def spectral_errors(path, c):
 
 
 def redshift(path, c):
-    zt = c["truth"]["z"].astype(float)
-    ms = [m for m in ("predicted", "observed", "retrieval", "cnn", "photometric") if m in c["meas"]]
+    zt = c.truth["z"].astype(float)
+    ms = [m for m in ("predicted", "observed", "retrieval", "cnn", "photometric") if m in c.meas]
     fig, axes = plt.subplots(1, len(ms), figsize=(3.1 * len(ms), 3.1), squeeze=False)
     lim = _lim(zt, pad=0.15)
     x = np.linspace(*lim, 10)
     for ax, m in zip(axes[0], ms):
-        zp = c["meas"][m]["z"]
+        zp = c.meas[m]["z"]
         _density(ax, zt, zp, lim)
         for s in (1, -1):
             ax.plot(x, x + s * 0.05 * (1 + x), "r--", lw=0.7)
@@ -106,7 +106,7 @@ def redshift(path, c):
 
 def lick(path, c):
     keys = ["dn4000"] + [f"lick_{n}" for n in LICK_NAMES]
-    meas, mask = c["meas"], c["lick_mask"]
+    meas, mask = c.meas, c.lick_mask
     fig, axes = plt.subplots(3, 3, figsize=(8.4, 8.0))
     for ax, k in zip(axes.ravel(), keys):
         o, p = meas["observed"][k][mask], meas["predicted"][k][mask]
@@ -120,7 +120,7 @@ def lick(path, c):
     fig.supylabel("predicted spectrum", fontsize=9)
     fig.suptitle(
         "Lick indices and Dn4000, predicted vs observed"
-        + (" (spirals excluded)" if c["morph"] is not None else ""),
+        + (" (spirals excluded)" if c.morph is not None else ""),
         fontsize=9,
     )
     fig.tight_layout()
@@ -128,7 +128,7 @@ def lick(path, c):
 
 
 def populations(path, c):
-    fits, ft = c["fits"], c["fit_truth"]
+    fits, ft = c.fits, c.fit_truth
     if not fits:
         return None
     fig, axes = plt.subplots(1, 4, figsize=(12, 3.2))
@@ -154,16 +154,16 @@ def populations(path, c):
         ax.set_xlabel(f"{lab} ({rn})", fontsize=8)
         ax.set_ylabel(f"{lab} measured (pPXF)", fontsize=8)
         ax.legend(fontsize=6)
-    fig.suptitle(f"Population fits on {len(c['fit_idx'])} galaxies", fontsize=9)
+    fig.suptitle(f"Population fits on {len(c.fit_idx)} galaxies", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
 
 
 def bimodality_mzr(path, c):
-    meas, dref = c["meas"], c["dref"]
+    meas, dref = c.meas, c.dref
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     bins = np.linspace(0.9, 2.3, 36)
-    axes[0].hist(dref[np.isfinite(dref)], bins, color="0.8", label=f"reference ({c['dname']})")
+    axes[0].hist(dref[np.isfinite(dref)], bins, color="0.8", label=f"reference ({c.dname})")
     for m in ("observed", "predicted", "retrieval"):
         if m in meas:
             d = meas[m]["dn4000"]
@@ -173,15 +173,15 @@ def bimodality_mzr(path, c):
     axes[0].set_ylabel("galaxies")
     axes[0].legend(fontsize=7)
     axes[0].set_title("star-forming / quiescent bimodality", fontsize=9)
-    mzr, ax = c["mzr"], axes[1]
+    mzr, ax = c.mzr, axes[1]
     if mzr is None:
         ax.text(0.5, 0.5, "no mass-metallicity data", ha="center", transform=ax.transAxes)
     else:
         sf, lm = mzr["sf"], mzr["log_mstar"]
-        r, rn = c["fit_truth"]["metallicity_lw"]
+        r, rn = c.fit_truth["metallicity_lw"]
         ax.plot(lm[sf], r[sf], "s", ms=3, color="0.5", label=f"reference ({rn})")
         for m in ("observed", "predicted"):
-            ax.plot(lm[sf], c["fits"][m]["metallicity_lw"][sf], ".", ms=5, color=COLORS[m], label=m)
+            ax.plot(lm[sf], c.fits[m]["metallicity_lw"][sf], ".", ms=5, color=COLORS[m], label=m)
         ax.set_xlabel("log M* (catalogue)")
         ax.set_ylabel("[M/H]_LW")
         ax.legend(fontsize=7)
@@ -191,7 +191,7 @@ def bimodality_mzr(path, c):
 
 
 def bpt(path, c):
-    b = c["bpt"]
+    b = c.bpt
     if b is None:
         return None
     labels = [0, 1, 2, -1]
@@ -215,7 +215,7 @@ def bpt(path, c):
 
 
 def calibration(path, c):
-    cal = c["calib"]
+    cal = c.calib
     if cal is None:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.1))
