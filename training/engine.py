@@ -478,15 +478,16 @@ class ValidateCheckpointStop:
 
 
 def attach_logging(trainer: Engine, cfg, rank: int, out_dir: Path, optimizer, total: int):
-    """metrics.csv, TensorBoard (``run.tensorboard``, if installed), progress and validation lines, on
-    rank 0 (training_logs); returns the TensorBoard logger or None."""
+    """metrics.csv, TensorBoard (``run.tensorboard``: by default whenever it is installed), progress and
+    validation lines, on rank 0 (training/run_logs.py); returns the TensorBoard logger or None."""
     if rank != 0:
         return None
     label = f"{cfg.name}_{cfg.train.stage}"
     MetricsCSVHandler(out_dir / "metrics.csv", optimizer, cfg.run.log_every).attach(trainer)
     tb = None
-    if cfg.run.tensorboard:
-        tb = attach_tensorboard(trainer, out_dir / "tb", optimizer, cfg.run.log_every)
+    if cfg.run.tensorboard is not False:
+        tb = attach_tensorboard(trainer, out_dir / "tb", optimizer, cfg.run.log_every,
+                                quiet=cfg.run.tensorboard is None)
     attach_progress(trainer, label, cfg.run.log_every, total)
     trainer.add_event_handler(TrainEvents.VALIDATION_COMPLETED, print_validation(label))
     return tb

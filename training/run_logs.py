@@ -6,7 +6,7 @@ which the trainer fires after each validation with the metrics in ``engine.state
 
 * ``metrics.csv`` (always; users and tests read it): :class:`MetricsCSVHandler`, an event handler writing
   through :class:`CSVLogger` (append, header grown when a resumed run adds columns, trimmed on resume).
-* TensorBoard (``run.tensorboard``, when the ``tensorboard`` extra is installed): ignite's
+* TensorBoard (whenever the ``tensorboard`` extra is installed, unless ``run.tensorboard: false``): ignite's
   ``TensorboardLogger`` with its ``OutputHandler`` / ``OptimizerParamsHandler``, logs in ``<run>/tb``.
 * a progress bar on a terminal (ignite's ``ProgressBar``), else one line per log interval.
 """
@@ -126,17 +126,19 @@ class MetricsCSVHandler:
                       **{f"val_{k}": v for k, v in engine.state.metrics.items()}})
 
 
-def attach_tensorboard(trainer: Engine, log_dir: Path, optimizer, log_every: int):
+def attach_tensorboard(trainer: Engine, log_dir: Path, optimizer, log_every: int, quiet: bool = False):
     """ignite's ``TensorboardLogger`` in ``log_dir``: ``train/loss`` and ``lr/group_0`` every ``log_every``
     iterations, ``val/<metric>`` at each validation. Returns the logger (close it at the end), or None
-    with a note when neither tensorboard nor tensorboardX is installed (``pip install .[tensorboard]``)."""
+    when neither tensorboard nor tensorboardX is installed (the optional extra ``galspec[tensorboard]``),
+    saying so unless ``quiet``."""
     from ignite.handlers.tensorboard_logger import TensorboardLogger
 
     try:
         tb = TensorboardLogger(log_dir=str(log_dir))
     except ImportError:  # ModuleNotFoundError included
-        print("tensorboard is not installed (pip install 'galspec[tensorboard]'): metrics go to "
-              "metrics.csv only", flush=True)
+        if not quiet:
+            print("run.tensorboard: tensorboard is not installed (pip install 'galspec[tensorboard]'): "
+                  "metrics go to metrics.csv only", flush=True)
         return None
     every = Events.ITERATION_COMPLETED(every=log_every)
     tb.attach_output_handler(trainer, every, tag="train", output_transform=lambda out: {"loss": out["loss"]})
