@@ -206,30 +206,59 @@ def bpt(path, c):
                 ax.text(j, i, cm[i, j], ha="center", va="center", fontsize=8)
         ax.set_xticks(range(4), names, fontsize=7)
         ax.set_yticks(range(4), names, fontsize=7)
-        acc = M.accuracy(b["classes"][m] == 2, b["truth"] == 2)
-        ax.set_title(f"{m} vs {b['reference']}\nAGN-presence accuracy {acc:.2f}", fontsize=8)
+        bacc = M.balanced_accuracy((b["classes"][m] == 2).astype(int), (b["truth"] == 2).astype(int))
+        ax.set_title(f"{m} vs {b['reference']}\nAGN-presence balanced accuracy {bacc:.2f}", fontsize=8)
         ax.set_xlabel(f"BPT class ({m} spectrum)", fontsize=8)
         ax.set_ylabel(f"BPT class ({b['reference']})", fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)
 
 
-def calibration(path, c):
+def pit(path, c):
+    """PIT histograms (top) and empirical CDFs against the uniform diagonal (bottom) of z and Dn4000 over
+    the M candidates; the KS distance is the largest gap of each CDF from the diagonal."""
     cal = c.calib
     if cal is None:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.1))
-    for ax, q in zip(axes, ("z", "dn4000")):
-        pit = cal[f"pit_{q}"]
-        pit = pit[np.isfinite(pit)]
-        ax.hist(pit, np.linspace(0, 1, 11), color="C0", alpha=0.7)
-        ax.axhline(len(pit) / 10, color="k", ls="--", lw=0.8)
-        ax.set_xlabel(f"PIT of the true {q} among the M={cal['n_candidates']} candidates")
-        ax.set_title(f"{q}: KS distance {M.pit_uniformity(pit):.2f}", fontsize=9)
-    axes[0].set_ylabel("galaxies")
-    fig.suptitle(
-        "Calibration of the candidate distributions (flat = calibrated; U-shape = over-confident)", fontsize=8
-    )
+    m = cal["n_candidates"]
+    fig, axes = plt.subplots(2, 2, figsize=(8.6, 6.4), gridspec_kw={"height_ratios": [1.1, 1]})
+    for col, (q, name) in enumerate((("z", "redshift z"), ("dn4000", "Dn4000"))):
+        p = cal[f"pit_{q}"]
+        p = np.sort(p[np.isfinite(p)])
+        n, ax = p.size, axes[0, col]
+        if n == 0:
+            ax.text(0.5, 0.5, "no finite PIT values", ha="center", transform=ax.transAxes)
+            axes[1, col].set_visible(False)
+            continue
+        ax.hist(p, np.linspace(0, 1, 11), color="C0", alpha=0.75, edgecolor="white", label="galaxies")
+        expect, sd = n / 10, np.sqrt(n * 0.1 * 0.9)
+        ax.axhspan(expect - sd, expect + sd, color="0.85", zorder=0, label="calibrated ±1σ")
+        ax.axhline(expect, color="k", ls="--", lw=0.9)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel(f"PIT of the true {name} among its M={m} candidates", fontsize=8)
+        ax.set_ylabel("galaxies", fontsize=8)
+        ks = M.pit_uniformity(p)
+        ax.set_title(f"{name}: KS distance {ks:.3f} (5% noise level {1.36 / np.sqrt(n):.3f}), n={n}",
+                     fontsize=8.5)
+        ax.legend(fontsize=7, loc="upper center")
+        ax.tick_params(labelsize=7)
+        ax = axes[1, col]
+        ecdf = np.arange(1, n + 1) / n
+        ax.step(p, ecdf, where="post", color="C0", lw=1.4, label="PIT empirical CDF")
+        ax.plot([0, 1], [0, 1], "k--", lw=0.9, label="calibrated (uniform)")
+        above, below = ecdf - p, p - (ecdf - 1 / n)  # the CDF's gaps from the diagonal at each step
+        i = int(np.argmax(np.maximum(above, below)))
+        ends = (p[i], ecdf[i]) if above[i] >= below[i] else (ecdf[i] - 1 / n, p[i])
+        ax.plot([p[i], p[i]], ends, color="C3", lw=2.2, label=f"KS distance {ks:.3f}")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("PIT", fontsize=8)
+        ax.set_ylabel("fraction of galaxies ≤ PIT", fontsize=8)
+        ax.legend(fontsize=7, loc="upper left")
+        ax.tick_params(labelsize=7)
+    fig.suptitle(f"Calibration of the M={m} generated candidates per galaxy: flat histogram / CDF on the "
+                 "diagonal = calibrated;\nU-shape = over-confident (candidates too alike), hump = "
+                 "under-confident, tilt = biased", fontsize=8.5)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -244,7 +273,7 @@ def write_all(out_dir, c) -> list[Path]:
         ("eval_populations.png", populations),
         ("eval_bimodality_mzr.png", bimodality_mzr),
         ("eval_bpt.png", bpt),
-        ("eval_calibration.png", calibration),
+        ("eval_pit.png", pit),
     )
     out = []
     for name, fn in todo:
