@@ -164,9 +164,9 @@ def pit_summary(pit, bins: int = 10) -> dict:
     """What a PIT sample says, for the report: ``n`` finite values, ``pit_histogram`` (counts in ``bins``
     equal bins), ``ks_5pct`` = 1.36 / sqrt(n) (the KS distance a calibrated sampler stays under 95 % of the
     time: smaller distances are noise), ``mean_pit`` (> 0.5: the truths sit above the candidates) and
-    ``shape``: "flat" (KS distance under ``ks_5pct``), else "U-shaped (over-confident)" when the two outer
-    bins hold more than their share (2/bins) by over 2 binomial sigma, "hump (under-confident)" when they
-    hold less by as much, else "biased high" / "biased low" by the mean PIT."""
+    ``shape``: "flat" (KS distance under ``ks_5pct``), else "U-shaped (over-confident)" when BOTH outer
+    bins hold more than their share (1/bins) by over 2 binomial sigma, "hump (under-confident)" when both
+    hold less by as much, else "biased high" / "biased low" by the mean PIT (one-sided excess)."""
     p = np.asarray(pit, dtype=np.float64)
     p = p[np.isfinite(p)]
     n = int(p.size)
@@ -175,13 +175,14 @@ def pit_summary(pit, bins: int = 10) -> dict:
         return {"n": 0, "pit_histogram": hist.tolist(), "ks_5pct": float("nan"), "mean_pit": float("nan"),
                 "shape": "no data"}
     ks, ks5 = pit_uniformity(p), 1.36 / np.sqrt(n)
-    outer, expect = (hist[0] + hist[-1]) / n, 2.0 / bins
-    sd = np.sqrt(expect * (1 - expect) / n)  # binomial noise of the outer share
+    share = 1.0 / bins
+    sd = np.sqrt(share * (1 - share) / n)  # binomial noise of one bin's share
+    lo, hi = hist[0] / n, hist[-1] / n
     if ks <= ks5:
         shape = "flat"
-    elif outer > expect + 2 * sd:
+    elif min(lo, hi) > share + 2 * sd:
         shape = "U-shaped (over-confident)"
-    elif outer < expect - 2 * sd:
+    elif max(lo, hi) < share - 2 * sd:
         shape = "hump (under-confident)"
     else:
         shape = ("biased high (truth above candidates)" if p.mean() > 0.5

@@ -67,6 +67,8 @@ def test_pit_and_coverage_on_calibrated_and_overconfident_toys():
     assert M.pit_summary(M.pit_values(narrow, truth))["shape"].startswith("U-shaped")
     assert M.pit_summary(M.pit_values(mu[:, None] + 3 * rng.normal(size=(n, m)), truth))["shape"].startswith(
         "hump")
+    biased = M.pit_summary(M.pit_values(good - 1.5, truth))  # candidates too low: truths above them
+    assert biased["shape"].startswith("biased high") and biased["mean_pit"] > 0.7
 
 
 def test_pit_by_hand_ties_and_missing_values():
