@@ -3,12 +3,15 @@
     python benchmarks/output_fingerprint.py --out /tmp/fp_before     # writes /tmp/fp_before/fingerprint.json
     python benchmarks/output_fingerprint.py --out /tmp/fp_after
     diff /tmp/fp_before/fingerprint.json /tmp/fp_after/fingerprint.json   # no output = byte-identical
+    python benchmarks/output_fingerprint.py --out /tmp/fp_before --hash-only --json /tmp/a.json  # no re-run
 
 It builds a 40-galaxy mock, trains every kind of network for a few iterations (contrastive lr/sr, diffusion
 lr/sr, CNN baseline; the CPU presets, one thread), runs generate.py and evaluate.py, and hashes the CONTENT
 of every output: each HDF5 dataset, each tensor of each checkpoint, each FITS HDU's data and header cards
 (without dates), the evaluation report JSON and metrics CSVs without wall-clock columns. File-level hashes
-would differ by timestamps alone.
+would differ by timestamps alone. The output directory's own path, which configs (run.out_dir), the report and
+the FITS provenance (PROVJSON, with the checkpoint files' sha256 dropped) embed, is hashed as <OUT>, and the
+report's wall-clock ``timings_s`` is left out, so that two runs in two directories compare equal.
 """
 from __future__ import annotations
 
@@ -20,8 +23,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-VOLATILE = ("time", "date", "seconds", "created", "elapsed", "per_s", "sha256", "path", "input", "results",
-            "survey", "checkpoint", "commit", "host", "cpu", "out_dir", "figure", "timings")
+VOLATILE = ("time", "timings", "date", "seconds", "created", "elapsed", "per_s", "sha256", "path", "input",
+            "results", "survey", "checkpoint", "commit", "host", "cpu")
+HEADER_VOLATILE = ("date", "time", "sha", "path", "input", "ckpt")
+OUT = {"dir": None}  # the output directory: embedded in configs (run.out_dir), reports and FITS provenance
 
 
 def _h(b: bytes) -> str:
@@ -29,10 +34,14 @@ def _h(b: bytes) -> str:
 
 
 def _clean(obj):
+    """Drop volatile keys, and write the output directory as <OUT> so that two runs in two directories
+    compare equal."""
     if isinstance(obj, dict):
         return {k: _clean(v) for k, v in obj.items() if not any(w in k.lower() for w in VOLATILE)}
     if isinstance(obj, list):
         return [_clean(v) for v in obj]
+    if isinstance(obj, str) and OUT["dir"]:
+        return obj.replace(OUT["dir"], "<OUT>")
     return obj
 
 
@@ -61,9 +70,10 @@ def fp_fits(path: Path) -> dict:
     out = {}
     with fits.open(path) as hdul:
         for i, hdu in enumerate(hdul):
-            cards = [f"{c.keyword}={c.value}" for c in hdu.header.cards
-                     if not any(w in c.keyword.lower()
-                               for w in ("date", "time", "sha", "path", "input", "ckpt", "provjson"))]
+            cards = [f"{c.keyword}={c.value}" if c.keyword != "PROVJSON" else  # provenance JSON: cleaned
+                     f"PROVJSON={json.dumps(_clean(json.loads(hdu.header['PROVJSON'])), sort_keys=True)}"
+                     for c in hdu.header.cards
+                     if not any(w in c.keyword.lower() for w in HEADER_VOLATILE)]
             out[f"hdu{i}.header"] = _h("\n".join(cards).encode())
             if hdu.data is not None:
                 data = hdu.data
@@ -90,16 +100,43 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
     p.add_argument("--python", default=sys.executable)
+    p.add_argument("--hash-only", action="store_true",
+                   help="hash the outputs already in --out (no pipeline run)")
+    p.add_argument("--json", help="where to write the fingerprint (default <out>/fingerprint.json)")
     a = p.parse_args(argv)
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    py = a.python
+    OUT["dir"] = str(out)
+    runs = {name: out / name for name in ("contrastive_lr", "contrastive_sr", "diffusion_lr", "diffusion_sr",
+                                          "baseline")}
+    if not a.hash_only:
+        _run_pipeline(out, a.python)
+    dest = Path(a.json) if a.json else out / "fingerprint.json"
+    dest.write_text(json.dumps(fingerprint(out, runs), indent=1, sort_keys=True))
+    print(f"wrote {dest}")
+    return 0
+
+
+def fingerprint(out: Path, runs: dict) -> dict:
+    mock, res = out / "mock.h5", out / "generated.fits"
+    fp = {"mock": fp_h5(mock)}
+    for name, d in runs.items():
+        fp[f"{name}/last.pt"] = fp_pt(d / "last.pt")
+        fp[f"{name}/metrics.csv"] = fp_csv(d / "metrics.csv")
+    fp["generated.fits"] = fp_fits(res)
+    fp["eval_report.json"] = _h(json.dumps(_clean(json.loads((out / "eval_report.json").read_text())),
+                                           sort_keys=True).encode())
+    return fp
+
+
+def _run_pipeline(out: Path, py: str) -> None:
     mock = out / "mock.h5"
-    run([py, "-m", "surveys.mock.make", "--n", "40", "--out", str(mock), "--seed", "3", "--n-val", "8",
+    run([py, "-m", "utils.make_mock", "--n", "40", "--out", str(mock), "--seed", "3", "--n-val", "8",
          "--workers", "1", "--overwrite"])
     common = ["--preset", "cpu", "--threads", "1", "--no-resume", "--set", f"data.path={mock}",
-              "--set", "train.max_iterations=4", "--set", "train.batch_size=8", "--set", "run.validate_every=4",
-              "--set", "run.checkpoint_every=4", "--set", "validation.n_galaxies=4"]
+              "--set", "train.max_iterations=4", "--set", "train.batch_size=8",
+              "--set", "run.validate_every=4", "--set", "run.checkpoint_every=4",
+              "--set", "validation.n_galaxies=4"]
     runs = {}
     for kind, script in (("contrastive", "train_contrastive.py"), ("diffusion", "train_generative.py")):
         for stage in ("lr", "sr"):
@@ -111,25 +148,16 @@ def main(argv=None) -> int:
     run([py, "train_baseline.py", *common, "--set", f"run.out_dir={d}"])
     runs["baseline"] = d
     res = out / "generated.fits"
-    gen = [py, "generate.py", "--preset", "cpu", "--threads", "1", "--overwrite", "--amp", "off", "--no-figure",
-           "--input", str(mock), "--set", f"generate.output={res}", "--set", "generate.steps=3"]
+    gen = [py, "generate.py", "--preset", "cpu", "--threads", "1", "--overwrite", "--amp", "off",
+           "--no-figure", "--input", str(mock), "--set", f"generate.output={res}",
+           "--set", "generate.steps=3"]
     for role in ("diffusion_lr", "diffusion_sr", "contrastive_lr", "contrastive_sr"):
         gen += ["--set", f"generate.checkpoints.{role}={runs[role]}/last.pt"]
     run(gen)
     rep = out / "eval_report"
     run([py, "evaluate.py", "--results", str(res), "--survey", str(mock), "--out-dir", str(out / "figs"),
-         "--report", str(rep), "--max-fit", "2", "--workers", "1", "--baselines", str(runs["baseline"] / "last.pt"),
-         "--overwrite"])
-    fp = {"mock": fp_h5(mock)}
-    for name, d in runs.items():
-        fp[f"{name}/last.pt"] = fp_pt(d / "last.pt")
-        fp[f"{name}/metrics.csv"] = fp_csv(d / "metrics.csv")
-    fp["generated.fits"] = fp_fits(res)
-    fp["eval_report.json"] = _h(json.dumps(_clean(json.loads((out / "eval_report.json").read_text())),
-                                           sort_keys=True).encode())
-    (out / "fingerprint.json").write_text(json.dumps(fp, indent=1, sort_keys=True))
-    print(f"wrote {out / 'fingerprint.json'}")
-    return 0
+         "--report", str(rep), "--max-fit", "2", "--workers", "1",
+         "--baselines", str(runs["baseline"] / "last.pt"), "--overwrite"])
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The evaluation figures (figures/eval_*.png), written from the context dict built in evaluation.run."""
+"""The evaluation figures (figures/eval_*.png), drawn from the evaluation data (evaluation.run.EvalData)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def _lim(*arrs, pad=0.05):
 
 
 def spectral_errors(path, c):
-    errs, morph = c["errs"], c["morph"]
+    errs, morph = c.errs, c.morph
     if "predicted" not in errs:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
@@ -82,13 +82,13 @@ def spectral_errors(path, c):
 
 
 def redshift(path, c):
-    zt = c["truth"]["z"].astype(float)
-    ms = [m for m in ("predicted", "observed", "retrieval", "cnn", "photometric") if m in c["meas"]]
+    zt = c.truth["z"].astype(float)
+    ms = [m for m in ("predicted", "observed", "retrieval", "cnn", "photometric") if m in c.meas]
     fig, axes = plt.subplots(1, len(ms), figsize=(3.1 * len(ms), 3.1), squeeze=False)
     lim = _lim(zt, pad=0.15)
     x = np.linspace(*lim, 10)
     for ax, m in zip(axes[0], ms):
-        zp = c["meas"][m]["z"]
+        zp = c.meas[m]["z"]
         _density(ax, zt, zp, lim)
         for s in (1, -1):
             ax.plot(x, x + s * 0.05 * (1 + x), "r--", lw=0.7)
@@ -106,7 +106,7 @@ def redshift(path, c):
 
 def lick(path, c):
     keys = ["dn4000"] + [f"lick_{n}" for n in LICK_NAMES]
-    meas, mask = c["meas"], c["lick_mask"]
+    meas, mask = c.meas, c.lick_mask
     fig, axes = plt.subplots(3, 3, figsize=(8.4, 8.0))
     for ax, k in zip(axes.ravel(), keys):
         o, p = meas["observed"][k][mask], meas["predicted"][k][mask]
@@ -120,7 +120,7 @@ def lick(path, c):
     fig.supylabel("predicted spectrum", fontsize=9)
     fig.suptitle(
         "Lick indices and Dn4000, predicted vs observed"
-        + (" (spirals excluded)" if c["morph"] is not None else ""),
+        + (" (spirals excluded)" if c.morph is not None else ""),
         fontsize=9,
     )
     fig.tight_layout()
@@ -128,7 +128,7 @@ def lick(path, c):
 
 
 def populations(path, c):
-    fits, ft = c["fits"], c["fit_truth"]
+    fits, ft = c.fits, c.fit_truth
     if not fits:
         return None
     fig, axes = plt.subplots(1, 4, figsize=(12, 3.2))
@@ -154,16 +154,16 @@ def populations(path, c):
         ax.set_xlabel(f"{lab} ({rn})", fontsize=8)
         ax.set_ylabel(f"{lab} measured (pPXF)", fontsize=8)
         ax.legend(fontsize=6)
-    fig.suptitle(f"Population fits on {len(c['fit_idx'])} galaxies", fontsize=9)
+    fig.suptitle(f"Population fits on {len(c.fit_idx)} galaxies", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
 
 
 def bimodality_mzr(path, c):
-    meas, dref = c["meas"], c["dref"]
+    meas, dref = c.meas, c.dref
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     bins = np.linspace(0.9, 2.3, 36)
-    axes[0].hist(dref[np.isfinite(dref)], bins, color="0.8", label=f"reference ({c['dname']})")
+    axes[0].hist(dref[np.isfinite(dref)], bins, color="0.8", label=f"reference ({c.dname})")
     for m in ("observed", "predicted", "retrieval"):
         if m in meas:
             d = meas[m]["dn4000"]
@@ -173,15 +173,15 @@ def bimodality_mzr(path, c):
     axes[0].set_ylabel("galaxies")
     axes[0].legend(fontsize=7)
     axes[0].set_title("star-forming / quiescent bimodality", fontsize=9)
-    mzr, ax = c["mzr"], axes[1]
+    mzr, ax = c.mzr, axes[1]
     if mzr is None:
         ax.text(0.5, 0.5, "no mass-metallicity data", ha="center", transform=ax.transAxes)
     else:
         sf, lm = mzr["sf"], mzr["log_mstar"]
-        r, rn = c["fit_truth"]["metallicity_lw"]
+        r, rn = c.fit_truth["metallicity_lw"]
         ax.plot(lm[sf], r[sf], "s", ms=3, color="0.5", label=f"reference ({rn})")
         for m in ("observed", "predicted"):
-            ax.plot(lm[sf], c["fits"][m]["metallicity_lw"][sf], ".", ms=5, color=COLORS[m], label=m)
+            ax.plot(lm[sf], c.fits[m]["metallicity_lw"][sf], ".", ms=5, color=COLORS[m], label=m)
         ax.set_xlabel("log M* (catalogue)")
         ax.set_ylabel("[M/H]_LW")
         ax.legend(fontsize=7)
@@ -191,7 +191,7 @@ def bimodality_mzr(path, c):
 
 
 def bpt(path, c):
-    b = c["bpt"]
+    b = c.bpt
     if b is None:
         return None
     labels = [0, 1, 2, -1]
@@ -206,30 +206,59 @@ def bpt(path, c):
                 ax.text(j, i, cm[i, j], ha="center", va="center", fontsize=8)
         ax.set_xticks(range(4), names, fontsize=7)
         ax.set_yticks(range(4), names, fontsize=7)
-        acc = M.accuracy(b["classes"][m] == 2, b["truth"] == 2)
-        ax.set_title(f"{m} vs {b['reference']}\nAGN-presence accuracy {acc:.2f}", fontsize=8)
+        bacc = M.balanced_accuracy((b["classes"][m] == 2).astype(int), (b["truth"] == 2).astype(int))
+        ax.set_title(f"{m} vs {b['reference']}\nAGN-presence balanced accuracy {bacc:.2f}", fontsize=8)
         ax.set_xlabel(f"BPT class ({m} spectrum)", fontsize=8)
         ax.set_ylabel(f"BPT class ({b['reference']})", fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)
 
 
-def calibration(path, c):
-    cal = c["calib"]
+def pit(path, c):
+    """PIT histograms (top) and empirical CDFs against the uniform diagonal (bottom) of z and Dn4000 over
+    the M candidates; the KS distance is the largest gap of each CDF from the diagonal."""
+    cal = c.calib
     if cal is None:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.1))
-    for ax, q in zip(axes, ("z", "dn4000")):
-        pit = cal[f"pit_{q}"]
-        pit = pit[np.isfinite(pit)]
-        ax.hist(pit, np.linspace(0, 1, 11), color="C0", alpha=0.7)
-        ax.axhline(len(pit) / 10, color="k", ls="--", lw=0.8)
-        ax.set_xlabel(f"PIT of the true {q} among the M={cal['n_candidates']} candidates")
-        ax.set_title(f"{q}: KS distance {M.pit_uniformity(pit):.2f}", fontsize=9)
-    axes[0].set_ylabel("galaxies")
-    fig.suptitle(
-        "Calibration of the candidate distributions (flat = calibrated; U-shape = over-confident)", fontsize=8
-    )
+    m = cal["n_candidates"]
+    fig, axes = plt.subplots(2, 2, figsize=(8.6, 6.4), gridspec_kw={"height_ratios": [1.1, 1]})
+    for col, (q, name) in enumerate((("z", "redshift z"), ("dn4000", "Dn4000"))):
+        p = cal[f"pit_{q}"]
+        p = np.sort(p[np.isfinite(p)])
+        n, ax = p.size, axes[0, col]
+        if n == 0:
+            ax.text(0.5, 0.5, "no finite PIT values", ha="center", transform=ax.transAxes)
+            axes[1, col].set_visible(False)
+            continue
+        ax.hist(p, np.linspace(0, 1, 11), color="C0", alpha=0.75, edgecolor="white", label="galaxies")
+        expect, sd = n / 10, np.sqrt(n * 0.1 * 0.9)
+        ax.axhspan(expect - sd, expect + sd, color="0.85", zorder=0, label="calibrated ±1σ")
+        ax.axhline(expect, color="k", ls="--", lw=0.9)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel(f"PIT of the true {name} among its M={m} candidates", fontsize=8)
+        ax.set_ylabel("galaxies", fontsize=8)
+        ks = M.pit_uniformity(p)
+        ax.set_title(f"{name}: KS distance {ks:.3f} (5% noise level {1.36 / np.sqrt(n):.3f}), n={n}",
+                     fontsize=8.5)
+        ax.legend(fontsize=7, loc="upper center")
+        ax.tick_params(labelsize=7)
+        ax = axes[1, col]
+        ecdf = np.arange(1, n + 1) / n
+        ax.step(p, ecdf, where="post", color="C0", lw=1.4, label="PIT empirical CDF")
+        ax.plot([0, 1], [0, 1], "k--", lw=0.9, label="calibrated (uniform)")
+        above, below = ecdf - p, p - (ecdf - 1 / n)  # the CDF's gaps from the diagonal at each step
+        i = int(np.argmax(np.maximum(above, below)))
+        ends = (p[i], ecdf[i]) if above[i] >= below[i] else (ecdf[i] - 1 / n, p[i])
+        ax.plot([p[i], p[i]], ends, color="C3", lw=2.2, label=f"KS distance {ks:.3f}")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("PIT", fontsize=8)
+        ax.set_ylabel("fraction of galaxies ≤ PIT", fontsize=8)
+        ax.legend(fontsize=7, loc="upper left")
+        ax.tick_params(labelsize=7)
+    fig.suptitle(f"Calibration of the M={m} generated candidates per galaxy: flat histogram / CDF on the "
+                 "diagonal = calibrated;\nU-shape = over-confident (candidates too alike), hump = "
+                 "under-confident, tilt = biased", fontsize=8.5)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -244,7 +273,7 @@ def write_all(out_dir, c) -> list[Path]:
         ("eval_populations.png", populations),
         ("eval_bimodality_mzr.png", bimodality_mzr),
         ("eval_bpt.png", bpt),
-        ("eval_calibration.png", calibration),
+        ("eval_pit.png", pit),
     )
     out = []
     for name, fn in todo:

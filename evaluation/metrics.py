@@ -134,21 +134,19 @@ def pit_values(samples, truth, seed: int = 0) -> np.ndarray:
 
     With M finite samples of which k lie below the truth (ties split at random), PIT = (k + U) / (M + 1),
     U ~ Uniform(0, 1): uniform on [0, 1] exactly when the truth is exchangeable with the samples (a
-    calibrated sampler), for any M (the rank histogram of ensemble forecasting). NaN for skipped rows.
+    calibrated sampler), for any M (the rank histogram of ensemble forecasting). NaN for rows with a NaN
+    truth or no finite sample. ``samples`` (N, M), ``truth`` (N,); vectorised over the rows.
     """
     s = np.asarray(samples, dtype=np.float64)
     t = np.asarray(truth, dtype=np.float64)
+    fin = np.isfinite(s)
+    m = fin.sum(axis=1)
+    below = (fin & (s < t[:, None])).sum(axis=1)
+    ties = (fin & (s == t[:, None])).sum(axis=1)
     rng = np.random.default_rng(seed)
-    out = np.full(t.shape, np.nan)
-    for i in range(t.size):
-        si = s[i][np.isfinite(s[i])]
-        if not np.isfinite(t[i]) or si.size < 1:
-            continue
-        below = np.sum(si < t[i])
-        ties = np.sum(si == t[i])
-        k = below + rng.integers(0, ties + 1)
-        out[i] = (k + rng.uniform()) / (si.size + 1)
-    return out
+    u_tie, u = rng.uniform(size=(2,) + t.shape)
+    k = below + np.floor(u_tie * (ties + 1))  # a uniformly random position among the tied samples
+    return np.where(np.isfinite(t) & (m > 0), (k + u) / (m + 1), np.nan)
 
 
 def pit_uniformity(pit, bins: int = 10) -> float:
@@ -160,6 +158,37 @@ def pit_uniformity(pit, bins: int = 10) -> float:
     ecdf_hi = np.arange(1, n + 1) / n
     ecdf_lo = np.arange(0, n) / n
     return float(max(np.max(ecdf_hi - p), np.max(p - ecdf_lo)))
+
+
+def pit_summary(pit, bins: int = 10) -> dict:
+    """What a PIT sample says, for the report: ``n`` finite values, ``pit_histogram`` (counts in ``bins``
+    equal bins), ``ks_5pct`` = 1.36 / sqrt(n) (the KS distance a calibrated sampler stays under 95 % of the
+    time: smaller distances are noise), ``mean_pit`` (> 0.5: the truths sit above the candidates) and
+    ``shape``: "flat" (KS distance under ``ks_5pct``), else "U-shaped (over-confident)" when BOTH outer
+    bins hold more than their share (1/bins) by over 2 binomial sigma, "hump (under-confident)" when both
+    hold less by as much, else "biased high" / "biased low" by the mean PIT (one-sided excess)."""
+    p = np.asarray(pit, dtype=np.float64)
+    p = p[np.isfinite(p)]
+    n = int(p.size)
+    hist = np.histogram(p, bins=bins, range=(0.0, 1.0))[0]
+    if n == 0:
+        return {"n": 0, "pit_histogram": hist.tolist(), "ks_5pct": float("nan"), "mean_pit": float("nan"),
+                "shape": "no data"}
+    ks, ks5 = pit_uniformity(p), 1.36 / np.sqrt(n)
+    share = 1.0 / bins
+    sd = np.sqrt(share * (1 - share) / n)  # binomial noise of one bin's share
+    lo, hi = hist[0] / n, hist[-1] / n
+    if ks <= ks5:
+        shape = "flat"
+    elif min(lo, hi) > share + 2 * sd:
+        shape = "U-shaped (over-confident)"
+    elif max(lo, hi) < share - 2 * sd:
+        shape = "hump (under-confident)"
+    else:
+        shape = ("biased high (truth above candidates)" if p.mean() > 0.5
+                 else "biased low (truth below candidates)")
+    return {"n": n, "pit_histogram": hist.tolist(), "ks_5pct": float(ks5), "mean_pit": float(p.mean()),
+            "shape": shape}
 
 
 def spectral_errors(pred, obs, ivar=None) -> dict:

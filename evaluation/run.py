@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -239,6 +240,461 @@ def _image_only_rows(table, truth, phot, cnn, n):
                   {m: M.balanced_accuracy(a, at) for m, a in agn.items()}, n, reference_value=at.mean())
 
 
+# ----------------------------------------------------------------------------------------------------------
+# the evaluation data: what every section reads
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class EvalData:
+    """Everything the sections of the evaluation read and the figures draw, for the ``n`` evaluated galaxies.
+
+    Filled in stages by :func:`evaluate`: inputs (:func:`load_eval_data`), baselines (:func:`add_baselines`),
+    measurements (:func:`measure_spectra`, :func:`measure_candidates`, :func:`fit_subset`), then the scoring
+    sections add what the figures need (references, masks, per-galaxy errors).
+    """
+
+    # inputs
+    results_path: Path
+    survey: Path
+    wave: np.ndarray                      # (L,) Angstrom
+    rows: np.ndarray                      # (n,) survey rows of the evaluated ('ok') galaxies
+    truth: dict                           # catalogue truth per column (evaluation.truth.load_truth)
+    spectra: dict                         # column -> (n, L) normalised flux; train_mean (1, L)
+    ivar_obs: np.ndarray | None           # (n, L) or None
+    header: dict                          # the results header (config, checkpoints)
+    cubes: dict                           # the results cubes (FULLRES_CANDIDATES ...), all result rows
+    ok: np.ndarray                        # (rows of the results,) which rows are evaluated
+    notes: list = field(default_factory=list)
+    # baselines
+    cnn: dict | None = None               # training/baseline.py predictions (z, dn4000, sigma_v, agn)
+    phot: dict | None = None              # evaluation/photometric.py predictions
+    # measurements
+    meas: dict = field(default_factory=dict)     # column -> {z, dn4000, lick_*} per galaxy
+    calib: dict | None = None             # z / dn4000 of every candidate, (n, M) each, and their PITs
+    fit_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, int))  # the pPXF subset
+    fits: dict = field(default_factory=dict)     # column -> pPXF results on the subset
+    # set by the scoring sections (figures read them)
+    errs: dict = field(default_factory=dict)     # column -> per-galaxy mse / chi2n
+    lick_mask: np.ndarray | None = None
+    refs: dict = field(default_factory=dict)
+    dref: np.ndarray | None = None        # the Dn4000 reference and its name
+    dname: str = ""
+    fit_truth: dict = field(default_factory=dict)
+    mzr: dict | None = None
+    bpt: dict | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.rows)
+
+    @property
+    def morph(self):
+        return self.truth.get("morphology")
+
+
+def load_eval_data(results, survey=None) -> EvalData:
+    """Read the results and their survey (checked by :func:`load_inputs`), the truth and the spectra."""
+    inp = load_inputs(results, survey)
+    res, ok = inp["results"], inp["ok"]
+    rows = inp["rows"][ok]
+    notes = []
+    if (~ok).any():
+        notes.append(
+            f"{int((~ok).sum())} of {len(ok)} rows skipped (status != 'ok' or non-finite prediction)"
+        )
+    spectra = {
+        "predicted": res["spectra"]["flux_pred"][ok].astype(np.float64),
+        "observed": res["spectra"]["flux_obs"][ok].astype(np.float64),
+    }
+    ivar_obs = res["spectra"]["ivar_obs"][ok].astype(np.float64) if "ivar_obs" in res["spectra"] else None
+    if ivar_obs is None:
+        notes.append("ivar_obs missing: chi2/N not computed, observed spectra measured without weights")
+    if inp["has_model"]:
+        spectra["noiseless"] = _noiseless(inp["survey"], rows)
+    else:
+        notes.append("survey has no /spectra/model: no 'noiseless' column")
+    return EvalData(results_path=inp["path"], survey=inp["survey"], wave=res["wave"], rows=rows,
+                    truth=load_truth(inp["survey"], rows), spectra=spectra, ivar_obs=ivar_obs,
+                    header=res["header"], cubes=res["cubes"], ok=ok, notes=notes)
+
+
+def add_baselines(d: EvalData, baselines=(), retrieval=True, photometric=True, pool_size=5000, seed=0):
+    """The (c) columns: training-mean and retrieved spectra, CNN and photometric predictions."""
+    from datasets.galaxy import build_cache
+    from evaluation import baselines as B
+
+    try:
+        cache = build_cache(d.survey)
+        pool = B.train_pool(cache, pool_size, seed)
+        d.spectra["train_mean"] = B.train_mean_spectrum(cache, pool)[None, :]
+    except Exception as e:  # a survey without a training split still gets the rest of the evaluation
+        cache = None
+        d.notes.append(f"train_mean/retrieval baselines skipped: {type(e).__name__}: {e}")
+    cfg = d.header.get("config") or {}
+    ck_sr = (cfg.get("generate", {}).get("checkpoints", {}) or d.header.get("checkpoints", {})).get(
+        "contrastive_sr"
+    )
+    if retrieval and cache is not None:
+        if ck_sr and Path(ck_sr).exists():
+            d.spectra["retrieval"] = B.retrieve(ck_sr, d.survey, cache, d.rows, pool)["flux"]
+        else:
+            d.notes.append(f"retrieval baseline skipped: contrastive_sr checkpoint {ck_sr!r} not found")
+    for path in baselines or ():
+        d.cnn = B.cnn_predict(path, d.survey, d.rows)
+    if not baselines:
+        d.notes.append("cnn baseline skipped: no --baselines checkpoint (train_baseline.py --preset cpu)")
+    if photometric:
+        d.phot = B.photometric_predict(d.survey, d.rows, pool_size, seed)
+        d.notes.append(f"photometric baseline fitted on {d.phot['n_train']} training galaxies (--pool-size)")
+
+
+def measure_spectra(d: EvalData) -> None:
+    """Redshift, Lick indices and Dn4000 of every spectrum column; the baselines' direct predictions."""
+    for m, flux in d.spectra.items():
+        d.meas[m] = measure_cheap(d.wave, flux, d.ivar_obs if m == "observed" else None)
+        if m == "train_mean":
+            d.meas[m] = {k: np.repeat(v, d.n) for k, v in d.meas[m].items()}
+    if d.cnn is not None:
+        d.meas["cnn"] = {"z": d.cnn["z"], "dn4000": d.cnn["dn4000"]}
+    if d.phot is not None:
+        d.meas["photometric"] = {"z": d.phot["z"], "dn4000": d.phot["dn4000"]}
+    if "predicted" in d.spectra and "z" in d.truth:
+        # the predicted spectra's indices at the catalogue redshift (e.g. a photo-z in practice): separates
+        # what the spectrum's shape says from whether its redshift can be read off it
+        d.meas["predicted_at_z"] = measure_cheap(d.wave, d.spectra["predicted"],
+                                                 z=d.truth["z"].astype(np.float64))
+
+
+def measure_candidates(d: EvalData) -> None:
+    """z and Dn4000 of every one of the M full-res candidates (distributions for the calibration)."""
+    cube = d.cubes.get("FULLRES_CANDIDATES")
+    if cube is None:
+        d.notes.append("no FULLRES_CANDIDATES cube: calibration skipped")
+        return
+    t0 = time.perf_counter()
+    cand = cube[0][d.ok].astype(np.float64)
+    nm = cand.shape[1]
+    # all n x M candidates in one batched call (the redshift scan and the indices are vectorised)
+    cm = measure_cheap(d.wave, cand.reshape(d.n * nm, -1))
+    d.calib = {"n_candidates": nm, "z": cm["z"].reshape(d.n, nm), "dn4000": cm["dn4000"].reshape(d.n, nm),
+               "measure_seconds": round(time.perf_counter() - t0, 2)}
+
+
+def fit_subset(d: EvalData, max_fit: int, workers: int, seed: int) -> None:
+    """pPXF populations and emission lines on a seeded random subset of ``max_fit`` galaxies."""
+    n = d.n
+    rng = np.random.default_rng(seed)
+    d.fit_idx = np.sort(rng.choice(n, min(max_fit, n), replace=False)) if max_fit > 0 else np.zeros(0, int)
+    if not d.fit_idx.size:
+        return
+    idx = d.fit_idx
+    fspec = {m: (s[idx] if m != "train_mean" else s) for m, s in d.spectra.items() if m != "noiseless"}
+    fz = {m: (d.meas[m]["z"][idx] if m != "train_mean" else d.meas[m]["z"][:1]) for m in fspec}
+    d.fits = fit_populations(d.wave, fspec, fz,
+                             ivar={"observed": None if d.ivar_obs is None else d.ivar_obs[idx]},
+                             workers=workers)
+    if "train_mean" in d.fits:
+        d.fits["train_mean"] = {k: np.repeat(v, idx.size) for k, v in d.fits["train_mean"].items()}
+    d.notes.append(
+        f"pPXF fits on a seeded subset of {idx.size} galaxies (--max-fit); noiseless spectra "
+        "are not pPXF-fitted (time budget)"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the sections of the table (in report order)
+# ----------------------------------------------------------------------------------------------------------
+def spectrum_section(table: Table, d: EvalData) -> None:
+    """MSE and chi2/N of the spectra against the observed ones, overall and per morphology."""
+    obs = d.spectra["observed"]
+    for m in ("predicted", "noiseless", "retrieval", "train_mean"):
+        if m in d.spectra:
+            s = d.spectra[m] if m != "train_mean" else np.broadcast_to(d.spectra[m], obs.shape)
+            d.errs[m] = M.spectral_errors(s, obs, d.ivar_obs)
+    errs, sec = d.errs, "spectrum"
+    # galaxies whose observed spectrum failed the positive-flux filter have NaN flux_obs: skip them
+    n_obs = int(np.isfinite(obs).all(axis=1).sum())
+    table.add(sec, "flux", "mse_median", "observed", {m: np.nanmedian(e["mse"]) for m, e in errs.items()},
+              n_obs)
+    table.add(sec, "flux", "mse_mean", "observed", {m: np.nanmean(e["mse"]) for m, e in errs.items()}, n_obs)
+    table.add(sec, "flux", "chi2n_median", "observed",
+              {m: np.nanmedian(e["chi2n"]) if np.isfinite(e["chi2n"]).any() else np.nan
+               for m, e in errs.items()}, d.n)
+    if d.morph is not None and "predicted" in errs:
+        for code, name in ((0, "elliptical"), (1, "spiral"), (2, "uncertain")):
+            sel = d.morph == code
+            if sel.any():
+                table.add(sec, f"flux ({name})", "mse_median", "observed",
+                          {m: np.nanmedian(e["mse"][sel]) for m, e in errs.items()}, int(sel.sum()))
+
+
+def redshift_section(table: Table, d: EvalData) -> None:
+    """sigma_NMAD, bias and outlier fraction of every column's redshift against the catalogue."""
+    sec, zt = "redshift", d.truth["z"].astype(np.float64)
+    zv = {m: v["z"] for m, v in d.meas.items() if "z" in v}
+    table.add(sec, "z", "sigma_nmad", "catalogue", {m: M.sigma_nmad(v, zt) for m, v in zv.items()}, d.n)
+    table.add(sec, "z", "bias", "catalogue", {m: M.z_bias(v, zt) for m, v in zv.items()}, d.n)
+    table.add(sec, "z", "outlier_frac", "catalogue",
+              {m: M.outlier_fraction(v, zt) for m, v in zv.items()}, d.n)
+
+
+def _reference(d: EvalData, key):
+    if key in d.truth:
+        return d.truth[key].astype(np.float64), "catalogue"
+    if "noiseless" in d.meas:
+        return d.meas["noiseless"][key], "noiseless"
+    return d.meas["observed"][key], "observed"
+
+
+def indices_section(table: Table, d: EvalData) -> None:
+    """Dn4000 and Lick indices (the paper excludes spirals for the Lick comparison)."""
+    d.lick_mask = np.ones(d.n, bool) if d.morph is None else (d.morph != 1)
+    if d.morph is None:
+        d.notes.append("no morphology column: Lick statistics include every galaxy")
+    d.dref, d.dname = _reference(d, "dn4000")
+    d.refs["dn4000"] = (d.dref, d.dname)
+    _regression_rows(table, "indices", "dn4000", d.dref, d.dname,
+                     {m: v.get("dn4000") for m, v in d.meas.items()})
+    for name in LICK_NAMES:
+        key = f"lick_{name}"
+        r, rn = _reference(d, key)
+        _regression_rows(table, "indices (non-spiral)" if d.morph is not None else "indices", key, r, rn,
+                         {m: v.get(key) for m, v in d.meas.items()}, mask=d.lick_mask)
+
+
+def populations_section(table: Table, d: EvalData) -> None:
+    """sigma_v, age, [M/H], E(B-V) of the pPXF subset (and the image-only baselines on the same galaxies)."""
+    if not d.fits:
+        return
+    sec, idx = "populations (pPXF subset)", d.fit_idx
+    for q in FIT_QUANTITIES:
+        if q in d.truth:
+            r, rn = d.truth[q][idx].astype(np.float64), "catalogue"
+        else:
+            r, rn = d.fits["observed"][q], "observed"
+            d.notes.append(f"no catalogue {q}: scored against the observed-spectrum fit")
+        d.fit_truth[q] = (r, rn)
+        vals = {m: f[q] for m, f in d.fits.items()}
+        if q == "sigma_v" and d.cnn is not None:
+            vals["cnn"] = d.cnn["sigma_v"][idx]
+        if d.phot is not None and q in d.phot:
+            vals["photometric"] = d.phot[q][idx]
+        _regression_rows(table, sec, q, r, rn, vals)
+    table.add(sec, "pPXF", "success_frac", "", {m: np.mean(f["success"]) for m, f in d.fits.items()},
+              idx.size)
+
+
+def bimodality_mzr_section(table: Table, d: EvalData) -> None:
+    """Quiescent fraction and Dn4000 distribution distance; the mass-metallicity relation (pPXF subset)."""
+    from scipy.stats import ks_2samp
+
+    sec, dref = "bimodality / MZR", d.dref
+    qf = {m: np.nanmean(v["dn4000"] > QUIESCENT_DN4000) if np.isfinite(v["dn4000"]).any() else np.nan
+          for m, v in d.meas.items()}
+    table.add(sec, "dn4000", f"quiescent_frac (Dn4000>{QUIESCENT_DN4000})", d.dname, qf, d.n,
+              reference_value=np.mean(dref[np.isfinite(dref)] > QUIESCENT_DN4000))
+
+    def ks(a):
+        a, b = a[np.isfinite(a)], dref[np.isfinite(dref)]
+        return ks_2samp(a, b).statistic if a.size > 2 and b.size > 2 else np.nan
+
+    table.add(sec, "dn4000", "ks_distance_to_reference", d.dname,
+              {m: ks(v["dn4000"]) for m, v in d.meas.items()}, d.n)
+    if d.fits and "log_mstar" not in d.truth:
+        d.notes.append("no log_mstar column: mass-metallicity relation skipped")
+    if not d.fits or "log_mstar" not in d.truth:
+        return
+    lm = d.truth["log_mstar"][d.fit_idx].astype(np.float64)
+    if "bpt_class" in d.truth:
+        sf, sf_def = d.truth["bpt_class"][d.fit_idx] == 0, "catalogue bpt_class == 0"
+    else:
+        sf, sf_def = dref[d.fit_idx] < QUIESCENT_DN4000, f"reference Dn4000 < {QUIESCENT_DN4000}"
+
+    def slope(met):
+        ok_ = sf & np.isfinite(met) & np.isfinite(lm)
+        return np.polyfit(lm[ok_], met[ok_], 1)[0] if ok_.sum() >= 5 else np.nan
+
+    met_ref, met_name = d.fit_truth["metallicity_lw"]
+    d.mzr = {"sf": sf, "log_mstar": lm, "definition": sf_def}
+    q = "metallicity_lw vs log_mstar (SF)"
+    table.add(sec, q, "mzr_slope", met_name, {m: slope(f["metallicity_lw"]) for m, f in d.fits.items()},
+              int(sf.sum()), reference_value=slope(met_ref))
+    table.add(sec, q, "mzr_pearson_rho", met_name,
+              {m: M.pearson(f["metallicity_lw"][sf], lm[sf]) for m, f in d.fits.items()},
+              int(sf.sum()), reference_value=M.pearson(met_ref[sf], lm[sf]))
+
+
+def bpt_section(table: Table, d: EvalData) -> None:
+    """BPT class and AGN presence of the pPXF subset's emission lines (plus the image-only classifiers)."""
+    if not d.fits:
+        return
+    sec, idx = "AGN (BPT, pPXF subset)", d.fit_idx
+    if "bpt_class" in d.truth:
+        bt, bn = d.truth["bpt_class"][idx].astype(np.int64), "catalogue"
+    else:
+        bt, bn = d.fits["observed"]["bpt_class"], "observed"
+        d.notes.append("no catalogue bpt_class: BPT scored against the observed-spectrum classes")
+    cls = {m: f["bpt_class"] for m, f in d.fits.items()}
+    agn = {m: (c == 2).astype(int) for m, c in cls.items()}
+    if d.cnn is not None:
+        agn["cnn"] = d.cnn["agn"][idx]
+    if d.phot is not None and "bpt_class" in d.phot:
+        cls["photometric"] = d.phot["bpt_class"][idx]
+        agn["photometric"] = d.phot["agn"][idx]
+    at, k, q4 = (bt == 2).astype(int), idx.size, "bpt_class (4 classes incl. -1)"
+    table.add(sec, q4, "accuracy", bn, {m: M.accuracy(c, bt) for m, c in cls.items()}, k)
+    table.add(sec, q4, "balanced_accuracy", bn, {m: M.balanced_accuracy(c, bt) for m, c in cls.items()}, k)
+    table.add(sec, "AGN presence", "accuracy", bn, {m: M.accuracy(a, at) for m, a in agn.items()}, k,
+              reference_value=at.mean())
+    table.add(sec, "AGN presence", "balanced_accuracy", bn,
+              {m: M.balanced_accuracy(a, at) for m, a in agn.items()}, k)
+    ao = agn["observed"]
+    table.add(sec, "AGN presence", "accuracy_vs_observed", "observed",
+              {m: M.accuracy(a, ao) for m, a in agn.items() if m != "observed"}, k)
+    d.bpt = {"truth": bt, "classes": cls, "reference": bn}
+
+
+def calibration_section(table: Table, d: EvalData, seed: int) -> dict | None:
+    """Coverage, PIT and width of the z and Dn4000 distributions over the M candidates; returns the
+    report's ``calibration`` entry."""
+    calib, n = d.calib, d.n
+    if calib is None:
+        return None
+    sec = f"calibration (M={calib['n_candidates']} candidates)"
+    cal_report = {"n_candidates": calib["n_candidates"], "measure_seconds": calib["measure_seconds"]}
+    for q, r, rn in (("z", d.truth["z"].astype(np.float64), "catalogue"), ("dn4000", d.dref, d.dname)):
+        s = calib[q]
+        pit = M.pit_values(s, r, seed=seed)
+        cov = M.interval_coverage(s, r)
+        med = np.nanmedian(s, axis=1) if np.isfinite(s).any() else np.full(n, np.nan)
+        width = np.nanmedian(np.nanpercentile(s, 84, axis=1) - np.nanpercentile(s, 16, axis=1))
+        calib[f"pit_{q}"] = pit
+        ideal = M.expected_coverage(calib["n_candidates"])
+        cal_report[q] = {"coverage_16_84": cov, "pit_ks": M.pit_uniformity(pit),
+                         "median_width_68": float(width), "coverage_if_calibrated": ideal,
+                         **M.pit_summary(pit)}
+        table.add(sec, q, f"coverage_16_84 (calibrated: {ideal:.3f})", rn, {"predicted": cov}, n,
+                  reference_value=ideal)
+        table.add(sec, q, "pit_ks_distance (ideal 0)", rn, {"predicted": M.pit_uniformity(pit)}, n)
+        table.add(sec, q, "median_68_width", rn, {"predicted": width}, n)
+        if q == "z":
+            table.add(sec, "z (candidate median)", "sigma_nmad", rn, {"predicted": M.sigma_nmad(med, r)}, n)
+        else:
+            table.add(sec, "dn4000 (candidate median)", "pearson_rho", rn, {"predicted": M.pearson(med, r)},
+                      n)
+    d.notes.append(
+        f"calibration uses M={calib['n_candidates']} candidates per galaxy: with so few samples the "
+        "16/84 percentiles are crude and a perfectly calibrated sampler covers only 0.68 (M-1)/(M+1) "
+        f"of the truths ({M.expected_coverage(calib['n_candidates']):.2f} for this M; the reference "
+        "value of the coverage rows); "
+        "the randomised PIT histogram is exact for any M"
+    )
+    return cal_report
+
+
+def score(d: EvalData, seed: int) -> tuple[Table, dict | None]:
+    """Every section of the one table, in report order; returns the table and the calibration entry."""
+    table = Table()
+    spectrum_section(table, d)
+    redshift_section(table, d)
+    indices_section(table, d)
+    populations_section(table, d)
+    bimodality_mzr_section(table, d)
+    bpt_section(table, d)
+    if d.phot is not None:
+        _image_only_rows(table, d.truth, d.phot, d.cnn, d.n)
+    return table, calibration_section(table, d, seed)
+
+
+BASELINES = ("cnn", "photometric", "retrieval", "train_mean")
+#: metric (its first word) -> +1 higher is better, -1 lower is better; other metrics have no "best"
+#: (bias, fractions judged against a reference value, *_vs_observed diagnostics, calibration rows)
+METRIC_DIRECTION = {"pearson_rho": 1, "accuracy": 1, "balanced_accuracy": 1, "sigma_nmad": -1,
+                    "outlier_frac": -1, "scatter": -1, "mse_median": -1, "mse_mean": -1, "chi2n_median": -1,
+                    "ks_distance_to_reference": -1}
+RATIO_METRICS = ("sigma_nmad", "scatter")  # scale metrics: also predicted / best as a ratio
+
+
+def versus_best_baseline(rows: list[dict]) -> list[dict]:
+    """Per table row with a direction (``METRIC_DIRECTION``), the best of the baselines present
+    (``BASELINES``) and how far the chain (``predicted``) is from it: ``difference`` = predicted - best,
+    ``ratio`` = predicted / best for sigma_NMAD and scatter, ``chain_better`` True when the chain wins."""
+    out = []
+    for r in rows:
+        base = r["metric"].split(" ")[0]
+        sign, pred = METRIC_DIRECTION.get(base, 0), r["values"].get("predicted")
+        have = {m: r["values"][m] for m in BASELINES if r["values"].get(m) is not None}
+        if not sign or pred is None or not have:
+            continue
+        best = max(have, key=lambda m: sign * have[m])
+        v = have[best]
+        out.append({"section": r["section"], "quantity": r["quantity"], "metric": r["metric"], "n": r["n"],
+                    "predicted": pred, "best_baseline": best, "baseline_value": v, "difference": pred - v,
+                    "ratio": pred / v if base in RATIO_METRICS and v != 0 else None,
+                    "chain_better": bool(sign * (pred - v) > 0)})
+    return out
+
+
+def pit_markdown(cal: dict) -> str:
+    """The report's PIT table: per quantity M, n, KS distance (and its 5 % noise level), histogram, shape."""
+    lines = [f"M = {cal['n_candidates']} full-res candidates per galaxy, z (analysis.fit_redshifts) and "
+             f"Dn4000 measured on each ({cal.get('measure_seconds', float('nan')):.1f} s for all of them). "
+             "PIT = (k + U)/(M + 1), k candidates below the truth (ties at a random position), "
+             "U ~ U(0, 1): flat for a calibrated sampler at any M. Figure: eval_pit.png.\n",
+             "| quantity | M | n | PIT KS distance | KS 5 % level (n) | mean PIT | PIT histogram (10 bins) | "
+             "shape |", "|" + " --- |" * 8]
+    for q in ("z", "dn4000"):
+        r = cal.get(q)
+        if not r:
+            continue
+        hist = " ".join(str(c) for c in r["pit_histogram"])
+        lines.append(f"| {q} | {cal['n_candidates']} | {r['n']} | {r['pit_ks']:.3f} | {r['ks_5pct']:.3f} | "
+                     f"{r['mean_pit']:.2f} | {hist} | {r['shape']} |")
+    return "\n".join(lines)
+
+
+def versus_markdown(vs: list[dict]) -> str:
+    """The report's "chain vs the best baseline" table."""
+    def f(v):
+        return "—" if v is None else f"{v:.4g}"
+
+    lines = ["| section | quantity | metric | predicted (chain) | best baseline | its value | "
+             "chain − best | chain / best | chain better |", "|" + " --- |" * 9]
+    for r in vs:
+        lines.append(f"| {r['section']} | {r['quantity']} | {r['metric']} | {f(r['predicted'])} | "
+                     f"{r['best_baseline']} | {f(r['baseline_value'])} | {f(r['difference'])} | "
+                     f"{f(r['ratio'])} | {'yes' if r['chain_better'] else 'no'} |")
+    return "\n".join(lines)
+
+
+METHOD_DESCRIPTIONS = {
+    "predicted": "top-ranked generated spectrum -> toolbox (a)",
+    "predicted_at_z": "the same, indices measured at the catalogue z instead of its own fitted z",
+    "observed": "observed spectrum with ivar -> toolbox (b, measurement ceiling)",
+    "noiseless": "noiseless true spectrum (/spectra/model) -> toolbox (b, ceiling without noise)",
+    "cnn": "supervised CNN from the image (c)",
+    "photometric": "gradient boosting on image aperture photometry (c)",
+    "retrieval": "nearest training spectrum in contrastive embedding -> toolbox (c)",
+    "train_mean": "training-mean spectrum -> toolbox (c, constant)",
+}
+
+
+class _Laps:
+    """Wall time of each stage (the report's ``timings_s``), logged as it ends."""
+
+    def __init__(self, log):
+        self.log, self.timings = log, {}
+        self.t0 = self.t = time.perf_counter()
+
+    def __call__(self, name):
+        self.timings[name] = round(time.perf_counter() - self.t, 2)
+        self.log(f"evaluate: {name}: {self.timings[name]:.1f} s")
+        self.t = time.perf_counter()
+
+    def total(self):
+        self.timings["total"] = round(time.perf_counter() - self.t0, 2)
+        return self.timings["total"]
+
+
 def evaluate(
     results,
     survey=None,
@@ -255,442 +711,43 @@ def evaluate(
     photometric: bool = True,
 ) -> dict:
     """Run the evaluation; write ``<report>.json``/``.md`` and ``<out_dir>/eval_*.png``; return the report."""
-    t0 = time.perf_counter()
-    timings = {}
-
-    def lap(name, t):
-        timings[name] = round(time.perf_counter() - t, 2)
-        log(f"evaluate: {name}: {timings[name]:.1f} s")
-        return time.perf_counter()
-
-    inp = load_inputs(results, survey)
-    res, ok = inp["results"], inp["ok"]
-    wave = res["wave"]
-    rows = inp["rows"][ok]
-    n = int(ok.sum())
-    notes = []
-    if (~ok).any():
-        notes.append(
-            f"{int((~ok).sum())} of {len(ok)} rows skipped (status != 'ok' or non-finite prediction)"
-        )
-    truth = load_truth(inp["survey"], rows)
-    morph = truth.get("morphology")
-    spectra = {
-        "predicted": res["spectra"]["flux_pred"][ok].astype(np.float64),
-        "observed": res["spectra"]["flux_obs"][ok].astype(np.float64),
-    }
-    ivar_obs = res["spectra"]["ivar_obs"][ok].astype(np.float64) if "ivar_obs" in res["spectra"] else None
-    if ivar_obs is None:
-        notes.append("ivar_obs missing: chi2/N not computed, observed spectra measured without weights")
-    if inp["has_model"]:
-        spectra["noiseless"] = _noiseless(inp["survey"], rows)
-    else:
-        notes.append("survey has no /spectra/model: no 'noiseless' column")
-    t = lap("load", t0)
-
-    # ---------------- baselines
-    from datasets.galaxy import build_cache
-    from evaluation import baselines as B
-
-    cnn = None
-    try:
-        cache = build_cache(inp["survey"])
-        pool = B.train_pool(cache, pool_size, seed)
-        mean_spec = B.train_mean_spectrum(cache, pool)
-        spectra["train_mean"] = mean_spec[None, :]
-    except Exception as e:  # a survey without a training split still gets the rest of the evaluation
-        cache = None
-        notes.append(f"train_mean/retrieval baselines skipped: {type(e).__name__}: {e}")
-    cfg = res["header"].get("config") or {}
-    ck_sr = (cfg.get("generate", {}).get("checkpoints", {}) or res["header"].get("checkpoints", {})).get(
-        "contrastive_sr"
-    )
-    retrieved = None
-    if retrieval and cache is not None:
-        if ck_sr and Path(ck_sr).exists():
-            retrieved = B.retrieve(ck_sr, inp["survey"], cache, rows, pool)
-            spectra["retrieval"] = retrieved["flux"]
-        else:
-            notes.append(f"retrieval baseline skipped: contrastive_sr checkpoint {ck_sr!r} not found")
-    for path in baselines or ():
-        cnn = B.cnn_predict(path, inp["survey"], rows)
-    if not baselines:
-        notes.append("cnn baseline skipped: no --baselines checkpoint (train_baseline.py --preset cpu)")
-    phot = None
-    if photometric:
-        phot = B.photometric_predict(inp["survey"], rows, pool_size, seed)
-        notes.append(f"photometric baseline fitted on {phot['n_train']} training galaxies (--pool-size)")
-    t = lap("baselines", t)
-
-    # ---------------- cheap measurements: redshift, Lick, Dn4000 of every spectrum
-    meas = {}
-    for m, flux in spectra.items():
-        meas[m] = measure_cheap(wave, flux, ivar_obs if m == "observed" else None)
-        if m == "train_mean":
-            meas[m] = {k: np.repeat(v, n) for k, v in meas[m].items()}
-    if cnn is not None:
-        meas["cnn"] = {"z": cnn["z"], "dn4000": cnn["dn4000"]}
-    if phot is not None:
-        meas["photometric"] = {"z": phot["z"], "dn4000": phot["dn4000"]}
-    if "predicted" in spectra and "z" in truth:
-        # the predicted spectra's indices at the catalogue redshift (e.g. a photo-z in practice): separates
-        # what the spectrum's shape says from whether its redshift can be read off it
-        meas["predicted_at_z"] = measure_cheap(wave, spectra["predicted"], z=truth["z"].astype(np.float64))
-    t = lap("redshift_indices", t)
-
-    # ---------------- candidates: distributions over the M full-res samples
-    calib = None
-    cube = res["cubes"].get("FULLRES_CANDIDATES")
-    if cube is not None:
-        cand = cube[0][ok].astype(np.float64)
-        nm = cand.shape[1]
-        cm = measure_cheap(wave, cand.reshape(n * nm, -1))
-        calib = {"n_candidates": nm, "z": cm["z"].reshape(n, nm), "dn4000": cm["dn4000"].reshape(n, nm)}
-    else:
-        notes.append("no FULLRES_CANDIDATES cube: calibration skipped")
-    t = lap("candidates", t)
-
-    # ---------------- pPXF on a seeded subset
-    rng = np.random.default_rng(seed)
-    fit_idx = np.sort(rng.choice(n, min(max_fit, n), replace=False)) if max_fit > 0 else np.zeros(0, int)
-    fits = {}
-    if fit_idx.size:
-        fspec = {m: (s[fit_idx] if m != "train_mean" else s) for m, s in spectra.items() if m != "noiseless"}
-        fz = {m: (meas[m]["z"][fit_idx] if m != "train_mean" else meas[m]["z"][:1]) for m in fspec}
-        fits = fit_populations(
-            wave,
-            fspec,
-            fz,
-            ivar={"observed": None if ivar_obs is None else ivar_obs[fit_idx]},
-            workers=workers,
-        )
-        if "train_mean" in fits:
-            fits["train_mean"] = {k: np.repeat(v, fit_idx.size) for k, v in fits["train_mean"].items()}
-        notes.append(
-            f"pPXF fits on a seeded subset of {fit_idx.size} galaxies (--max-fit); noiseless spectra "
-            "are not pPXF-fitted (time budget)"
-        )
-    t = lap("ppxf", t)
-
-    # ---------------- the table
-    table = Table()
-    obs = spectra["observed"]
-    errs = {}
-    for m in ("predicted", "noiseless", "retrieval", "train_mean"):
-        if m in spectra:
-            s = spectra[m] if m != "train_mean" else np.broadcast_to(spectra[m], obs.shape)
-            errs[m] = M.spectral_errors(s, obs, ivar_obs)
-    sec = "spectrum"
-    # galaxies whose observed spectrum failed the positive-flux filter have NaN flux_obs: skip them
-    n_obs = int(np.isfinite(obs).all(axis=1).sum())
-    table.add(sec, "flux", "mse_median", "observed", {m: np.nanmedian(e["mse"]) for m, e in errs.items()},
-              n_obs)
-    table.add(sec, "flux", "mse_mean", "observed", {m: np.nanmean(e["mse"]) for m, e in errs.items()}, n_obs)
-    table.add(
-        sec,
-        "flux",
-        "chi2n_median",
-        "observed",
-        {m: np.nanmedian(e["chi2n"]) if np.isfinite(e["chi2n"]).any() else np.nan for m, e in errs.items()},
-        n,
-    )
-    if morph is not None and "predicted" in errs:
-        for code, name in ((0, "elliptical"), (1, "spiral"), (2, "uncertain")):
-            sel = morph == code
-            if sel.any():
-                table.add(
-                    sec,
-                    f"flux ({name})",
-                    "mse_median",
-                    "observed",
-                    {m: np.nanmedian(e["mse"][sel]) for m, e in errs.items()},
-                    int(sel.sum()),
-                )
-
-    # redshift
-    sec = "redshift"
-    zt = truth["z"].astype(np.float64)
-    zv = {m: d["z"] for m, d in meas.items() if "z" in d}
-    table.add(sec, "z", "sigma_nmad", "catalogue", {m: M.sigma_nmad(v, zt) for m, v in zv.items()}, n)
-    table.add(sec, "z", "bias", "catalogue", {m: M.z_bias(v, zt) for m, v in zv.items()}, n)
-    table.add(sec, "z", "outlier_frac", "catalogue", {m: M.outlier_fraction(v, zt) for m, v in zv.items()}, n)
-
-    # Dn4000 and Lick indices (the paper excludes spirals for the Lick comparison)
-    lick_mask = np.ones(n, bool) if morph is None else (morph != 1)
-    if morph is None:
-        notes.append("no morphology column: Lick statistics include every galaxy")
-
-    def ref_of(key):
-        if key in truth:
-            return truth[key].astype(np.float64), "catalogue"
-        if "noiseless" in meas:
-            return meas["noiseless"][key], "noiseless"
-        return meas["observed"][key], "observed"
-
-    refs = {}
-    sec = "indices"
-    dref, dname = ref_of("dn4000")
-    refs["dn4000"] = (dref, dname)
-    _regression_rows(table, sec, "dn4000", dref, dname, {m: d.get("dn4000") for m, d in meas.items()})
-    for name in LICK_NAMES:
-        key = f"lick_{name}"
-        r, rn = ref_of(key)
-        _regression_rows(
-            table,
-            "indices (non-spiral)" if morph is not None else sec,
-            key,
-            r,
-            rn,
-            {m: d.get(key) for m, d in meas.items()},
-            mask=lick_mask,
-        )
-
-    # populations (pPXF subset)
-    fit_truth = {}
-    if fits:
-        sec = "populations (pPXF subset)"
-        for q in FIT_QUANTITIES:
-            if q in truth:
-                r, rn = truth[q][fit_idx].astype(np.float64), "catalogue"
-            else:
-                r, rn = fits["observed"][q], "observed"
-                notes.append(f"no catalogue {q}: scored against the observed-spectrum fit")
-            fit_truth[q] = (r, rn)
-            vals = {m: d[q] for m, d in fits.items()}
-            if q == "sigma_v" and cnn is not None:
-                vals["cnn"] = cnn["sigma_v"][fit_idx]
-            if phot is not None and q in phot:
-                vals["photometric"] = phot[q][fit_idx]
-            _regression_rows(table, sec, q, r, rn, vals)
-        table.add(
-            sec, "pPXF", "success_frac", "", {m: np.mean(d["success"]) for m, d in fits.items()}, fit_idx.size
-        )
-
-    # bimodality and mass-metallicity relation
-    sec = "bimodality / MZR"
-    qf = {
-        m: np.nanmean(d["dn4000"] > QUIESCENT_DN4000) if np.isfinite(d["dn4000"]).any() else np.nan
-        for m, d in meas.items()
-    }
-    table.add(
-        sec,
-        "dn4000",
-        f"quiescent_frac (Dn4000>{QUIESCENT_DN4000})",
-        dname,
-        qf,
-        n,
-        reference_value=np.mean(dref[np.isfinite(dref)] > QUIESCENT_DN4000),
-    )
-    from scipy.stats import ks_2samp
-
-    def ks(a):
-        a, b = a[np.isfinite(a)], dref[np.isfinite(dref)]
-        return ks_2samp(a, b).statistic if a.size > 2 and b.size > 2 else np.nan
-
-    table.add(
-        sec, "dn4000", "ks_distance_to_reference", dname, {m: ks(d["dn4000"]) for m, d in meas.items()}, n
-    )
-    mzr = None
-    if fits and "log_mstar" in truth:
-        lm = truth["log_mstar"][fit_idx].astype(np.float64)
-        if "bpt_class" in truth:
-            sf = truth["bpt_class"][fit_idx] == 0
-            sf_def = "catalogue bpt_class == 0"
-        else:
-            sf = dref[fit_idx] < QUIESCENT_DN4000
-            sf_def = f"reference Dn4000 < {QUIESCENT_DN4000}"
-
-        def slope(met):
-            ok_ = sf & np.isfinite(met) & np.isfinite(lm)
-            return np.polyfit(lm[ok_], met[ok_], 1)[0] if ok_.sum() >= 5 else np.nan
-
-        met_ref = fit_truth["metallicity_lw"][0]
-        mzr = {"sf": sf, "log_mstar": lm, "definition": sf_def}
-        table.add(
-            sec,
-            "metallicity_lw vs log_mstar (SF)",
-            "mzr_slope",
-            fit_truth["metallicity_lw"][1],
-            {m: slope(d["metallicity_lw"]) for m, d in fits.items()},
-            int(sf.sum()),
-            reference_value=slope(met_ref),
-        )
-        table.add(
-            sec,
-            "metallicity_lw vs log_mstar (SF)",
-            "mzr_pearson_rho",
-            fit_truth["metallicity_lw"][1],
-            {m: M.pearson(d["metallicity_lw"][sf], lm[sf]) for m, d in fits.items()},
-            int(sf.sum()),
-            reference_value=M.pearson(met_ref[sf], lm[sf]),
-        )
-    elif fits:
-        notes.append("no log_mstar column: mass-metallicity relation skipped")
-
-    # AGN / BPT
-    bpt = None
-    if fits:
-        sec = "AGN (BPT, pPXF subset)"
-        if "bpt_class" in truth:
-            bt, bn = truth["bpt_class"][fit_idx].astype(np.int64), "catalogue"
-        else:
-            bt, bn = fits["observed"]["bpt_class"], "observed"
-            notes.append("no catalogue bpt_class: BPT scored against the observed-spectrum classes")
-        cls = {m: d["bpt_class"] for m, d in fits.items()}
-        agn = {m: (c == 2).astype(int) for m, c in cls.items()}
-        if cnn is not None:
-            agn["cnn"] = cnn["agn"][fit_idx]
-        if phot is not None and "bpt_class" in phot:
-            cls["photometric"] = phot["bpt_class"][fit_idx]
-            agn["photometric"] = phot["agn"][fit_idx]
-        at = (bt == 2).astype(int)
-        k = fit_idx.size
-        table.add(
-            sec,
-            "bpt_class (4 classes incl. -1)",
-            "accuracy",
-            bn,
-            {m: M.accuracy(c, bt) for m, c in cls.items()},
-            k,
-        )
-        table.add(
-            sec,
-            "bpt_class (4 classes incl. -1)",
-            "balanced_accuracy",
-            bn,
-            {m: M.balanced_accuracy(c, bt) for m, c in cls.items()},
-            k,
-        )
-        table.add(
-            sec,
-            "AGN presence",
-            "accuracy",
-            bn,
-            {m: M.accuracy(a, at) for m, a in agn.items()},
-            k,
-            reference_value=at.mean(),
-        )
-        table.add(
-            sec,
-            "AGN presence",
-            "balanced_accuracy",
-            bn,
-            {m: M.balanced_accuracy(a, at) for m, a in agn.items()},
-            k,
-        )
-        ao = agn["observed"]
-        table.add(
-            sec,
-            "AGN presence",
-            "accuracy_vs_observed",
-            "observed",
-            {m: M.accuracy(a, ao) for m, a in agn.items() if m != "observed"},
-            k,
-        )
-        bpt = {"truth": bt, "classes": cls, "reference": bn}
-
-    if phot is not None:
-        _image_only_rows(table, truth, phot, cnn, n)
-
-    # calibration of the candidate distributions
-    cal_report = None
-    if calib is not None:
-        sec = f"calibration (M={calib['n_candidates']} candidates)"
-        cal_report = {"n_candidates": calib["n_candidates"]}
-        for q, r, rn in (("z", zt, "catalogue"), ("dn4000", dref, dname)):
-            s = calib[q]
-            pit = M.pit_values(s, r, seed=seed)
-            cov = M.interval_coverage(s, r)
-            med = np.nanmedian(s, axis=1) if np.isfinite(s).any() else np.full(n, np.nan)
-            width = np.nanmedian(np.nanpercentile(s, 84, axis=1) - np.nanpercentile(s, 16, axis=1))
-            calib[f"pit_{q}"] = pit
-            cal_report[q] = {
-                "coverage_16_84": cov,
-                "pit_ks": M.pit_uniformity(pit),
-                "median_width_68": float(width),
-            }
-            ideal = M.expected_coverage(calib["n_candidates"])
-            cal_report[q]["coverage_if_calibrated"] = ideal
-            table.add(
-                sec,
-                q,
-                f"coverage_16_84 (calibrated: {ideal:.3f})",
-                rn,
-                {"predicted": cov},
-                n,
-                reference_value=ideal,
-            )
-            table.add(sec, q, "pit_ks_distance (ideal 0)", rn, {"predicted": M.pit_uniformity(pit)}, n)
-            table.add(sec, q, "median_68_width", rn, {"predicted": width}, n)
-            if q == "z":
-                table.add(
-                    sec, "z (candidate median)", "sigma_nmad", rn, {"predicted": M.sigma_nmad(med, r)}, n
-                )
-            else:
-                table.add(
-                    sec, "dn4000 (candidate median)", "pearson_rho", rn, {"predicted": M.pearson(med, r)}, n
-                )
-        notes.append(
-            f"calibration uses M={calib['n_candidates']} candidates per galaxy: with so few samples the "
-            "16/84 percentiles are crude and a perfectly calibrated sampler covers only 0.68 (M-1)/(M+1) "
-            f"of the truths ({M.expected_coverage(calib['n_candidates']):.2f} for this M; the reference "
-            "value of the coverage rows); "
-            "the randomised PIT histogram is exact for any M"
-        )
-    t = lap("table", t)
-
-    # ---------------- figures + report
-    present = [m for m in METHODS if m in meas or m in fits]
+    lap = _Laps(log)
+    d = load_eval_data(results, survey)
+    lap("load")
+    add_baselines(d, baselines, retrieval, photometric, pool_size, seed)
+    lap("baselines")
+    measure_spectra(d)
+    lap("redshift_indices")
+    measure_candidates(d)
+    lap("candidates")
+    fit_subset(d, max_fit, workers, seed)
+    lap("ppxf")
+    table, cal_report = score(d, seed)
+    lap("table")
+    present = [m for m in METHODS if m in d.meas or m in d.fits]
     fig_paths = []
     if figures:
         from evaluation import figures as F
 
-        ctx = {
-            "wave": wave,
-            "n": n,
-            "truth": truth,
-            "meas": meas,
-            "fits": fits,
-            "fit_idx": fit_idx,
-            "errs": errs,
-            "morph": morph,
-            "lick_mask": lick_mask,
-            "refs": refs,
-            "fit_truth": fit_truth,
-            "mzr": mzr,
-            "bpt": bpt,
-            "calib": calib,
-            "dref": dref,
-            "dname": dname,
-            "table": table,
-        }
-        fig_paths = F.write_all(out_dir, ctx)
-    t = lap("figures", t)
-    timings["total"] = round(time.perf_counter() - t0, 2)
+        fig_paths = F.write_all(out_dir, d)
+    lap("figures")
+    lap.total()
     rep = {
-        "results": str(inp["path"]),
-        "survey": str(inp["survey"]),
-        "n_galaxies": n,
-        "n_fit": int(fit_idx.size),
+        "results": str(d.results_path),
+        "survey": str(d.survey),
+        "n_galaxies": d.n,
+        "n_fit": int(d.fit_idx.size),
         "columns": present,
-        "methods_description": {
-            "predicted": "top-ranked generated spectrum -> toolbox (a)",
-            "predicted_at_z": "the same, indices measured at the catalogue z instead of its own fitted z",
-            "observed": "observed spectrum with ivar -> toolbox (b, measurement ceiling)",
-            "noiseless": "noiseless true spectrum (/spectra/model) -> toolbox (b, ceiling without noise)",
-            "cnn": "supervised CNN from the image (c)",
-            "photometric": "gradient boosting on image aperture photometry (c)",
-            "retrieval": "nearest training spectrum in contrastive embedding -> toolbox (c)",
-            "train_mean": "training-mean spectrum -> toolbox (c, constant)",
-        },
+        "methods_description": dict(METHOD_DESCRIPTIONS),
         "table": table.rows,
+        "vs_best_baseline": versus_best_baseline(table.rows),
         "calibration": _jsonable(cal_report),
-        "notes": notes,
-        "timings_s": timings,
+        "notes": d.notes,
+        "timings_s": lap.timings,
         "figures": [str(p) for p in fig_paths],
     }
     write_report(report, rep, table.markdown(present))
-    log(f"evaluate: {n} galaxies in {timings['total']:.1f} s -> {report}.json/.md")
+    log(f"evaluate: {d.n} galaxies in {lap.timings['total']:.1f} s -> {report}.json/.md")
     return rep
 
 
@@ -715,6 +772,19 @@ def write_report(report, rep: dict, table_md: str) -> tuple[Path, Path]:
         f"galaxies: {rep['n_galaxies']} (pPXF subset: {rep['n_fit']})\n",
         "Columns: " + "; ".join(f"**{m}** = {rep['methods_description'][m]}" for m in rep["columns"]) + "\n",
         table_md,
+    ]
+    if rep.get("vs_best_baseline"):
+        text_md += [
+            "\n## The chain vs the best baseline\n",
+            "Per quantity and metric, the best of the baselines present (" + ", ".join(BASELINES) + ") and "
+            "how far the chain's `predicted` column is from it (difference; ratio for sigma_NMAD and "
+            "scatter; \"chain better\" follows the metric's direction: higher rho/accuracy, lower "
+            "scatter/sigma_NMAD/outliers/MSE/KS).\n",
+            versus_markdown(rep["vs_best_baseline"]),
+        ]
+    if rep.get("calibration"):
+        text_md += ["\n## Calibration of the candidates (PIT)\n", pit_markdown(rep["calibration"])]
+    text_md += [
         "\n## Notes\n",
         *[f"- {s}" for s in rep["notes"]],
         "\n## Timings (s)\n",

@@ -290,7 +290,8 @@ def generate(gen_cfg, cfg_dict: dict, input_path, device=None, amp: str = "auto"
     table["top"] = merged.pop("top")
     for k in ("lowres_scores", "kept", "fullres_scores", "fullres_parent"):
         table[k] = merged.pop(k)
-    spectra = {"flux_pred": merged.pop("flux_pred")}
+    spectra = {"flux_pred": merged.pop("flux_pred"),
+               "flux_pred_std": candidate_std(merged["fullres_candidates"])}
     for k in ("flux_obs", "ivar_obs"):
         if k in merged:
             spectra[k] = merged.pop(k)
@@ -304,9 +305,22 @@ def generate(gen_cfg, cfg_dict: dict, input_path, device=None, amp: str = "auto"
     cubes = {"LOWRES_CANDIDATES": (merged.pop("lowres_candidates"), LOWRES_WAVE),
              "FULLRES_CANDIDATES": (merged.pop("fullres_candidates"), FULLRES_WAVE)}
     write_spectra_fits(output, table, spectra, FULLRES_WAVE, header=header, units={"flux_pred": "",
-                       "flux_obs": "", "ivar_obs": ""}, cubes=cubes)
+                       "flux_pred_std": "", "flux_obs": "", "ivar_obs": ""}, cubes=cubes)
     shutil.rmtree(parts)
     return output
+
+
+def candidate_std(candidates: np.ndarray) -> np.ndarray:
+    """Per-pixel standard deviation over the M full-res candidates of each galaxy: the uncertainty of
+    ``flux_pred`` (results column ``flux_pred_std``).
+
+    ``candidates`` (N, M, L) -> (N, L) float32, ddof = 1 (the unbiased sample variance) when M > 1; all NaN
+    when M == 1 (one draw says nothing about the spread). Computed in float64; NaN candidates (failed
+    galaxies) give NaN."""
+    c = np.asarray(candidates, dtype=np.float64)
+    if c.shape[1] < 2:
+        return np.full((c.shape[0], c.shape[2]), np.nan, np.float32)
+    return c.std(axis=1, ddof=1).astype(np.float32)
 
 
 def _merge(parts: Path, n_chunks: int) -> dict:

@@ -63,6 +63,25 @@ def test_pit_and_coverage_on_calibrated_and_overconfident_toys():
     assert M.pit_uniformity(M.pit_values(narrow, truth)) > 0.15
     # M = 3 (what generate.py draws by default): the randomised PIT is still uniform when calibrated
     assert M.pit_uniformity(M.pit_values(good[:, :3], truth)) < 0.03
+    assert M.pit_summary(M.pit_values(good[:, :3], truth))["shape"] == "flat"
+    assert M.pit_summary(M.pit_values(narrow, truth))["shape"].startswith("U-shaped")
+    assert M.pit_summary(M.pit_values(mu[:, None] + 3 * rng.normal(size=(n, m)), truth))["shape"].startswith(
+        "hump")
+    biased = M.pit_summary(M.pit_values(good - 1.5, truth))  # candidates too low: truths above them
+    assert biased["shape"].startswith("biased high") and biased["mean_pit"] > 0.7
+
+
+def test_pit_by_hand_ties_and_missing_values():
+    s = np.array([[1.0, 2.0, 3.0], [1.0, 2.0, np.nan], [5.0, 5.0, 5.0], [1.0, 2.0, 3.0], [np.nan] * 3])
+    t = np.array([2.5, 9.0, 5.0, np.nan, 1.0])
+    p = M.pit_values(s, t, seed=3)
+    assert 2 / 4 <= p[0] < 3 / 4  # 2 of 3 below: (2 + U) / 4
+    assert 2 / 3 <= p[1] < 1.0  # NaN candidate ignored: M = 2, both below
+    assert np.isnan(p[3]) and np.isnan(p[4])  # no truth / no candidate
+    # truth tied with every candidate: a random position among them, so the PIT is uniform over galaxies
+    ties = M.pit_values(np.full((4000, 3), 5.0), np.full(4000, 5.0), seed=0)
+    assert M.pit_uniformity(ties) < 0.03
+    np.testing.assert_array_equal(M.pit_values(s, t, seed=3), p)  # seeded
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -146,7 +165,7 @@ def test_predicted_equal_observed_scores_perfectly(perfect_and_shuffled):
         1.0, abs=1e-3
     )
     figs = {p.split("/")[-1] for p in rep["figures"]}
-    assert {"eval_spectral_errors.png", "eval_redshift.png", "eval_lick.png", "eval_calibration.png"} <= figs
+    assert {"eval_spectral_errors.png", "eval_redshift.png", "eval_lick.png", "eval_pit.png"} <= figs
 
 
 def test_shuffled_prediction_scores_clearly_worse(perfect_and_shuffled):
@@ -170,7 +189,48 @@ def test_report_json_has_the_three_way_table(perfect_and_shuffled):
     assert row["train_mean"] > row["observed"]  # the constant baseline is worse than the ceiling
     assert "photometric" in rep["columns"] and row["photometric"] is not None
     assert rep["calibration"]["n_candidates"] == 3
-    assert (perfect_and_shuffled["dir"] / "rep_perfect.md").read_text().count("| redshift |") == 3
+    main_table = (perfect_and_shuffled["dir"] / "rep_perfect.md").read_text().split("\n## ")[0]
+    assert main_table.count("| redshift |") == 3
+
+
+def test_report_names_the_best_baseline_and_the_chains_distance(perfect_and_shuffled):
+    good, bad = perfect_and_shuffled["perfect"], perfect_and_shuffled["shuffled"]
+    vs = {(r["section"], r["quantity"], r["metric"]): r for r in good["vs_best_baseline"]}
+    z = vs[("redshift", "z", "sigma_nmad")]
+    row = _row(good, "redshift", "z", "sigma_nmad")
+    have = {m: row[m] for m in ("cnn", "photometric", "retrieval", "train_mean") if row[m] is not None}
+    assert z["best_baseline"] == min(have, key=have.get) and z["baseline_value"] == min(have.values())
+    assert z["difference"] == pytest.approx(row["predicted"] - z["baseline_value"])
+    assert z["ratio"] == pytest.approx(row["predicted"] / z["baseline_value"]) and z["chain_better"]
+    assert vs[("redshift", "z", "outlier_frac")]["ratio"] is None  # ratios only for sigma_NMAD / scatter
+    assert not any(r["metric"].startswith(("bias", "pearson_rho_vs")) for r in good["vs_best_baseline"])
+    bad_z = {(r["section"], r["metric"]): r for r in bad["vs_best_baseline"]}[("redshift", "sigma_nmad")]
+    assert not bad_z["chain_better"]  # a shuffled prediction loses to the baselines
+    md = (perfect_and_shuffled["dir"] / "rep_perfect.md").read_text()
+    assert "## The chain vs the best baseline" in md and "| redshift | z | sigma_nmad |" in md
+    # the PIT section: M, KS distance, histogram of the candidates' calibration
+    cal = good["calibration"]
+    assert cal["n_candidates"] == 3 and cal["measure_seconds"] >= 0
+    assert cal["z"]["n"] > 0 and sum(cal["z"]["pit_histogram"]) == cal["z"]["n"]
+    assert 0 <= cal["dn4000"]["pit_ks"] <= 1 and "## Calibration of the candidates (PIT)" in md
+
+
+def test_versus_best_baseline_by_hand():
+    from evaluation.run import versus_best_baseline
+
+    rows = [{"section": "s", "quantity": "q", "metric": "scatter [dex]", "n": 5,
+             "values": {"predicted": 0.2, "cnn": 0.1, "photometric": 0.4, "retrieval": None}},
+            {"section": "s", "quantity": "q", "metric": "balanced_accuracy", "n": 5,
+             "values": {"predicted": 0.9, "cnn": 0.6, "photometric": 0.7}},
+            {"section": "s", "quantity": "q", "metric": "bias", "n": 5,
+             "values": {"predicted": 0.0, "cnn": 1.0}},
+            {"section": "s", "quantity": "q", "metric": "pearson_rho", "n": 5,
+             "values": {"predicted": 0.5, "observed": 0.9}}]
+    a, b = versus_best_baseline(rows)  # bias has no direction; the last row has no baseline
+    assert (a["best_baseline"], a["difference"], a["ratio"], a["chain_better"]) == ("cnn", pytest.approx(0.1),
+                                                                                   pytest.approx(2.0), False)
+    assert (b["best_baseline"], b["difference"], b["ratio"], b["chain_better"]) == (
+        "photometric", pytest.approx(0.2), None, True)
 
 
 def test_ppxf_subset_fills_population_and_bpt_rows(synthetic_survey, tmp_path):

@@ -67,6 +67,11 @@ def test_chain_writes_every_galaxy_with_all_candidates(synthetic_survey, trained
     assert cands.shape == (10, 3, 4500) and grid[0] == 4000 and grid[-1] == 8499
     # the prediction is the top-scored full-res candidate, and kept = the 2 best low-res candidates
     np.testing.assert_allclose(res["spectra"]["flux_pred"], cands[np.arange(10), t["top"]], rtol=1e-6)
+    # its uncertainty: the per-pixel spread of the 3 candidates (sample standard deviation, ddof=1)
+    std = res["spectra"]["flux_pred_std"]
+    # (pixels where the data-range x0 clipping makes every candidate equal have a spread of exactly 0)
+    assert std.shape == (10, 4500) and (std >= 0).all() and (std > 0).mean() > 0.5
+    np.testing.assert_allclose(std, cands.astype(np.float64).std(axis=1, ddof=1), rtol=1e-5)
     assert (t["top"] == t["fullres_scores"].argmax(1)).all()
     best2 = np.argsort(-t["lowres_scores"], axis=1)[:, :2]
     assert (np.sort(best2, 1) == np.sort(t["kept"], 1)).all()
@@ -82,6 +87,24 @@ def test_chain_writes_every_galaxy_with_all_candidates(synthetic_survey, trained
     assert sp.flux.shape == (10, 4500) and sp.spectral_axis.unit == "Angstrom"
     assert sp.spectral_axis[0].value == 4000 and sp.spectral_axis[-1].value == 8499
     np.testing.assert_allclose(sp.flux.value, res["spectra"]["flux_pred"])
+    import specutils
+    from astropy.nddata import StdDevUncertainty
+
+    sp = specutils.Spectrum.read(out, format="galspec-results")  # the registered loader attaches it
+    assert isinstance(sp.uncertainty, StdDevUncertainty) and sp.meta["std_column"] == "flux_pred_std"
+    np.testing.assert_array_equal(sp.uncertainty.array, std)
+
+
+def test_candidate_std_is_the_sample_spread_and_nan_for_one_candidate():
+    from generation.run import candidate_std
+
+    c = np.array([[[1.0, 2.0], [3.0, 2.0], [5.0, 2.0]]], np.float32)  # 1 galaxy, M = 3, L = 2
+    np.testing.assert_allclose(candidate_std(c), [[2.0, 0.0]])  # sqrt(((1-3)^2 + 0 + (5-3)^2) / 2) = 2
+    assert candidate_std(c).dtype == np.float32
+    assert np.isnan(candidate_std(c[:, :1])).all() and candidate_std(c[:, :1]).shape == (1, 2)
+    bad = c.copy()
+    bad[0, 1, 0] = np.nan  # a failed galaxy's NaN candidates give NaN, not a number
+    assert np.isnan(candidate_std(bad)[0, 0]) and candidate_std(bad)[0, 1] == 0.0
 
 
 def test_output_does_not_depend_on_batch_or_chunk_size(synthetic_survey, trained, tmp_path):

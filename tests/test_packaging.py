@@ -186,6 +186,39 @@ def test_specutils_reads_results_file(tmp_path):
         specutils.Spectrum.read(path, format="galspec-results", column="nope")
 
 
+def test_specutils_attaches_the_candidate_spread_as_stddev(tmp_path):
+    specutils = pytest.importorskip("specutils")
+    from astropy.nddata import InverseVariance, StdDevUncertainty
+
+    import utils.results_fits  # noqa: F401  (registers the reader)
+    from utils.results_fits import write_spectra_fits
+
+    rng = np.random.default_rng(2)
+    n, L = 3, 40
+    wave = np.linspace(4000.0, 8499.0, L)
+    flux = rng.normal(1, 0.1, (n, L)).astype(np.float32)
+    std = rng.uniform(0.01, 0.1, (n, L)).astype(np.float32)
+    spectra = {"flux_pred": flux, "flux_pred_std": std, "flux_obs": flux, "ivar_obs": 1 / std**2}
+    path = write_spectra_fits(tmp_path / "r.fits", {"id": np.arange(n)}, spectra, wave)
+    sp = specutils.Spectrum.read(path, format="galspec-results")
+    assert isinstance(sp.uncertainty, StdDevUncertainty) and sp.uncertainty.unit == sp.flux.unit
+    np.testing.assert_array_equal(sp.uncertainty.array, std)
+    assert sp.meta["std_column"] == "flux_pred_std" and sp.meta["ivar_column"] is None
+    per = specutils.SpectrumList.read(path, format="galspec-results")
+    np.testing.assert_array_equal(per[1].uncertainty.array, std[1])
+    # flux_obs keeps its inverse variance; an explicit "" switches the uncertainty off
+    assert isinstance(specutils.Spectrum.read(path, format="galspec-results", column="flux_obs").uncertainty,
+                      InverseVariance)
+    assert specutils.Spectrum.read(path, format="galspec-results", std_column="").uncertainty is None
+    with pytest.raises(ValueError, match="give one uncertainty"):
+        specutils.Spectrum.read(path, format="galspec-results", ivar_column="ivar_obs",
+                                std_column="flux_pred_std")
+    # M = 1: the column is all NaN (no spread to measure) and no uncertainty is attached
+    spectra["flux_pred_std"] = np.full((n, L), np.nan, np.float32)
+    path = write_spectra_fits(tmp_path / "one.fits", {"id": np.arange(n)}, spectra, wave)
+    assert specutils.Spectrum.read(path, format="galspec-results").uncertainty is None
+
+
 @pytest.mark.parametrize("order", ["results_fits first", "specutils first", "no specutils"])
 def test_reader_registration_does_not_depend_on_import_order(tmp_path, order):
     """Importing utils.results_fits does not import specutils (3 s); the reader is there either way, and

@@ -204,3 +204,59 @@ def test_bad_checkpoint_is_a_clear_error(synthetic_survey, tmp_path, capsys):
     assert main("contrastive", _args(synthetic_survey, out, TINY_CONTRASTIVE, 2)) == 2
     errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "last.pt: file: not a readable torch checkpoint" in errors[0]
+
+
+def _tensorboard_installed() -> bool:
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        try:
+            import tensorboardX  # noqa: F401
+        except ImportError:
+            return False
+    return True
+
+
+def _csv_rows(out):
+    import csv
+
+    with open(Path(out) / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_metrics_csv_and_tensorboard_logs_from_ignite_handlers(synthetic_survey, tmp_path):
+    """metrics.csv: a training row every run.log_every iterations and a val_* row at each validation; with
+    tensorboard installed (the optional extra) ignite's TensorboardLogger writes <run>/tb too."""
+    out = tmp_path / "tb"
+    assert main("contrastive", _args(synthetic_survey, out, TINY_CONTRASTIVE, 4)) == 0
+    rows = _csv_rows(out)
+    train = [r for r in rows if r["loss"]]
+    val = [r for r in rows if r["val_median_rank"]]
+    assert [int(r["iteration"]) for r in train] == [2, 4] and [int(r["iteration"]) for r in val] == [4]
+    assert {"time", "epoch", "lr", "samples_per_s"} <= set(rows[0]) and float(train[0]["samples_per_s"]) > 0
+    assert rows[-1] is val[0]  # the validation row of an iteration follows its training row
+    if not _tensorboard_installed():
+        assert not (out / "tb").exists()
+        pytest.skip("tensorboard is not installed: the metrics.csv half of this test ran")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tb"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "lr/group_0", "val/median_rank"} <= tags, tags
+    assert [e.step for e in acc.Scalars("train/loss")] == [2, 4]
+    assert acc.Scalars("val/median_rank")[0].value == pytest.approx(float(val[0]["val_median_rank"]))
+
+
+def test_training_without_tensorboard_still_logs_metrics_csv(synthetic_survey, tmp_path, monkeypatch, capsys):
+    for mod in ("tensorboard", "tensorboardX", "torch.utils.tensorboard"):
+        monkeypatch.setitem(sys.modules, mod, None)  # import fails as if not installed
+    out = tmp_path / "notb"
+    assert main("contrastive", _args(synthetic_survey, out, TINY_CONTRASTIVE, 2)) == 0
+    assert not (out / "tb").exists() and len(_csv_rows(out)) == 2
+    assert "tensorboard is not installed" not in capsys.readouterr().out  # default: silent
+    out = tmp_path / "asked"
+    asked = _args(synthetic_survey, out, TINY_CONTRASTIVE, 2, ["run.tensorboard=true"])
+    assert main("contrastive", asked) == 0
+    assert "run.tensorboard: tensorboard is not installed" in capsys.readouterr().out
+    assert len(_csv_rows(out)) == 2

@@ -13,14 +13,13 @@ an uninterrupted one.
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
 import re
 import shutil
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import ignite.distributed as idist
@@ -28,7 +27,6 @@ import torch
 import yaml
 from ignite.engine import Engine, Events
 from ignite.handlers import EMAHandler, PiecewiseLinear, TerminateOnNan
-from ignite.handlers.tqdm_logger import ProgressBar
 
 from datasets.galaxy import EpochBatchSampler, GalaxyDataset, ImageAugment, build_cache, make_loader
 from datasets.schema import open_survey, survey_version
@@ -40,6 +38,15 @@ from models.checkpoint import (
     save_checkpoint,
 )
 from models.precision import autocast_context
+from training.run_logs import (
+    CSVLogger,
+    MetricsCSVHandler,
+    TrainEvents,
+    attach_progress,
+    attach_tensorboard,
+    print_validation,
+    register_train_events,
+)
 from utils.config import resolve_out_dir, to_dict
 
 
@@ -148,65 +155,6 @@ def _atomic_write_text(dst: Path, text: str) -> None:
     tmp = dst.with_name(dst.name + ".partial")
     tmp.write_text(text)
     os.replace(tmp, dst)
-
-
-def _write_rows(path: Path, header: list, rows: list) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=header)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
-
-
-def _row_iteration(row: dict) -> float:
-    """The iteration of a metrics.csv row; infinite (dropped by a trim) for a row cut short by a kill."""
-    try:
-        return int(row["iteration"]) if None not in row else math.inf
-    except (KeyError, TypeError, ValueError):
-        return math.inf
-
-
-class CSVLogger:
-    """Appends metric rows to ``metrics.csv`` (rank 0); a resumed run first trims the rows of the
-    iterations it will redo (``trim``) so each iteration appears once."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def trim(self, last_iteration: int) -> int:
-        """Drop the rows after ``last_iteration`` (all rows for 0); returns how many were dropped."""
-        if not self.path.exists():
-            return 0
-        with open(self.path, newline="") as f:
-            reader = csv.DictReader(f)
-            header, rows = list(reader.fieldnames or []), list(reader)
-        keep = [r for r in rows if _row_iteration(r) <= last_iteration]
-        if not keep:
-            self.path.unlink()
-        elif len(keep) < len(rows):
-            _write_rows(self.path, header, keep)
-        return len(rows) - len(keep)
-
-    def log(self, row: dict):
-        row = {"time": round(time.time(), 3), **row}
-        new = not self.path.exists()
-        # a resumed run can add columns: rewrite the header when the key set grows
-        if not new:
-            with open(self.path, newline="") as f:
-                header = next(csv.reader(f), [])
-            if not set(row) <= set(header):
-                with open(self.path, newline="") as f:
-                    rows = list(csv.DictReader(f))
-                header = header + [k for k in row if k not in header]
-                _write_rows(self.path, header, rows)
-        else:
-            header = list(row)
-        with open(self.path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=header)
-            if new:
-                w.writeheader()
-            w.writerow(row)
 
 
 NUMBERED = re.compile(r"checkpoint_(\d+)\.pt$")
@@ -325,35 +273,41 @@ def _reconcile_best(out_dir: Path, best: BestState, resume_it: int) -> None:
               flush=True)
 
 
-def train(local_rank: int, cfg, task, stop_iteration: int | None = None,
-          allow_config_change: bool = False) -> dict:
-    """Train ``task`` with config ``cfg``; returns the final validation metrics (on every rank).
+@dataclass
+class TrainData:
+    """The data side of a run: the cached survey, the two splits and the resume-exact batch order."""
 
-    A run directory with ``last.pt`` resumes from it when ``run.resume`` is on; a config that differs
-    from the checkpoint's is refused key by key unless ``allow_config_change``."""
-    rank, world = idist.get_rank(), idist.get_world_size()
-    device = idist.device()
-    torch.manual_seed(cfg.train.seed)
-    out_dir = resolve_out_dir(cfg)
-    ckpt, history = prepare_run_dir(cfg, task.kind, allow_config_change, rank)
-    idist.barrier()
+    cache: object
+    train_ds: GalaxyDataset
+    val_ds: GalaxyDataset
+    sampler: EpochBatchSampler
+    loader: object
+    epoch_length: int               # batches per epoch (per rank)
+    total: int                      # iterations to train
+    max_epochs: int
 
+
+def setup_data(cfg, task, rank: int, world: int) -> TrainData:
+    """Build the preprocessing cache (rank 0 first), the train/val datasets and the epoch batch sampler."""
     cache = (build_cache(cfg.data.path, cfg.data.cache_dir, progress=sys.stderr.isatty()) if rank == 0
              else None)
     idist.barrier()
     cache = cache or build_cache(cfg.data.path, cfg.data.cache_dir)
     phot = bool(getattr(cfg.model, "photometry", False))  # model.photometry: the features ride in the batch
-    train_ds = GalaxyDataset(cfg.data.path, "train", task.resolution, cfg.data.preprocessing,
-                             with_lowres=task.with_lowres, cache=cache, with_photometry=phot)
-    val_ds = GalaxyDataset(cfg.data.path, "val", task.resolution, cfg.data.preprocessing,
-                           with_lowres=task.with_lowres, cache=cache, with_photometry=phot)
+    train_ds, val_ds = (GalaxyDataset(cfg.data.path, split, task.resolution, cfg.data.preprocessing,
+                                      with_lowres=task.with_lowres, cache=cache, with_photometry=phot)
+                        for split in ("train", "val"))
     sampler = EpochBatchSampler(len(train_ds), cfg.train.batch_size, seed=cfg.train.seed, rank=rank,
                                 world_size=world)
-    loader = make_loader(train_ds, sampler, cfg.train.num_workers)
     epoch_length = len(sampler)
     total = cfg.train.max_iterations or cfg.train.epochs * epoch_length
-    max_epochs = math.ceil(total / epoch_length)
+    return TrainData(cache, train_ds, val_ds, sampler, make_loader(train_ds, sampler, cfg.train.num_workers),
+                     epoch_length, total, math.ceil(total / epoch_length))
 
+
+def setup_model(cfg, task, train_ds, device, world: int, total: int):
+    """The task's model (initialised from the data if the task says so) on ``device``, wrapped for DDP,
+    with Adam and the linear LR schedule; returns ``(model, raw_model, optimizer, lr_scheduler)``."""
     model = task.build_model(cfg)
     if hasattr(task, "init_model"):
         task.init_model(model, train_ds, cfg)
@@ -366,115 +320,195 @@ def train(local_rank: int, cfg, task, stop_iteration: int | None = None,
                                                   weight_decay=cfg.train.weight_decay))
     lr_scheduler = PiecewiseLinear(optimizer, "lr", milestones_values=[(0, cfg.train.lr),
                                                                         (total, cfg.train.lr_end)])
-    augment = ImageAugment()
-    amp = cfg.train.amp
+    raw_model = model.module if hasattr(model, "module") else model
+    return model, raw_model, optimizer, lr_scheduler
 
-    def step(engine, batch):
+
+class TrainStep:
+    """The trainer's process function: one optimiser step on a batch, every random draw from
+    :func:`iteration_generator` (augmentation included), under bf16 autocast where enabled."""
+
+    def __init__(self, cfg, task, model, optimizer, device, rank: int, world: int):
+        self.cfg, self.task, self.model, self.optimizer = cfg, task, model, optimizer
+        self.device, self.rank, self.world = device, rank, world
+        self.augment = ImageAugment()
+
+    def __call__(self, engine: Engine, batch: dict) -> dict:
+        cfg, model, device = self.cfg, self.model, self.device
         model.train()
-        gen = iteration_generator(cfg.train.seed, engine.state.iteration, rank)
+        gen = iteration_generator(cfg.train.seed, engine.state.iteration, self.rank)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         if cfg.data.augment:
-            batch["image"] = augment(batch["image"].cpu(), train=True, generator=gen).to(device)
-        with autocast_context(device, amp):
-            loss = task.loss(model, batch, gen)
-        optimizer.zero_grad(set_to_none=True)
+            batch["image"] = self.augment(batch["image"].cpu(), train=True, generator=gen).to(device)
+        with autocast_context(device, cfg.train.amp):
+            loss = self.task.loss(model, batch, gen)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.train.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        optimizer.step()
-        return {"loss": loss.item(), "batch_size": batch["image"].shape[0] * world}
+        self.optimizer.step()
+        return {"loss": loss.item(), "batch_size": batch["image"].shape[0] * self.world}
 
-    trainer = Engine(step)
+
+def attach_ema(trainer: Engine, raw_model, cfg, to_save: dict):
+    """EMA of the weights (``train.ema_decay``; None = off), registered in ``to_save``; returns the EMA
+    model or None."""
+    if cfg.train.ema_decay is None:
+        return None
+    momentum = 1.0 - cfg.train.ema_decay
+    warm = cfg.train.ema_warmup
+    ema = EMAHandler(raw_model, momentum=momentum, momentum_warmup=min(0.5, 50 * momentum) if warm else None,
+                     warmup_iters=warm or None)
+    ema.attach(trainer, name="ema_momentum", event=Events.ITERATION_COMPLETED)
+    to_save["ema_model"] = ema.ema_model
+    to_save["ema_state"] = EMAState(ema)
+    return ema.ema_model
+
+
+class Checkpointer:
+    """Writes the run's checkpoints (rank 0): ``last.pt`` first, then its copies, so ``best.pt`` is never
+    ahead of the ``last.pt`` that records it; keeps ``run.n_saved`` numbered checkpoints."""
+
+    def __init__(self, to_save: dict, out_dir: Path, n_saved: int, rank: int):
+        self.to_save, self.out_dir, self.n_saved, self.rank = to_save, out_dir, n_saved, rank
+
+    def save(self, it: int, numbered: bool, is_best: bool) -> None:
+        if self.rank != 0:
+            return
+        last = self.out_dir / "last.pt"
+        save_checkpoint({k: v.state_dict() for k, v in self.to_save.items()}, last)
+        if numbered:
+            _atomic_copy(last, self.out_dir / f"checkpoint_{it:07d}.pt")
+            prune_checkpoints(self.out_dir, self.n_saved)
+        if is_best:
+            _atomic_copy(last, self.out_dir / "best.pt")
+
+
+class ValidateCheckpointStop:
+    """Iteration handler: validate every ``run.validate_every`` iterations (and at the end), fire
+    ``TrainEvents.VALIDATION_COMPLETED`` with the metrics in ``engine.state.metrics``, save on improvement,
+    at ``run.checkpoint_every`` and at the end, and stop at ``total`` or ``stop_iteration``."""
+
+    def __init__(self, cfg, task, eval_model, val_ds, device, best: BestState, checkpointer: Checkpointer,
+                 out_dir: Path, rank: int, total: int, stop_iteration: int | None):
+        self.cfg, self.task, self.eval_model, self.val_ds, self.device = cfg, task, eval_model, val_ds, device
+        self.best, self.checkpointer, self.out_dir, self.rank = best, checkpointer, out_dir, rank
+        self.total, self.stop_iteration = total, stop_iteration
+
+    def validate(self, engine: Engine) -> bool:
+        cfg, it = self.cfg, engine.state.iteration
+        fig = None
+        if self.rank == 0 and (it // cfg.run.validate_every) % max(cfg.validation.figure_every, 1) == 0:
+            fig = self.out_dir / f"samples_{it:07d}.png"
+        metrics = self.task.validate(self.eval_model, self.val_ds, cfg, self.device, figure=fig)
+        engine.state.metrics = dict(metrics)
+        engine.fire_event(TrainEvents.VALIDATION_COMPLETED)
+        improved = self.best.improves(metrics[self.task.score_name])
+        if improved:
+            self.best.score, self.best.iteration = float(metrics[self.task.score_name]), it
+        return improved
+
+    def __call__(self, engine: Engine) -> None:
+        cfg, it = self.cfg, engine.state.iteration
+        stop = it >= self.total or (self.stop_iteration is not None and it >= self.stop_iteration)
+        improved = False
+        if it % cfg.run.validate_every == 0 or it >= self.total:
+            improved = self.validate(engine)
+        if improved or stop or it % cfg.run.checkpoint_every == 0:
+            self.checkpointer.save(it, numbered=stop or it % cfg.run.checkpoint_every == 0, is_best=improved)
+        if stop:
+            engine.terminate()
+
+
+def attach_logging(trainer: Engine, cfg, rank: int, out_dir: Path, optimizer, total: int):
+    """metrics.csv, TensorBoard (``run.tensorboard``: by default whenever it is installed), progress and
+    validation lines, on rank 0 (training/run_logs.py); returns the TensorBoard logger or None."""
+    if rank != 0:
+        return None
+    label = f"{cfg.name}_{cfg.train.stage}"
+    MetricsCSVHandler(out_dir / "metrics.csv", optimizer, cfg.run.log_every).attach(trainer)
+    tb = None
+    if cfg.run.tensorboard is not False:
+        tb = attach_tensorboard(trainer, out_dir / "tb", optimizer, cfg.run.log_every,
+                                quiet=cfg.run.tensorboard is None)
+    attach_progress(trainer, label, cfg.run.log_every, total)
+    trainer.add_event_handler(TrainEvents.VALIDATION_COMPLETED, print_validation(label))
+    return tb
+
+
+def resume(ckpt: dict, to_save: dict, cfg, out_dir: Path, best: BestState, trainer: Engine, data: TrainData,
+           rank: int) -> None:
+    """Load ``last.pt`` into the training objects and repair ``best.pt`` if a kill left it behind."""
+    restore(ckpt, to_save, cfg, out_dir / "last.pt", data.epoch_length, data.total)
+    if rank != 0:
+        return
+    if "best" not in ckpt:
+        print(f"{out_dir / 'last.pt'}: has no best-score record (older checkpoint): the next "
+              "validation replaces best.pt", flush=True)
+    else:
+        _reconcile_best(out_dir, best, trainer.state.iteration)
+    print(f"resumed {out_dir} at iteration {trainer.state.iteration}", flush=True)
+
+
+def train(local_rank: int, cfg, task, stop_iteration: int | None = None,
+          allow_config_change: bool = False) -> dict:
+    """Train ``task`` with config ``cfg``; returns the final validation metrics (on every rank).
+
+    A run directory with ``last.pt`` resumes from it when ``run.resume`` is on; a config that differs
+    from the checkpoint's is refused key by key unless ``allow_config_change``."""
+    rank, world = idist.get_rank(), idist.get_world_size()
+    device = idist.device()
+    torch.manual_seed(cfg.train.seed)
+    out_dir = resolve_out_dir(cfg)
+    ckpt, history = prepare_run_dir(cfg, task.kind, allow_config_change, rank)
+    idist.barrier()
+    data = setup_data(cfg, task, rank, world)
+    model, raw_model, optimizer, lr_scheduler = setup_model(cfg, task, data.train_ds, device, world,
+                                                            data.total)
+
+    trainer = Engine(TrainStep(cfg, task, model, optimizer, device, rank, world))
+    register_train_events(trainer)
     trainer.add_event_handler(Events.ITERATION_STARTED, lr_scheduler)
     trainer.add_event_handler(Events.ITERATION_COMPLETED, TerminateOnNan(lambda out: out["loss"]))
 
     @trainer.on(Events.EPOCH_STARTED)
     def _set_data_order(engine):
-        sampler.set_epoch(engine.state.epoch)
-        sampler.skip(engine.state.iteration - (engine.state.epoch - 1) * epoch_length)
+        data.sampler.set_epoch(engine.state.epoch)
+        data.sampler.skip(engine.state.iteration - (engine.state.epoch - 1) * data.epoch_length)
 
-    raw_model = model.module if hasattr(model, "module") else model
-    ema_model = None
     best = BestState(task.score_sign)
     to_save = {"model": raw_model, "optimizer": optimizer, "lr_scheduler": lr_scheduler, "trainer": trainer,
                "best": best}
-    if cfg.train.ema_decay is not None:
-        momentum = 1.0 - cfg.train.ema_decay
-        warm = cfg.train.ema_warmup
-        ema = EMAHandler(raw_model, momentum=momentum,
-                         momentum_warmup=min(0.5, 50 * momentum) if warm else None,
-                         warmup_iters=warm or None)
-        ema.attach(trainer, name="ema_momentum", event=Events.ITERATION_COMPLETED)
-        ema_model = ema.ema_model
-        to_save["ema_model"] = ema_model
-        to_save["ema_state"] = EMAState(ema)
-    to_save["run"] = RunState(cfg, task.kind, {"band_mean": cache.meta["band_mean"],
-                                               "band_std": cache.meta["band_std"],
+    ema_model = attach_ema(trainer, raw_model, cfg, to_save)
+    meta = data.cache.meta
+    to_save["run"] = RunState(cfg, task.kind, {"band_mean": meta["band_mean"], "band_std": meta["band_std"],
                                                "resolution": task.resolution, "stage": cfg.train.stage,
-                                               "survey_version": cache.meta.get("survey_version", "")},
-                              history)
+                                               "survey_version": meta.get("survey_version", "")}, history)
     eval_model = ema_model if ema_model is not None else raw_model
-    csv_log = CSVLogger(out_dir / "metrics.csv") if rank == 0 else None
-    state = {"metrics": {}}
-
-    def _save(it: int, numbered: bool, is_best: bool) -> None:
-        """last.pt first, then its copies: best.pt is never ahead of the last.pt that records it."""
-        if rank != 0:
-            return
-        save_checkpoint({k: v.state_dict() for k, v in to_save.items()}, out_dir / "last.pt")
-        if numbered:
-            _atomic_copy(out_dir / "last.pt", out_dir / f"checkpoint_{it:07d}.pt")
-            prune_checkpoints(out_dir, cfg.run.n_saved)
-        if is_best:
-            _atomic_copy(out_dir / "last.pt", out_dir / "best.pt")
-
-    def _validate(engine) -> bool:
-        it = engine.state.iteration
-        fig = None
-        if rank == 0 and (it // cfg.run.validate_every) % max(cfg.validation.figure_every, 1) == 0:
-            fig = out_dir / f"samples_{it:07d}.png"
-        metrics = task.validate(eval_model, val_ds, cfg, device, figure=fig)
-        state["metrics"] = metrics
-        if rank == 0:
-            csv_log.log({"iteration": it, **{f"val_{k}": v for k, v in metrics.items()}})
-            print(f"[{cfg.name}_{cfg.train.stage}] iteration {it}: "
-                  + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)
-        improved = best.improves(metrics[task.score_name])
-        if improved:
-            best.score, best.iteration = float(metrics[task.score_name]), it
-        return improved
-
     # logging first: the rows of iteration k are in metrics.csv before the checkpoint of iteration k
-    _attach_logging(trainer, cfg, rank, out_dir, csv_log, optimizer, total)
-
-    @trainer.on(Events.ITERATION_COMPLETED)
-    def _validate_checkpoint_stop(engine):
-        it = engine.state.iteration
-        stop = it >= total or (stop_iteration is not None and it >= stop_iteration)
-        improved = False
-        if it % cfg.run.validate_every == 0 or it >= total:
-            improved = _validate(engine)
-        if improved or stop or it % cfg.run.checkpoint_every == 0:
-            _save(it, numbered=stop or it % cfg.run.checkpoint_every == 0, is_best=improved)
-        if stop:
-            engine.terminate()
-
+    tb = attach_logging(trainer, cfg, rank, out_dir, optimizer, data.total)
+    checkpointer = Checkpointer(to_save, out_dir, cfg.run.n_saved, rank)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, ValidateCheckpointStop(
+        cfg, task, eval_model, data.val_ds, device, best, checkpointer, out_dir, rank, data.total,
+        stop_iteration))
     if ckpt is not None:
-        restore(ckpt, to_save, cfg, out_dir / "last.pt", epoch_length, total)
-        if rank == 0:
-            if "best" not in ckpt:
-                print(f"{out_dir / 'last.pt'}: has no best-score record (older checkpoint): the next "
-                      "validation replaces best.pt", flush=True)
-            else:
-                _reconcile_best(out_dir, best, trainer.state.iteration)
-            print(f"resumed {out_dir} at iteration {trainer.state.iteration}", flush=True)
-    if trainer.state.iteration >= total:
-        if rank == 0:
-            print(f"{out_dir}: already trained to iteration {trainer.state.iteration} (>= {total})")
-        metrics = task.validate(eval_model, val_ds, cfg, device, figure=None)
-    else:
-        trainer.run(loader, max_epochs=max_epochs, epoch_length=epoch_length)
-        metrics = dict(state["metrics"])
+        resume(ckpt, to_save, cfg, out_dir, best, trainer, data, rank)
+    try:
+        if trainer.state.iteration >= data.total:
+            if rank == 0:
+                print(f"{out_dir}: already trained to iteration {trainer.state.iteration} (>= {data.total})")
+            metrics = task.validate(eval_model, data.val_ds, cfg, device, figure=None)
+        else:
+            trainer.run(data.loader, max_epochs=data.max_epochs, epoch_length=data.epoch_length)
+            metrics = dict(trainer.state.metrics)
+    finally:
+        if tb is not None:
+            tb.close()
+    _finish(raw_model, world, rank, out_dir, trainer.state.iteration, metrics)
+    return metrics
+
+
+def _finish(raw_model, world: int, rank: int, out_dir: Path, iteration: int, metrics: dict) -> None:
     if world > 1:  # end with rank 0's BatchNorm statistics everywhere (what its checkpoint holds)
         for buf in raw_model.buffers():
             buf.copy_(idist.broadcast(buf, src=0))
@@ -483,43 +517,4 @@ def train(local_rank: int, cfg, task, stop_iteration: int | None = None,
         torch.save(raw_model.state_dict(), dump.format(rank=rank))
     if rank == 0:
         _atomic_write_text(out_dir / "final_metrics.json",
-                           json.dumps({"iteration": trainer.state.iteration, **metrics}, indent=1))
-    return metrics
-
-
-def _attach_logging(trainer, cfg, rank: int, out_dir: Path, csv_log, optimizer, total: int) -> None:
-    """Training rows in metrics.csv (and TensorBoard if asked), and a progress bar or log lines (rank 0)."""
-    if rank != 0:
-        return
-    tb = None
-    if cfg.run.tensorboard:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            tb = SummaryWriter(str(out_dir / "tb"))
-            trainer.add_event_handler(Events.COMPLETED, lambda _: tb.close())
-        except ImportError:
-            print("tensorboard is not installed: metrics go to metrics.csv only")
-    timer = {"t": time.perf_counter(), "n": 0}
-
-    @trainer.on(Events.ITERATION_COMPLETED)
-    def _log(engine):
-        timer["n"] += engine.state.output["batch_size"]
-        if engine.state.iteration % cfg.run.log_every == 0:
-            dt = time.perf_counter() - timer["t"]
-            row = {"iteration": engine.state.iteration, "epoch": engine.state.epoch,
-                   "loss": engine.state.output["loss"], "lr": optimizer.param_groups[0]["lr"],
-                   "samples_per_s": timer["n"] / max(dt, 1e-9)}
-            csv_log.log(row)
-            if tb:
-                for k, v in row.items():
-                    tb.add_scalar(f"train/{k}", v, engine.state.iteration)
-            timer.update(t=time.perf_counter(), n=0)
-
-    if sys.stderr.isatty():
-        ProgressBar(persist=False, desc=f"{cfg.name}_{cfg.train.stage}").attach(
-            trainer, output_transform=lambda out: {"loss": out["loss"]})
-    else:  # logs and CI: one line per log interval instead of a redrawn bar
-        @trainer.on(Events.ITERATION_COMPLETED(every=cfg.run.log_every))
-        def _print(engine):
-            print(f"[{cfg.name}_{cfg.train.stage}] iteration {engine.state.iteration}/{total} "
-                  f"loss {engine.state.output['loss']:.4g}", flush=True)
+                           json.dumps({"iteration": iteration, **metrics}, indent=1))

@@ -153,7 +153,9 @@ class RunConfig:
     validate_every: int = 1000        # iterations (and at the end)
     log_every: int = 50
     n_saved: int = 2
-    tensorboard: bool = False         # CSV metrics are always written; TensorBoard if installed and set
+    # metrics.csv is always written; TensorBoard logs go to <out_dir>/tb: null (default) = whenever
+    # tensorboard is installed, true = asked for (a note if it is not installed), false = never
+    tensorboard: bool | None = None
     resume: bool = True               # continue from the last checkpoint in out_dir if there is one
 
     def check(self, where):

@@ -4,7 +4,8 @@ File layout (``write_spectra_fits``)::
 
     HDU0 PRIMARY     provenance scalars as ``HIERARCH GALSPEC <KEY>`` cards (for a quick look with fitsheader)
     HDU1 SPECTRA     BinTable, one row per galaxy: the per-galaxy columns (id, ra, dec, z, ...) and one
-                     vector column of length L per spectrum (flux_pred, flux_obs, ivar_obs, ...); TUNITn set
+                     vector column of length L per spectrum (flux_pred, flux_pred_std, flux_obs, ivar_obs,
+                     ...); TUNITn set
     HDU2 WAVELENGTH  float64 (L,) image, BUNIT = 'Angstrom' (the common grid of every vector column)
 
 The full provenance dict is also stored as JSON in the primary header keyword ``PROVJSON`` (a FITS long
@@ -203,15 +204,17 @@ def read_spectra_fits(path: str | os.PathLike) -> dict:
             "cubes": cubes}
 
 
-def to_specutils(path: str | os.PathLike, column: str = "flux_pred", ivar_column: str | None = None):
+def to_specutils(path: str | os.PathLike, column: str = "flux_pred", ivar_column: str | None = None,
+                 std_column: str | None = None):
     """The ``column`` spectra of a results file as one specutils ``Spectrum`` (N spectra, shared axis).
 
     Requires specutils (optional dependency; ImportError otherwise). ``ivar_column`` (e.g. "ivar_obs") becomes
-    the InverseVariance uncertainty.
+    the InverseVariance uncertainty, or ``std_column`` (e.g. "flux_pred_std") a StdDevUncertainty.
+    ``Spectrum.read(path, format="galspec-results")`` (utils/results_specutils.py) picks them itself.
     """
     try:
         import specutils
-        from astropy.nddata import InverseVariance
+        from astropy.nddata import InverseVariance, StdDevUncertainty
     except ImportError as e:
         raise ImportError("to_specutils needs specutils (pip install specutils)") from e
     cls = getattr(specutils, "Spectrum", None) or specutils.Spectrum1D
@@ -222,6 +225,8 @@ def to_specutils(path: str | os.PathLike, column: str = "flux_pred", ivar_column
     unc = None
     if ivar_column:
         unc = InverseVariance(r["spectra"][ivar_column] * unit**-2)
+    elif std_column:
+        unc = StdDevUncertainty(r["spectra"][std_column] * unit)
     return cls(flux=r["spectra"][column] * unit, spectral_axis=r["wave"] * u.AA, uncertainty=unc)
 
 

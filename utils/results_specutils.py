@@ -19,8 +19,14 @@ Table (row i <-> flux[i]). ``SpectrumList.read`` returns N one-dimensional spect
 ``ivar_column``
     the inverse-variance column that becomes an ``InverseVariance`` uncertainty; default: ``ivar_<X>`` for
     ``flux_<X>`` when the file has it (so ``flux_obs`` comes with ``ivar_obs``); ``""`` for none.
+``std_column``
+    the standard-deviation column that becomes a ``StdDevUncertainty`` when there is no inverse variance;
+    default: ``<column>_std`` when the file has it (so ``flux_pred`` comes with ``flux_pred_std``, the
+    per-pixel spread of the M full-res candidates, generation/run.py); ``""`` for none. An all-NaN
+    column (M = 1: no spread to measure) gives no uncertainty.
 
-Every ``Spectrum`` also carries ``meta["header"]`` (the file's provenance dict) and ``meta["column"]``. The
+Every ``Spectrum`` also carries ``meta["header"]`` (the file's provenance dict), ``meta["column"]`` and the
+uncertainty's source (``meta["ivar_column"]`` or ``meta["std_column"]``, else None). The
 file is recognised without ``format=`` too (primary ORIGIN = 'galspec' with SPECTRA and WAVELENGTH HDUs).
 
 Why registration waits for specutils: importing specutils takes ~3 s (gwcs, asdf, ndcube), which the
@@ -59,9 +65,35 @@ def _identify(origin, *args, **kwargs) -> bool:
             hdul.close()
 
 
-def _load(file_obj, column: str, ivar_column: str | None):
-    """(flux Quantity, spectral axis Quantity, InverseVariance or None, meta, per-galaxy Table)."""
-    from astropy.nddata import InverseVariance
+def _uncertainty(r: dict, file_obj, column: str, ivar_column: str | None, std_column: str | None):
+    """The uncertainty of a SPECTRA column: (InverseVariance / StdDevUncertainty / None, ivar column name or
+    None, std column name or None)."""
+    from astropy.nddata import InverseVariance, StdDevUncertainty
+
+    from utils.results_fits import ResultsFileError
+
+    spectra, unit = r["spectra"], u.Unit(r["units"].get(column) or "")
+    if ivar_column is None:
+        guess = "ivar_" + column[len("flux_"):] if column.startswith("flux_") else None
+        ivar_column = guess if guess in spectra and not std_column else ""
+    if std_column is None:
+        std_column = f"{column}_std" if f"{column}_std" in spectra and not ivar_column else ""
+    for name in (ivar_column, std_column):
+        if name and name not in spectra:
+            raise ResultsFileError(f"{file_obj}: {'ivar' if name == ivar_column else 'std'}_column: {name!r} "
+                                   f"is not a spectrum column on the grid of {column!r}")
+    if ivar_column and std_column:
+        raise ResultsFileError(f"{file_obj}: ivar_column {ivar_column!r} and std_column {std_column!r}: "
+                               "give one uncertainty, not two")
+    if ivar_column:
+        return InverseVariance(spectra[ivar_column] * unit**-2), ivar_column, None
+    if std_column and np.isfinite(spectra[std_column]).any():
+        return StdDevUncertainty(spectra[std_column] * unit), None, std_column
+    return None, None, None
+
+
+def _load(file_obj, column: str, ivar_column: str | None, std_column: str | None = None):
+    """(flux Quantity, spectral axis Quantity, uncertainty or None, meta, per-galaxy Table)."""
     from astropy.table import Table
 
     from utils.results_fits import ResultsFileError, read_spectra_fits
@@ -75,47 +107,45 @@ def _load(file_obj, column: str, ivar_column: str | None):
         file_obj = name
     r = read_spectra_fits(file_obj)
     units = r["units"]
+    unc, ivar_used, std_used = None, None, None
     if column in r["spectra"]:
         flux = r["spectra"][column] * u.Unit(units.get(column) or "")
         wave = r["wave"]
-        if ivar_column is None:
-            guess = "ivar_" + column[len("flux_"):] if column.startswith("flux_") else None
-            ivar_column = guess if guess in r["spectra"] else ""
+        unc, ivar_used, std_used = _uncertainty(r, file_obj, column, ivar_column, std_column)
     elif column in r["cubes"]:
         cube, wave = r["cubes"][column]
         flux = cube * u.Unit(units.get("flux_pred") or "")
-        ivar_column = ivar_column or ""
+        if ivar_column or std_column:
+            raise ResultsFileError(f"{file_obj}: {'ivar' if ivar_column else 'std'}_column: "
+                                   f"{ivar_column or std_column!r} is not a spectrum column on the grid of "
+                                   f"{column!r}")
     else:
         have = sorted(r["spectra"]) + sorted(r["cubes"])
         raise ResultsFileError(f"{file_obj}: column: {column!r} is not a spectrum column or cube "
                                f"(have {have})")
-    unc = None
-    if ivar_column:
-        if ivar_column not in r["spectra"] or column not in r["spectra"]:
-            raise ResultsFileError(f"{file_obj}: ivar_column: {ivar_column!r} is not a spectrum column "
-                                   f"on the grid of {column!r}")
-        unc = InverseVariance(r["spectra"][ivar_column] * flux.unit**-2)
     galaxies = Table({k: v for k, v in r["table"].items()})
     for k in galaxies.colnames:
         if units.get(k):
             galaxies[k].unit = units[k]
-    meta = {"header": r["header"], "column": column, "ivar_column": ivar_column or None}
+    meta = {"header": r["header"], "column": column, "ivar_column": ivar_used, "std_column": std_used}
     return flux, np.asarray(wave, dtype=np.float64) * u.AA, unc, meta, galaxies
 
 
-def read_results(file_obj, column: str = "flux_pred", ivar_column: str | None = None, **kwargs):
+def read_results(file_obj, column: str = "flux_pred", ivar_column: str | None = None,
+                 std_column: str | None = None, **kwargs):
     """All galaxies of a results file as one specutils ``Spectrum`` (flux (N, L) or (N, K, L_c))."""
     from specutils import Spectrum
 
-    flux, wave, unc, meta, galaxies = _load(file_obj, column, ivar_column)
+    flux, wave, unc, meta, galaxies = _load(file_obj, column, ivar_column, std_column)
     return Spectrum(flux=flux, spectral_axis=wave, uncertainty=unc, meta={**meta, "galaxies": galaxies})
 
 
-def read_results_list(file_obj, column: str = "flux_pred", ivar_column: str | None = None, **kwargs):
+def read_results_list(file_obj, column: str = "flux_pred", ivar_column: str | None = None,
+                      std_column: str | None = None, **kwargs):
     """One specutils ``Spectrum`` per galaxy (row of SPECTRA), in file order, as a ``SpectrumList``."""
     from specutils import Spectrum, SpectrumList
 
-    flux, wave, unc, meta, galaxies = _load(file_obj, column, ivar_column)
+    flux, wave, unc, meta, galaxies = _load(file_obj, column, ivar_column, std_column)
     out = SpectrumList()
     for i in range(flux.shape[0]):
         row = {k: galaxies[k][i] for k in galaxies.colnames}
