@@ -67,7 +67,8 @@ def resolve_checkpoints(spec: str) -> dict[str, str]:
     if not root.is_dir():
         raise ConfigError(f"--checkpoints: {spec!r} is neither 'reference' nor a directory")
     out = {}
-    for role in ("diffusion_lr", "diffusion_sr", "contrastive_lr", "contrastive_sr"):
+    from generation.chain import ROLES
+    for role in ROLES:
         for cand in (root / f"{role}.pt", root / role / "best.pt"):
             if cand.is_file():
                 out[role] = str(cand)

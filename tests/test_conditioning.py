@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from datasets.photometry import N_FEATURES, image_features
+from datasets.photometry import N_FEATURES, image_features, measure_photometry, photometric_features
 from models.conditioning import PhotometryEncoder, set_photometry_statistics
 from models.contrastive import ContrastiveModel
 from models.unet1d import ConditionalDenoiser
@@ -30,8 +30,7 @@ def test_image_features_shape_finite_and_flux_dependent():
     f = image_features(img)
     assert f.shape == (3, N_FEATURES) and f.dtype == np.float32 and np.isfinite(f).all()
     # r-band magnitude in the 4" aperture: 2.5 mag fainter (10x flux), colours unchanged
-    names = __import__("datasets.photometry", fromlist=["x"]).photometric_features(
-        __import__("datasets.photometry", fromlist=["x"]).measure_photometry(img))[1]
+    names = photometric_features(measure_photometry(img))[1]
     k = names.index("mag_r_r4")
     assert f[2, k] - f[1, k] == pytest.approx(2.5, abs=0.05)
     c = names.index("g-r_r4")

@@ -41,11 +41,6 @@ def init_image_encoder(model, path) -> None:
                               f"({str(e).splitlines()[0][:100]})") from None
 
 
-def _photometry(batch, device=None):
-    p = batch.get("photometry")
-    return None if p is None or device is None else p.to(device)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # contrastive
 # ----------------------------------------------------------------------------------------------------------
@@ -57,7 +52,8 @@ def embed_dataset(model: ContrastiveModel, ds: GalaxyDataset, rows: np.ndarray, 
     zi, zs = [], []
     for s in range(0, len(rows), batch):
         b = ds[rows[s:s + batch]]
-        zi.append(model.encode_image(_eval_images(b["image"]).to(device), _photometry(b, device)).float().cpu())
+        phot = b["photometry"].to(device) if "photometry" in b else None
+        zi.append(model.encode_image(_eval_images(b["image"]).to(device), phot).float().cpu())
         zs.append(model.encode_spectrum(b["spectrum"].to(device)).float().cpu())
     return torch.cat(zi), torch.cat(zs)
 
