@@ -99,8 +99,10 @@ def cnn_predict(path, survey_path, rows: np.ndarray, device="cpu", batch: int = 
     """
     lm = load_model(path, "baseline", device=device)
     imgs = _raw_images(survey_path, rows)
+    phot = getattr(lm.model, "photometry", None) is not None
     parts = [
-        lm.model.predict(_standardised(imgs[s : s + batch], lm.band_mean, lm.band_std).to(device))
+        lm.model.predict(_standardised(imgs[s : s + batch], lm.band_mean, lm.band_std).to(device),
+                         torch.from_numpy(image_features(imgs[s : s + batch])).to(device) if phot else None)
         for s in range(0, len(rows), batch)
     ]
     out = {k: np.concatenate([p[k] for p in parts]).astype(np.float64) for k in parts[0]}

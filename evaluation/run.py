@@ -306,6 +306,12 @@ def load_eval_data(results, survey=None) -> EvalData:
         "observed": res["spectra"]["flux_obs"][ok].astype(np.float64),
     }
     ivar_obs = res["spectra"]["ivar_obs"][ok].astype(np.float64) if "ivar_obs" in res["spectra"] else None
+    zp = res["header"].get("z_prior", "none")
+    if zp not in (None, "none"):
+        w = ((res["header"].get("config") or {}).get("generate") or {}).get("z_prior_width")
+        notes.append(f"generated with generate.z_prior={zp} (width {w}): candidates whose own redshift "
+                     "disagrees with the CNN's photo-z were ranked last, so the predicted column's z is not "
+                     "independent of the CNN's")
     if ivar_obs is None:
         notes.append("ivar_obs missing: chi2/N not computed, observed spectra measured without weights")
     if inp["has_model"]:

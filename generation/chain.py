@@ -5,6 +5,13 @@
 3. M super-resolved samples spread over the k kept candidates (sample m refines kept candidate m mod k);
 4. rank those with the full-res contrastive network: the top one is the prediction.
 
+Optional, not in the paper (``generate.z_prior: baseline``): a redshift-consistent selection. The supervised
+image network of ``generate.checkpoints.baseline`` predicts a photometric redshift z_p from the same image;
+in steps 2 and 4 every candidate's own redshift is fitted (``analysis.fit_redshifts``), and candidates with
+|z - z_p| / (1 + z_p) <= ``generate.z_prior_width`` are ranked first (by their contrastive score), the
+others after them (nearest z first). The spectra are still the diffusion model's; the prior only chooses
+among them, so the chain's redshift is no longer independent of the image's photo-z (docs/MODELS.md).
+
 Every model's image encoder runs ONCE per galaxy; the cross-attention context is reused across all
 sampling steps and all candidates, and all candidates of a batch of galaxies go through each network
 together. Randomness is per galaxy (seeded by the run seed and the galaxy's id: ``diffusion.sampling``),
@@ -19,7 +26,7 @@ import torch
 
 from datasets.galaxy import ImageAugment
 from datasets.photometry import image_features
-from datasets.preprocess import N_FULLRES, N_LOWRES, to_linear
+from datasets.preprocess import FULLRES_WAVE, LOWRES_WAVE, N_FULLRES, N_LOWRES, SMOOTH_SIGMA, to_linear
 from diffusion.sampling import galaxy_seed, item_seeds, sample_conditional
 from models.contrastive import score_candidates
 from models.loading import LoadedModel, load_model
@@ -29,6 +36,35 @@ ROLES = {  # role -> (kind, stage)
     "diffusion_lr": ("diffusion", "lr"), "diffusion_sr": ("diffusion", "sr"),
     "contrastive_lr": ("contrastive", "lr"), "contrastive_sr": ("contrastive", "sr"),
 }
+
+
+#: roles loaded only for an option: ``generate.z_prior: baseline`` needs the supervised CNN
+OPTIONAL_ROLES = {"baseline": ("baseline", None)}
+#: Gaussian sigma (Angstrom) of the smoothing of a low-res candidate as the redshift fitter sees it: the
+#: preprocessing's 2 A plus linear interpolation between the 8 A samples (~ 8 / sqrt(6) A)
+LOWRES_SIGMA = float(np.hypot(SMOOTH_SIGMA, (LOWRES_WAVE[1] - LOWRES_WAVE[0]) / np.sqrt(6.0)))
+
+
+def candidate_redshifts(flux: torch.Tensor, preprocessing: str, wave: np.ndarray, sigma: float) -> np.ndarray:
+    """Redshift of every candidate spectrum (..., L) in model space -> (...) numpy (NaN where none fits)."""
+    from analysis import fit_redshifts
+
+    lin = to_linear(flux, preprocessing).float().cpu().numpy()
+    res = fit_redshifts(wave, lin.reshape(-1, lin.shape[-1]).astype(np.float64), None, extra_sigma=sigma)
+    return np.array([r.z for r in res], dtype=np.float64).reshape(lin.shape[:-1])
+
+
+def prior_rank_key(scores: torch.Tensor, z_cand: np.ndarray, z_prior: np.ndarray, width: float) -> torch.Tensor:
+    """Ranking key of the redshift-consistent selection: candidates with |z - z_p| / (1 + z_p) <= ``width``
+    keep their contrastive score (in [-1, 1]); the others rank after every consistent one, nearest first.
+
+    scores (B, K), z_cand (B, K), z_prior (B,) -> (B, K) float32; higher is better. A candidate without a
+    redshift (NaN) is last; a galaxy without a prior (NaN) keeps its plain scores."""
+    dz = np.abs(z_cand - z_prior[:, None]) / (1.0 + z_prior[:, None])
+    dz = np.where(np.isnan(z_cand), np.inf, dz)
+    ok = (dz <= width) | np.isnan(z_prior)[:, None]
+    key = np.where(ok, scores.float().cpu().numpy(), -10.0 - np.minimum(dz, 1e6))
+    return torch.from_numpy(key.astype(np.float32)).to(scores.device)
 
 
 class GenerationError(ValueError):
@@ -73,6 +109,9 @@ class GenerationChain:
         self.augment = ImageAugment()
         # photometric features (model.photometry): measured on the original cutouts, once per galaxy
         self.photometry = any(getattr(m.model, "photometry", None) is not None for m in models.values())
+        self.z_prior = getattr(gen_cfg, "z_prior", None)
+        if self.z_prior and "baseline" not in models:
+            raise GenerationError(f"generate.z_prior: {self.z_prior!r} needs generate.checkpoints.baseline")
 
     def prepare_images(self, images_nmgy: torch.Tensor) -> torch.Tensor:
         """Nanomaggies -> standardised with the training band statistics -> evaluation crop."""
@@ -102,7 +141,9 @@ class GenerationChain:
 
         ``lowres_candidates`` (B, N, 563), ``lowres_scores`` (B, N), ``kept`` (B, k) candidate indices,
         ``fullres_candidates`` (B, M, 4500), ``fullres_parent`` (M,) kept-slot of each full-res sample,
-        ``fullres_scores`` (B, M), ``top`` (B,) index of the winner, ``flux_pred`` (B, 4500).
+        ``fullres_scores`` (B, M), ``top`` (B,) index of the winner, ``flux_pred`` (B, 4500); with
+        ``generate.z_prior`` also ``z_prior`` (B,), ``lowres_z`` (B, N) and ``fullres_z`` (B, M), the
+        candidates' fitted redshifts.
         """
         g = self.g
         b = images_nmgy.shape[0]
@@ -113,15 +154,28 @@ class GenerationChain:
         gseeds = [galaxy_seed(g.seed, int(i)) for i in ids]
         lr = self._sample("diffusion_lr", images, item_seeds(gseeds, N), photometry=phot)
         lr_scores = self._rank("contrastive_lr", images, lr, N, phot)                    # (B, N)
-        kept = lr_scores.topk(k, dim=1).indices                                     # (B, k)
+        extra = {}
+        lr_key = lr_scores
+        if self.z_prior:
+            with autocast_context(self.device, self.amp):
+                zp = self.m["baseline"].model.predict(images, phot)["z"].astype(np.float64)
+            zl = candidate_redshifts(lr.reshape(b, N, -1), self.preprocessing, LOWRES_WAVE, LOWRES_SIGMA)
+            lr_key = prior_rank_key(lr_scores, zl, zp, self.g.z_prior_width)
+            extra = {"z_prior": zp, "lowres_z": zl}
+        kept = lr_key.topk(k, dim=1).indices                                        # (B, k)
         parent = torch.arange(M) % k                                                # (M,)
         chosen = torch.gather(lr.reshape(b, N, -1), 1,
                               kept[:, parent].unsqueeze(-1).expand(b, M, N_LOWRES))  # (B, M, 563)
         sr = self._sample("diffusion_sr", images, item_seeds(gseeds, M, offset=1000),
                           lowres=chosen.reshape(b * M, N_LOWRES), photometry=phot)
         sr_scores = self._rank("contrastive_sr", images, sr, M, phot)                    # (B, M)
-        top = sr_scores.argmax(dim=1)
         sr = sr.reshape(b, M, N_FULLRES)
+        sr_key = sr_scores
+        if self.z_prior:
+            zs = candidate_redshifts(sr, self.preprocessing, FULLRES_WAVE, SMOOTH_SIGMA)
+            sr_key = prior_rank_key(sr_scores, zs, extra["z_prior"], self.g.z_prior_width)
+            extra["fullres_z"] = zs
+        top = sr_key.argmax(dim=1)
         pre = self.preprocessing
         return {
             "lowres_candidates": to_linear(lr.reshape(b, N, N_LOWRES), pre).cpu().numpy(),
@@ -130,11 +184,17 @@ class GenerationChain:
             "fullres_parent": np.broadcast_to(parent.numpy(), (b, M)).copy(),
             "fullres_scores": sr_scores.cpu().numpy(), "top": top.cpu().numpy(),
             "flux_pred": to_linear(sr[torch.arange(b), top], pre).cpu().numpy(),
+            **extra,
         }
 
 
+def chain_roles(gen_cfg) -> dict[str, tuple[str, str | None]]:
+    """The roles this run loads: the four of the paper, + ``baseline`` with ``generate.z_prior``."""
+    return {**ROLES, **(OPTIONAL_ROLES if getattr(gen_cfg, "z_prior", None) else {})}
+
+
 def load_chain(gen_cfg, device, amp="auto") -> GenerationChain:
-    """Load the four checkpoints named in ``generate.checkpoints`` and check that they fit together."""
+    """Load the checkpoints named in ``generate.checkpoints`` and check that they fit together."""
     models = {role: load_model(gen_cfg.checkpoints[role], kind, stage, device, given_as=role)
-              for role, (kind, stage) in ROLES.items()}
+              for role, (kind, stage) in chain_roles(gen_cfg).items()}
     return GenerationChain(models, gen_cfg, device, amp)

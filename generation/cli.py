@@ -67,14 +67,15 @@ def resolve_checkpoints(spec: str) -> dict[str, str]:
     if not root.is_dir():
         raise ConfigError(f"--checkpoints: {spec!r} is neither 'reference' nor a directory")
     out = {}
-    from generation.chain import ROLES
-    for role in ROLES:
+    from generation.chain import OPTIONAL_ROLES, ROLES
+    for role in (*ROLES, *OPTIONAL_ROLES):
         for cand in (root / f"{role}.pt", root / role / "best.pt"):
             if cand.is_file():
                 out[role] = str(cand)
                 break
         else:
-            raise ConfigError(f"--checkpoints: {root}: no {role}.pt or {role}/best.pt")
+            if role in ROLES:
+                raise ConfigError(f"--checkpoints: {root}: no {role}.pt or {role}/best.pt")
     return out
 
 
@@ -83,6 +84,9 @@ def preflight(cfg, args) -> None:
     g = cfg.generate
     if args.checkpoints:
         g.checkpoints = resolve_checkpoints(args.checkpoints)
+        if g.z_prior and "baseline" not in g.checkpoints:
+            raise ConfigError(f"--checkpoints: {args.checkpoints}: no baseline.pt or baseline/best.pt, which "
+                              f"generate.z_prior: {g.z_prior} needs")
     if args.nproc < 1:
         raise ConfigError(f"--nproc: {args.nproc} must be >= 1")
     out = check_output_path(g.output, args.overwrite, "generate.output")

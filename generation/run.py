@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from datasets.preprocess import FULLRES_WAVE, LOWRES_WAVE, N_FULLRES, N_LOWRES, preprocess_spectra
 from datasets.schema import IMAGE_SIZE, N_BANDS, SPLIT_CODES, catalog_fingerprint
-from generation.chain import GenerationChain, GenerationError, load_chain
+from generation.chain import GenerationChain, GenerationError, chain_roles, load_chain
 from utils.config import to_dict
 
 STATUS_OK = "ok"
@@ -168,6 +168,9 @@ def process_chunk(chain: GenerationChain, src: ImageSource, sel: slice, batch: i
            "fullres_parent": np.full((n, g.n_fullres), -1, np.int16),
            "fullres_scores": np.full((n, g.n_fullres), np.nan, np.float32),
            "top": np.full(n, -1, np.int16), "flux_pred": np.full((n, N_FULLRES), np.nan, np.float32)}
+    if chain.z_prior:
+        out.update(z_prior=np.full(n, np.nan), lowres_z=np.full((n, g.n_lowres), np.nan),
+                   fullres_z=np.full((n, g.n_fullres), np.nan))
     good = np.flatnonzero(finite)
     for s in range(0, good.size, batch):
         idx = good[s:s + batch]
@@ -249,7 +252,7 @@ def generate(gen_cfg, cfg_dict: dict, input_path, device=None, amp: str = "auto"
     output = Path(gen_cfg.output)
     parts = output.with_name(output.name + ".parts")
     n_chunks = -(-len(src) // gen_cfg.chunk_galaxies)
-    sha = checkpoint_fingerprints(gen_cfg.checkpoints)
+    sha = checkpoint_fingerprints({r: gen_cfg.checkpoints[r] for r in chain_roles(gen_cfg)})
     manifest = {"input": str(Path(input_path).resolve()), "input_catalog_sha256": src.fingerprint,
                 "n_galaxies": len(src), "chunk_galaxies": gen_cfg.chunk_galaxies,
                 "checkpoint_sha256": sha, "generate": to_dict(gen_cfg)}
@@ -288,14 +291,16 @@ def generate(gen_cfg, cfg_dict: dict, input_path, device=None, amp: str = "auto"
     top = np.maximum(merged["top"], 0)[:, None].astype(int)
     table["score_top"] = np.take_along_axis(scores, top, 1)[:, 0]
     table["top"] = merged.pop("top")
-    for k in ("lowres_scores", "kept", "fullres_scores", "fullres_parent"):
-        table[k] = merged.pop(k)
+    for k in ("lowres_scores", "kept", "fullres_scores", "fullres_parent", "z_prior", "lowres_z", "fullres_z"):
+        if k in merged:
+            table[k] = merged.pop(k)
     spectra = {"flux_pred": merged.pop("flux_pred"),
                "flux_pred_std": candidate_std(merged["fullres_candidates"])}
     for k in ("flux_obs", "ivar_obs"):
         if k in merged:
             spectra[k] = merged.pop(k)
-    header = {"checkpoints": dict(gen_cfg.checkpoints), "sampler": gen_cfg.sampler, "steps": gen_cfg.steps,
+    header = {"checkpoints": {r: gen_cfg.checkpoints[r] for r in chain_roles(gen_cfg)},
+              "z_prior": gen_cfg.z_prior or "none", "sampler": gen_cfg.sampler, "steps": gen_cfg.steps,
               "seed": gen_cfg.seed, "n_lowres": gen_cfg.n_lowres, "keep_lowres": gen_cfg.keep_lowres,
               "n_fullres": gen_cfg.n_fullres, "input": str(input_path), "split": gen_cfg.split,
               "checkpoint_sha256": sha, "input_catalog_sha256": src.fingerprint,

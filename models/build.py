@@ -44,7 +44,8 @@ def build_diffusion(model_cfg) -> GaussianDiffusion:
 def build_baseline(model_cfg) -> BaselineNet:
     """The supervised CNN of a ``BaselineModelConfig`` (target statistics at their defaults: the training
     task or a checkpoint sets them)."""
-    return BaselineNet(model_cfg.image_encoder, model_cfg.image_width)
+    return BaselineNet(model_cfg.image_encoder, model_cfg.image_width,
+                       photometry_features=N_FEATURES if getattr(model_cfg, "photometry", False) else 0)
 
 
 BUILDERS = {  # run kind -> builder of (model config, stage)

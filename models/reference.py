@@ -78,8 +78,9 @@ def reference_path(role: str, root: Path = REFERENCE_DIR, verify: bool = True) -
 
 
 def reference_checkpoints(root: Path = REFERENCE_DIR) -> dict[str, str]:
-    """The chain's four roles -> verified reference checkpoint paths (``generate.checkpoints``)."""
-    return {role: reference_path(role, root) for role in ROLES if role != "baseline"}
+    """The chain's roles (the four networks and the CNN of ``generate.z_prior``) -> verified reference
+    checkpoint paths (``generate.checkpoints``)."""
+    return {role: reference_path(role, root) for role in ROLES}
 
 
 def slim_state(state: dict) -> dict:
@@ -100,14 +101,26 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def export(runs: Path, out: Path, extra: dict | None = None) -> dict:
-    """Slim each role's best checkpoint under ``runs/<role>/best.pt`` into ``out`` and write the manifest."""
+def export(runs: Path, out: Path, extra: dict | None = None, roles=None) -> dict:
+    """Slim each role's best checkpoint under ``runs/<role>/best.pt`` into ``out`` and write the manifest.
+
+    ``roles``: re-export only these (e.g. one retrained network); the other entries of the existing
+    manifest are kept as they are. Every file entry records the commit it was exported at."""
     from models.checkpoint import load_checkpoint, save_checkpoint
 
     runs, out = Path(runs), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    files = {}
+    files, old = {}, {}
+    if roles is not None:
+        bad = sorted(set(roles) - set(ROLES))
+        if bad:
+            raise ReferenceError(f"--roles: {bad} not among {sorted(ROLES)}")
+        old = load_manifest(out)
+        files = {r: {"commit": old.get("commit"), **f} for r, f in old["files"].items() if r not in roles}
+    commit = _git_commit()
     for role, sub in ROLES.items():
+        if roles is not None and role not in roles:
+            continue
         src = runs / sub / "best.pt"
         ck = load_checkpoint(src)
         state = ck.get("ema_model") or ck["model"]
@@ -124,8 +137,10 @@ def export(runs: Path, out: Path, extra: dict | None = None) -> dict:
                        "iteration": int(ck.get("trainer", {}).get("iteration", 0)) if isinstance(
                            ck.get("trainer"), dict) else None,
                        "survey_version": ck["run"].get("survey_version"), "config": ck["run"]["config"],
-                       "validation": metrics, "training": timing}
-    manifest = {"format": 1, "commit": _git_commit(), "files": files, **(extra or {})}
+                       "validation": metrics, "training": timing, "commit": commit}
+    files = {r: files[r] for r in ROLES if r in files}
+    manifest = {**{k: v for k, v in old.items() if k != "files"}, "format": 1, "commit": commit,
+                "files": files, **(extra or {})}
     tmp = out / (MANIFEST + ".partial")
     tmp.write_text(json.dumps(manifest, indent=1, default=str))
     os.replace(tmp, out / MANIFEST)
@@ -139,13 +154,14 @@ def main(argv=None) -> int:
     e.add_argument("--runs", required=True, help="directory with <role>/best.pt for every role")
     e.add_argument("--out", default=str(REFERENCE_DIR))
     e.add_argument("--info", default=None, help="JSON file merged into the manifest (mock, timings)")
+    e.add_argument("--roles", nargs="+", default=None, help="re-export only these roles (default: all)")
     c = sub.add_parser("check", help="verify every reference file against the manifest")
     c.add_argument("--dir", default=str(REFERENCE_DIR))
     a = p.parse_args(argv)
     try:
         if a.cmd == "export":
             extra = json.loads(Path(a.info).read_text()) if a.info else None
-            m = export(Path(a.runs), Path(a.out), extra)
+            m = export(Path(a.runs), Path(a.out), extra, a.roles)
             total = sum(f["bytes"] for f in m["files"].values())
             print(f"wrote {a.out}/{MANIFEST}: {len(m['files'])} files, {total / 1e6:.1f} MB")
         else:

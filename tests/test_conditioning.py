@@ -121,7 +121,8 @@ def _fake_reference(tmp_path):
 def test_reference_loader_checks_files_against_the_manifest(tmp_path):
     from models.reference import ReferenceError, reference_checkpoints, reference_path
     root = _fake_reference(tmp_path)
-    assert set(reference_checkpoints(root)) == {"diffusion_lr", "diffusion_sr", "contrastive_lr", "contrastive_sr"}
+    assert set(reference_checkpoints(root)) == {"diffusion_lr", "diffusion_sr", "contrastive_lr", "contrastive_sr",
+                                                "baseline"}
     (root / "diffusion_sr.pt").write_bytes(b"damaged")
     with pytest.raises(ReferenceError, match=r"diffusion_sr\.pt: sha256: .* does not match"):
         reference_path("diffusion_sr", root)
@@ -131,6 +132,29 @@ def test_reference_loader_checks_files_against_the_manifest(tmp_path):
     (root / "manifest.json").unlink()
     with pytest.raises(ReferenceError, match=r"manifest\.json: file: missing"):
         reference_path("baseline", root)
+
+
+def test_export_of_one_role_keeps_the_other_entries(tmp_path):
+    from models.checkpoint import save_checkpoint
+    from models.reference import ReferenceError, export, load_manifest, reference_checkpoints
+    (tmp_path / "ref").mkdir()
+    root = _fake_reference(tmp_path / "ref")
+    before = load_manifest(root)["files"]
+    run = tmp_path / "runs" / "baseline"
+    run.mkdir(parents=True)
+    save_checkpoint({"run": {"format": 1, "config": {"name": "baseline"}, "survey_version": "mock-sdss/v2"},
+                     "model": {"w": torch.ones(5000)}}, run / "best.pt")
+    (run / "final_metrics.json").write_text(json.dumps({"z_sigma_nmad": 0.014}))
+    m = export(tmp_path / "runs", root, roles=["baseline"])
+    assert list(m["files"]) == ["diffusion_lr", "diffusion_sr", "contrastive_lr", "contrastive_sr", "baseline"]
+    for role in ("diffusion_lr", "diffusion_sr", "contrastive_lr", "contrastive_sr"):
+        assert m["files"][role]["sha256"] == before[role]["sha256"]
+    assert m["files"]["baseline"]["sha256"] != before["baseline"]["sha256"]
+    assert m["files"]["baseline"]["validation"] == {"z_sigma_nmad": 0.014} and m["files"]["baseline"]["commit"]
+    assert load_manifest(root) == json.loads(json.dumps(m))
+    reference_checkpoints(root)        # every file verifies against the rewritten manifest
+    with pytest.raises(ReferenceError, match=r"--roles: \['cnn'\] not among"):
+        export(tmp_path / "runs", root, roles=["cnn"])
 
 
 def test_slim_state_halves_only_large_float_tensors():

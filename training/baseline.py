@@ -22,6 +22,7 @@ from torch import nn
 from datasets.galaxy import ImageAugment
 from datasets.schema import SPLIT_CODES
 from models.build import build_baseline
+from training.tasks import init_photometry
 
 
 def _dn4000_from_spectra(f, z: np.ndarray, chunk: int = 1024) -> np.ndarray:
@@ -121,13 +122,16 @@ class BaselineTask:
         model.target_std.copy_(torch.nan_to_num(std, nan=1.0).clamp(min=1e-6))
         return model
 
+    def init_model(self, model, train_ds, cfg):
+        init_photometry(model, train_ds)
+
     def _targets(self, index: torch.Tensor, device) -> torch.Tensor:
         return self._y[index.cpu()].to(device)
 
     def loss(self, model, batch, generator):
         raw = model.module if hasattr(model, "module") else model
         y = self._targets(batch["index"], batch["image"].device)
-        return baseline_loss(model(batch["image"]), y, raw.target_mean, raw.target_std)
+        return baseline_loss(model(batch["image"], batch.get("photometry")), y, raw.target_mean, raw.target_std)
 
     @torch.no_grad()
     def validate(self, model, val_ds, cfg, device, figure=None):
@@ -138,7 +142,8 @@ class BaselineTask:
         outs, ys = [], []
         for s in range(0, len(rows), 128):
             b = val_ds[rows[s : s + 128]]
-            outs.append(model(ImageAugment()(b["image"], train=False).to(device)).float().cpu())
+            phot = b["photometry"].to(device) if "photometry" in b else None
+            outs.append(model(ImageAugment()(b["image"], train=False).to(device), phot).float().cpu())
             ys.append(self._targets(b["index"], "cpu"))
         out, y = torch.cat(outs), torch.cat(ys)
         loss = float(baseline_loss(out, y, model.target_mean.cpu(), model.target_std.cpu()))

@@ -192,7 +192,8 @@ class GenerateConfig:
     output: str = "outputs/generated.fits"
     checkpoints: dict[str, str] = field(default_factory=lambda: {
         "diffusion_lr": "runs/diffusion_lr/best.pt", "diffusion_sr": "runs/diffusion_sr/best.pt",
-        "contrastive_lr": "runs/contrastive_lr/best.pt", "contrastive_sr": "runs/contrastive_sr/best.pt"})
+        "contrastive_lr": "runs/contrastive_lr/best.pt", "contrastive_sr": "runs/contrastive_sr/best.pt",
+        "baseline": "runs/baseline/best.pt"})    # baseline: read only with z_prior
     n_lowres: int = 3                 # N
     keep_lowres: int = 2              # k
     n_fullres: int = 3                # M
@@ -203,6 +204,8 @@ class GenerateConfig:
     chunk_galaxies: int = 256         # streaming / resume granularity
     seed: int = 0
     figure: str | None = "figures/generated_examples.png"
+    z_prior: str | None = None        # "baseline": redshift-consistent selection (not the paper; generation/chain.py)
+    z_prior_width: float = 0.03       # |z_cand - z_prior| / (1 + z_prior) counted as consistent
 
     def check(self, where):
         for k in ("n_lowres", "keep_lowres", "n_fullres", "steps", "batch_galaxies", "chunk_galaxies"):
@@ -217,10 +220,15 @@ class GenerateConfig:
                               "['train', 'val', 'test', 'all']")
         if self.keep_lowres > self.n_lowres:
             raise ConfigError(f"{where}: generate.keep_lowres: {self.keep_lowres} > n_lowres={self.n_lowres}")
+        _choice(where, "generate.z_prior", self.z_prior, (None, "baseline"))
+        _positive(where, "generate.z_prior_width", self.z_prior_width)
         need = {"diffusion_lr", "diffusion_sr", "contrastive_lr", "contrastive_sr"}
-        if set(self.checkpoints) != need:
+        if not need <= set(self.checkpoints) <= need | {"baseline"}:
             raise ConfigError(f"{where}: generate.checkpoints: keys {sorted(self.checkpoints)}, "
-                              f"expected {sorted(need)}")
+                              f"expected {sorted(need)} (+ optional 'baseline')")
+        if self.z_prior == "baseline" and "baseline" not in self.checkpoints:
+            raise ConfigError(f"{where}: generate.checkpoints: no 'baseline' entry, which generate.z_prior: "
+                              "baseline needs")
 
 
 @dataclass
@@ -248,6 +256,7 @@ class GenerativeConfig:
 class BaselineModelConfig:
     image_encoder: str = "resnet18"   # image -> (z, Dn4000, sigma_v, AGN) CNN (training/baseline.py)
     image_width: int = 64             # used if models.resnet2d's constructor takes a width
+    photometry: bool = False          # also feed the cutout's aperture photometry (models/conditioning.py)
 
     def check(self, where):
         _choice(where, "model.image_encoder", self.image_encoder, ("resnet18", "resnet50"))

@@ -1,0 +1,94 @@
+"""generate.z_prior: the redshift-consistent selection (generation/chain.py) and the photometry-fed CNN."""
+import numpy as np
+import pytest
+import torch
+
+from datasets.preprocess import FULLRES_WAVE, LOWRES_WAVE, SMOOTH_SIGMA
+from generation.chain import LOWRES_SIGMA, candidate_redshifts, prior_rank_key
+from generation.cli import main as generate_main
+from tests.test_analysis import LITE, preprocess, spec
+from tests.test_generate import _gen_args, trained  # noqa: F401  (module fixture reused)
+from tests.test_training import _args
+from training.cli import main as train_main
+from utils.results_fits import read_spectra_fits
+
+
+def test_prior_rank_key_orders_consistent_first_then_nearest_redshift():
+    scores = torch.tensor([[0.9, 0.1, 0.5, 0.8, 0.7]])
+    z_cand = np.array([[0.30, 0.101, 0.11, np.nan, 0.16]])
+    key = prior_rank_key(scores, z_cand, np.array([0.10]), width=0.03)
+    order = torch.argsort(key[0], descending=True).tolist()
+    # consistent (|dz|/1.1 <= 0.03): 0.101 (score 0.1) and 0.11 (0.5), by score; then 0.16, then 0.30;
+    # the candidate without a redshift is last
+    assert order == [2, 1, 4, 0, 3]
+    torch.testing.assert_close(key[0, [1, 2]], scores[0, [1, 2]])
+    # a galaxy without a prior keeps its plain contrastive ranking
+    key = prior_rank_key(scores, z_cand, np.array([np.nan]), width=0.03)
+    torch.testing.assert_close(key, scores)
+
+
+@pytest.mark.parametrize("name", LITE)
+def test_candidate_redshifts_of_preprocessed_sdss_spectra_at_both_resolutions(name):
+    """The fitter reads a real spectrum's redshift off the chain's own grids (low-res = every 8th pixel)."""
+    s = spec(name)
+    grid, f = preprocess(s)            # linear flux (noisy real spectra can dip below 0: no log here)
+    assert np.array_equal(grid, FULLRES_WAVE)
+    full = torch.from_numpy(f[None].astype(np.float32))
+    z_full = candidate_redshifts(full, "none", FULLRES_WAVE, SMOOTH_SIGMA)
+    z_low = candidate_redshifts(full[:, ::8], "none", LOWRES_WAVE, LOWRES_SIGMA)
+    assert abs(z_full[0] - s.z) < 1e-3
+    assert abs(z_low[0] - s.z) < 3e-3
+
+
+@pytest.fixture(scope="module")
+def baseline_ck(synthetic_survey, tmp_path_factory):
+    out = tmp_path_factory.mktemp("baseline")
+    tiny = ["model.image_width=8", "model.photometry=true", "train.batch_size=16", "validation.n_galaxies=8",
+            "run.log_every=2"]
+    assert train_main("baseline", _args(synthetic_survey, out, tiny, 3)) == 0
+    return str(out / "best.pt")
+
+
+def test_baseline_with_photometry_trains_and_predicts(synthetic_survey, baseline_ck):
+    from evaluation.baselines import cnn_predict
+    from models.loading import load_model
+
+    lm = load_model(baseline_ck, "baseline")
+    assert lm.model.photometry is not None
+    # the training split's feature statistics were set (not the defaults 0 / 1)
+    assert lm.model.photometry.feature_mean.abs().sum() > 0
+    out = cnn_predict(baseline_ck, synthetic_survey, np.arange(6))
+    assert out["z"].shape == (6,) and np.isfinite(out["z"]).all()
+
+
+def test_chain_with_z_prior_selects_consistent_candidates(synthetic_survey, trained, baseline_ck,  # noqa: F811
+                                                          tmp_path):
+    ck = dict(trained, baseline=baseline_ck)
+    out = tmp_path / "gen.fits"
+    width = 0.05
+    assert generate_main(_gen_args(synthetic_survey, ck, out, ["generate.z_prior=baseline",
+                                                              f"generate.z_prior_width={width}"])) == 0
+    res = read_spectra_fits(out)
+    t = res["table"]
+    assert res["header"]["z_prior"] == "baseline" and "baseline" in res["header"]["checkpoint_sha256"]
+    assert t["z_prior"].shape == (10,) and np.isfinite(t["z_prior"]).all()
+    assert t["lowres_z"].shape == (10, 3) and t["fullres_z"].shape == (10, 3)
+    # the written redshifts are those of the written candidates
+    lr_cube = torch.from_numpy(res["cubes"]["LOWRES_CANDIDATES"][0].astype(np.float32))
+    np.testing.assert_allclose(candidate_redshifts(lr_cube, "none", LOWRES_WAVE, LOWRES_SIGMA), t["lowres_z"],
+                               atol=2e-4)
+    # kept = the k best by the prior's key; top = the best full-res candidate by it
+    key = prior_rank_key(torch.tensor(t["lowres_scores"].astype(np.float32)), t["lowres_z"], t["z_prior"], width)
+    np.testing.assert_array_equal(np.sort(key.topk(2, dim=1).indices.numpy(), 1), np.sort(t["kept"], 1))
+    key = prior_rank_key(torch.tensor(t["fullres_scores"].astype(np.float32)), t["fullres_z"], t["z_prior"], width)
+    np.testing.assert_array_equal(key.argmax(1).numpy(), t["top"])
+
+
+def test_z_prior_settings_are_checked_before_work(synthetic_survey, trained, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "x.fits"
+    assert generate_main(_gen_args(synthetic_survey, trained, out, ["generate.z_prior=photoz"])) == 2
+    assert "generate.z_prior: 'photoz' is not one of [None, 'baseline']" in capsys.readouterr().err
+    ck = dict(trained, baseline=str(tmp_path / "nope.pt"))
+    assert generate_main(_gen_args(synthetic_survey, ck, out, ["generate.z_prior=baseline"])) == 2
+    assert "nope.pt: file: does not exist" in capsys.readouterr().err
+    assert not out.exists()
