@@ -45,7 +45,8 @@ class DatasetError(ValueError):
 
 def _file_key(path: Path, version: str = "") -> str:
     st = path.stat()
-    ident = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|prep{PREPROCESS_VERSION}|layout{CACHE_LAYOUT}|{version}"
+    ident = (f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|prep{PREPROCESS_VERSION}|layout{CACHE_LAYOUT}|"
+             f"{version}")
     return hashlib.sha1(ident.encode()).hexdigest()[:16]
 
 
@@ -167,10 +168,12 @@ def _write_cache(path: Path, root: Path, summary: dict, chunk: int, progress: bo
             rng = tqdm(rng, desc=f"preprocessing {path.name}", unit="chunk")
         for s in rng:
             raw = f["images"][s:s + chunk]
-            images[s:s + chunk] = ((raw - mean[None, :, None, None]) / std[None, :, None, None]).astype(np.float32)
+            images[s:s + chunk] = ((raw - mean[None, :, None, None])
+                                   / std[None, :, None, None]).astype(np.float32)
             feats = image_features(raw)
             if phot is None:
-                phot = np.lib.format.open_memmap(tmp / "photometry.npy", "w+", np.float32, (n, feats.shape[1]))
+                phot = np.lib.format.open_memmap(tmp / "photometry.npy", "w+", np.float32,
+                                                 (n, feats.shape[1]))
             phot[s:s + chunk] = feats
             out = preprocess_spectra(loglam, f["spectra/flux"][s:s + chunk], f["spectra/ivar"][s:s + chunk])
             full[s:s + chunk] = out["flux"]

@@ -26,8 +26,16 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from datasets.photometry import (  # noqa: F401  (the photometry lives in datasets/; re-exported here)
-    APERTURE_RADII_ARCSEC, ASINH_SOFTENING_NMGY, MOMENT_SIGMA_ARCSEC, SKY_ANNULUS_ARCSEC, asinh_mag,
-    circle_weights, measure_photometry, photometric_features, survey_features)
+    APERTURE_RADII_ARCSEC,
+    ASINH_SOFTENING_NMGY,
+    MOMENT_SIGMA_ARCSEC,
+    SKY_ANNULUS_ARCSEC,
+    asinh_mag,
+    circle_weights,
+    measure_photometry,
+    photometric_features,
+    survey_features,
+)
 
 #: continuous truth columns (evaluation.truth standard names) the regressors learn when present
 REGRESSION_TARGETS = ("z", "dn4000", "sigma_v", "age_lw", "metallicity_lw", "ebv", "log_mstar")

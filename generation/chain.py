@@ -26,7 +26,15 @@ import torch
 
 from datasets.galaxy import ImageAugment
 from datasets.photometry import image_features
-from datasets.preprocess import FULLRES_WAVE, LOWRES_WAVE, N_FULLRES, N_LOWRES, SMOOTH_SIGMA, to_linear
+from datasets.preprocess import (
+    FULLRES_WAVE,
+    LOWRES_WAVE,
+    N_FULLRES,
+    N_LOWRES,
+    SMOOTH_SIGMA,
+    STAGE_LENGTHS,
+    to_linear,
+)
 from diffusion.sampling import galaxy_seed, item_seeds, sample_conditional
 from models.contrastive import score_candidates
 from models.loading import LoadedModel, load_model
@@ -54,7 +62,8 @@ def candidate_redshifts(flux: torch.Tensor, preprocessing: str, wave: np.ndarray
     return np.array([r.z for r in res], dtype=np.float64).reshape(lin.shape[:-1])
 
 
-def prior_rank_key(scores: torch.Tensor, z_cand: np.ndarray, z_prior: np.ndarray, width: float) -> torch.Tensor:
+def prior_rank_key(scores: torch.Tensor, z_cand: np.ndarray, z_prior: np.ndarray,
+                   width: float) -> torch.Tensor:
     """Ranking key of the redshift-consistent selection: candidates with |z - z_p| / (1 + z_p) <= ``width``
     keep their contrastive score (in [-1, 1]); the others rank after every consistent one, nearest first.
 
@@ -122,7 +131,7 @@ class GenerationChain:
         lm = self.m[role]
         with autocast_context(self.device, self.amp):
             context = lm.model.encode_context(images, photometry)
-        length = N_FULLRES if role.endswith("sr") else N_LOWRES
+        length = STAGE_LENGTHS[ROLES[role][1]]
         return sample_conditional(lm.model, lm.diffusion, context, length, seeds, self.g.sampler,
                                   self.g.steps, lowres=lowres,
                                   alpha_bar_min=self.g.alpha_bar_min,

@@ -27,7 +27,8 @@ def parse_args(argv=None):
     p.add_argument("--preset", default=None)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--checkpoints", default=None, metavar="reference|DIR",
-                   help="the four models: 'reference' = the shipped reference models (models/reference/, checked "
+                   help="the four models: 'reference' = the shipped reference models (models/reference/, "
+                        "checked "
                         "against their manifest), or a directory holding <role>.pt / <role>/best.pt for the "
                         "roles diffusion_lr, diffusion_sr, contrastive_lr, contrastive_sr (default: "
                         "generate.checkpoints)")

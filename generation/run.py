@@ -291,7 +291,8 @@ def generate(gen_cfg, cfg_dict: dict, input_path, device=None, amp: str = "auto"
     top = np.maximum(merged["top"], 0)[:, None].astype(int)
     table["score_top"] = np.take_along_axis(scores, top, 1)[:, 0]
     table["top"] = merged.pop("top")
-    for k in ("lowres_scores", "kept", "fullres_scores", "fullres_parent", "z_prior", "lowres_z", "fullres_z"):
+    for k in ("lowres_scores", "kept", "fullres_scores", "fullres_parent",
+              "z_prior", "lowres_z", "fullres_z"):                          # the last three with z_prior
         if k in merged:
             table[k] = merged.pop(k)
     spectra = {"flux_pred": merged.pop("flux_pred"),

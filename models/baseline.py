@@ -44,7 +44,8 @@ class BaselineNet(nn.Module):
         feat = self.encoder(images)
         if self.photometry is not None:
             if photometry is None:
-                raise ValueError("this baseline is conditioned on photometry (model.photometry): pass photometry=")
+                raise ValueError("this baseline is conditioned on photometry (model.photometry): "
+                                 "pass photometry=")
             feat = torch.cat([feat, self.photometry(photometry)[:, 0].to(feat.dtype)], dim=-1)
         return self.head(feat)
 

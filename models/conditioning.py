@@ -39,7 +39,8 @@ class PhotometryEncoder(nn.Module):
         self.n_features, self.dim, self.n_tokens = n_features, dim, n_tokens
         self.register_buffer("feature_mean", torch.zeros(n_features))
         self.register_buffer("feature_std", torch.ones(n_features))
-        self.mlp = nn.Sequential(nn.Linear(n_features, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+        self.mlp = nn.Sequential(nn.Linear(n_features, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, hidden), nn.SiLU(),
                                  nn.Linear(hidden, n_tokens * dim))
 
     @torch.no_grad()
@@ -53,7 +54,8 @@ class PhotometryEncoder(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if features.ndim != 2 or features.shape[1] != self.n_features:
-            raise ValueError(f"photometry: expected (B, {self.n_features}) features, got {tuple(features.shape)}")
+            raise ValueError(f"photometry: expected (B, {self.n_features}) features, "
+                             f"got {tuple(features.shape)}")
         z = ((features.float() - self.feature_mean) / self.feature_std).clamp(-8.0, 8.0)
         return self.mlp(z.to(self.mlp[0].weight.dtype)).reshape(features.shape[0], self.n_tokens, self.dim)
 

@@ -24,9 +24,9 @@ import torch
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 MANIFEST = "manifest.json"
-#: role -> run directory name under the training root (scripts/train_reference.sh)
-ROLES = {"diffusion_lr": "diffusion_lr", "diffusion_sr": "diffusion_sr", "contrastive_lr": "contrastive_lr",
-         "contrastive_sr": "contrastive_sr", "baseline": "baseline"}
+#: the shipped roles: ``<role>.pt`` here, trained in ``<runs>/<role>/`` (scripts/train_reference.sh); the
+#: chain's four (generation.chain.ROLES) and the CNN of generate.z_prior / evaluate.py --baselines
+ROLES = ("diffusion_lr", "diffusion_sr", "contrastive_lr", "contrastive_sr", "baseline")
 #: tensors with fewer elements than this stay float32 (normalisation buffers, biases, GroupNorm)
 HALF_MIN_NUMEL = 4096
 
@@ -118,10 +118,10 @@ def export(runs: Path, out: Path, extra: dict | None = None, roles=None) -> dict
         old = load_manifest(out)
         files = {r: {"commit": old.get("commit"), **f} for r, f in old["files"].items() if r not in roles}
     commit = _git_commit()
-    for role, sub in ROLES.items():
+    for role in ROLES:
         if roles is not None and role not in roles:
             continue
-        src = runs / sub / "best.pt"
+        src = runs / role / "best.pt"
         ck = load_checkpoint(src)
         state = ck.get("ema_model") or ck["model"]
         dst = out / f"{role}.pt"

@@ -517,8 +517,9 @@ class ConditionalDenoiser(nn.Module):
         if global_context:
             unet_kwargs["cond_dim"] = unet_kwargs["context_dim"]
         self.unet = UNet1d(**unet_kwargs)
-        self.photometry = (PhotometryEncoder(photometry_features, unet_kwargs["context_dim"], photometry_tokens)
-                           if photometry_features else None)
+        self.photometry = (
+            PhotometryEncoder(photometry_features, unet_kwargs["context_dim"], photometry_tokens)
+            if photometry_features else None)
         self.config = dict(
             image_encoder=image_encoder, in_bands=in_bands, image_width=image_width, **unet_kwargs
         )
@@ -564,7 +565,8 @@ class ConditionalDenoiser(nn.Module):
         if self.photometry is None:
             return tokens
         if photometry is None:
-            raise ValueError("this denoiser is conditioned on photometry (model.photometry): pass photometry=")
+            raise ValueError("this denoiser is conditioned on photometry (model.photometry): "
+                             "pass photometry=")
         return torch.cat([tokens, self.photometry(photometry).to(tokens.dtype)], dim=1)
 
     def precompute_context(self, context: torch.Tensor) -> ContextKV:

@@ -121,8 +121,8 @@ def _fake_reference(tmp_path):
 def test_reference_loader_checks_files_against_the_manifest(tmp_path):
     from models.reference import ReferenceError, reference_checkpoints, reference_path
     root = _fake_reference(tmp_path)
-    assert set(reference_checkpoints(root)) == {"diffusion_lr", "diffusion_sr", "contrastive_lr", "contrastive_sr",
-                                                "baseline"}
+    assert set(reference_checkpoints(root)) == {"diffusion_lr", "diffusion_sr", "contrastive_lr",
+                                                "contrastive_sr", "baseline"}
     (root / "diffusion_sr.pt").write_bytes(b"damaged")
     with pytest.raises(ReferenceError, match=r"diffusion_sr\.pt: sha256: .* does not match"):
         reference_path("diffusion_sr", root)
@@ -146,11 +146,13 @@ def test_export_of_one_role_keeps_the_other_entries(tmp_path):
                      "model": {"w": torch.ones(5000)}}, run / "best.pt")
     (run / "final_metrics.json").write_text(json.dumps({"z_sigma_nmad": 0.014}))
     m = export(tmp_path / "runs", root, roles=["baseline"])
-    assert list(m["files"]) == ["diffusion_lr", "diffusion_sr", "contrastive_lr", "contrastive_sr", "baseline"]
+    assert list(m["files"]) == ["diffusion_lr", "diffusion_sr", "contrastive_lr", "contrastive_sr",
+                                "baseline"]
     for role in ("diffusion_lr", "diffusion_sr", "contrastive_lr", "contrastive_sr"):
         assert m["files"][role]["sha256"] == before[role]["sha256"]
     assert m["files"]["baseline"]["sha256"] != before["baseline"]["sha256"]
-    assert m["files"]["baseline"]["validation"] == {"z_sigma_nmad": 0.014} and m["files"]["baseline"]["commit"]
+    assert m["files"]["baseline"]["validation"] == {"z_sigma_nmad": 0.014}
+    assert m["files"]["baseline"]["commit"]
     assert load_manifest(root) == json.loads(json.dumps(m))
     reference_checkpoints(root)        # every file verifies against the rewritten manifest
     with pytest.raises(ReferenceError, match=r"--roles: \['cnn'\] not among"):

@@ -370,11 +370,14 @@ def test_baseline_task_trains_and_loss_falls(synthetic_survey, tmp_path):
 
     # the raw head output, recomputed independently of cnn_predict
     cfg_ck = config_from_checkpoint_dict(ck["run"]["config"], BaselineConfig, "ck")
-    net = BaselineNet(cfg_ck.model.image_encoder, cfg_ck.model.image_width)
+    from datasets.photometry import N_FEATURES, image_features
+
+    assert cfg_ck.model.photometry            # the cpu preset feeds the cutout's aperture photometry
+    net = BaselineNet(cfg_ck.model.image_encoder, cfg_ck.model.image_width, photometry_features=N_FEATURES)
     net.load_state_dict(sd)
     net.eval()
-    imgs = _standardised(_raw_images(synthetic_survey, np.arange(6)), ck["run"]["band_mean"],
-                         ck["run"]["band_std"])
+    raw_imgs = _raw_images(synthetic_survey, np.arange(6))
+    imgs = _standardised(raw_imgs, ck["run"]["band_mean"], ck["run"]["band_std"])
     with torch.no_grad():
-        raw = net(imgs).float()[:, 0].numpy().astype(np.float64)
+        raw = net(imgs, torch.from_numpy(image_features(raw_imgs))).float()[:, 0].numpy().astype(np.float64)
     np.testing.assert_allclose(pred["z"], raw * z_train.std(ddof=1) + z_train.mean(), rtol=1e-4, atol=1e-6)

@@ -78,9 +78,11 @@ def test_chain_with_z_prior_selects_consistent_candidates(synthetic_survey, trai
     np.testing.assert_allclose(candidate_redshifts(lr_cube, "none", LOWRES_WAVE, LOWRES_SIGMA), t["lowres_z"],
                                atol=2e-4)
     # kept = the k best by the prior's key; top = the best full-res candidate by it
-    key = prior_rank_key(torch.tensor(t["lowres_scores"].astype(np.float32)), t["lowres_z"], t["z_prior"], width)
+    scores = torch.tensor(t["lowres_scores"].astype(np.float32))
+    key = prior_rank_key(scores, t["lowres_z"], t["z_prior"], width)
     np.testing.assert_array_equal(np.sort(key.topk(2, dim=1).indices.numpy(), 1), np.sort(t["kept"], 1))
-    key = prior_rank_key(torch.tensor(t["fullres_scores"].astype(np.float32)), t["fullres_z"], t["z_prior"], width)
+    scores = torch.tensor(t["fullres_scores"].astype(np.float32))
+    key = prior_rank_key(scores, t["fullres_z"], t["z_prior"], width)
     np.testing.assert_array_equal(key.argmax(1).numpy(), t["top"])
 
 

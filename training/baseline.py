@@ -131,7 +131,8 @@ class BaselineTask:
     def loss(self, model, batch, generator):
         raw = model.module if hasattr(model, "module") else model
         y = self._targets(batch["index"], batch["image"].device)
-        return baseline_loss(model(batch["image"], batch.get("photometry")), y, raw.target_mean, raw.target_std)
+        out = model(batch["image"], batch.get("photometry"))
+        return baseline_loss(out, y, raw.target_mean, raw.target_std)
 
     @torch.no_grad()
     def validate(self, model, val_ds, cfg, device, figure=None):

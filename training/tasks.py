@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from datasets.galaxy import GalaxyDataset, ImageAugment
-from datasets.preprocess import N_FULLRES, N_LOWRES, to_linear, to_model_space
+from datasets.preprocess import STAGE_LENGTHS, to_linear, to_model_space
 from diffusion.sampling import item_seeds, sample_conditional
 from models.build import build_contrastive, build_denoiser, build_diffusion
 from models.checkpoint import CheckpointError
@@ -200,7 +200,7 @@ class DiffusionTask:
                                        None if photometry is None else photometry.to(device))
         if lowres is not None:
             lowres = lowres.to(device).repeat_interleave(n_samples, 0)
-        length = N_FULLRES if self.stage == "sr" else N_LOWRES
+        length = STAGE_LENGTHS[self.stage]
         seeds = item_seeds(seeds, n_samples, stride=1000)
         x = sample_conditional(model, self.diffusion, context, length, seeds, sampler, steps, lowres=lowres,
                                alpha_bar_min=alpha_bar_min)

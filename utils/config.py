@@ -78,7 +78,7 @@ class DiffusionModelConfig:
                                       # model); false = the paper's raw log flux
     image_encoder_init: str | None = None  # start the image encoder from a trained contrastive checkpoint's
                                       # image trunk (same architecture); null = from scratch (paper)
-    photometry: bool = False          # aperture-photometry tokens beside the ResNet's (models/conditioning.py)
+    photometry: bool = False          # aperture-photometry tokens beside the ResNet's (conditioning.py)
     photometry_tokens: int = 4
     global_context: bool = False      # the mean of the context tokens is also added to the time embedding,
                                       # so every residual block sees the image (paper: cross-attention only)
@@ -204,8 +204,8 @@ class GenerateConfig:
     chunk_galaxies: int = 256         # streaming / resume granularity
     seed: int = 0
     figure: str | None = "figures/generated_examples.png"
-    z_prior: str | None = None        # "baseline": redshift-consistent selection (not the paper; generation/chain.py)
-    z_prior_width: float = 0.03       # |z_cand - z_prior| / (1 + z_prior) counted as consistent
+    z_prior: str | None = None        # "baseline": redshift-consistent selection (not the paper; chain.py)
+    z_prior_width: float = 0.02       # |z_cand - z_prior| / (1 + z_prior) counted as consistent
 
     def check(self, where):
         for k in ("n_lowres", "keep_lowres", "n_fullres", "steps", "batch_galaxies", "chunk_galaxies"):
@@ -460,7 +460,7 @@ def load_config(path: str | Path, cls, overrides: list[str] | None = None, prese
             by_stage = {k: flat.pop(k) for k in ("lr", "sr") if isinstance(flat.get(k), dict)}
             for key, value in flat.items():
                 _set_dotted(raw, key, value, f"{where} presets.{name}")
-            # a preset may hold stage-specific values (presets.<name>.lr / .sr), applied for the stage in force
+            # a preset may hold stage-specific values (presets.<name>.lr / .sr), applied for the stage used
             stage = dict(parsed).get("train.stage", (raw.get("train") or {}).get("stage", "lr"))
             for key, value in (by_stage.get(stage) or {}).items():
                 _set_dotted(raw, key, value, f"{where} presets.{name}.{stage}")
