@@ -114,9 +114,10 @@ def _assert_equal_up_to_rounding(fa, fb):
     These 3-iteration models are far from smooth or decisive: on an AVX-512 EPYC their super-resolution
     draws amplified rounding through the 4 sampling steps in isolated pixels (up to 0.26 in log flux),
     which moved the full-res scores by a few 1e-3 while the rankers' candidates were only ~5e-3 apart
-    (a flipped winner); kept sets and winners are compared where the scores are 0.01 apart. Meanwhile the shipped reference models agreed to 2e-6 everywhere on the same CPU. A seed or
-    batching bug gives different draws (differences of order 1 in every pixel), so every candidate's median
-    difference must stay at the rounding level."""
+    (a flipped winner); kept sets and winners are compared where the scores are 0.01 apart. The shipped
+    reference models agreed to 2e-6 everywhere on the same CPU. A seed or batching bug gives different
+    draws (differences of order 1 in every pixel), so every candidate's median difference must stay at
+    the rounding level."""
     ta, tb = fa["table"], fb["table"]
     assert list(ta["id"]) == list(tb["id"])
     lra, lrb = fa["cubes"]["LOWRES_CANDIDATES"][0], fb["cubes"]["LOWRES_CANDIDATES"][0]
