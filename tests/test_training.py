@@ -1,5 +1,6 @@
 """Training loops: they learn, resume exactly, scale out over gloo, and reject bad configs/checkpoints."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -260,3 +261,13 @@ def test_training_without_tensorboard_still_logs_metrics_csv(synthetic_survey, t
     assert main("contrastive", asked) == 0
     assert "run.tensorboard: tensorboard is not installed" in capsys.readouterr().out
     assert len(_csv_rows(out)) == 2
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU-affinity API on this OS")
+def test_threads_follow_the_cpu_affinity_not_the_machine():
+    """A job pinned to one core (taskset, a SLURM cpuset) must not start one thread per machine core."""
+    code = ("import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); "
+            "from utils.launch import threads_per_process as t; print(t(1), t(2), t(1, 3))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["1", "1", "3"]

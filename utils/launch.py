@@ -67,9 +67,18 @@ def check_output_path(path, overwrite: bool = False, what: str = "output", flag:
     return path
 
 
+def available_cores() -> int:
+    """Cores this process may run on: its CPU affinity (taskset, a SLURM or container cpuset), not the
+    machine's count, which would oversubscribe a pinned job."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):     # no affinity API (macOS)
+        return os.cpu_count() or 1
+
+
 def threads_per_process(nproc: int, threads: int | None = None) -> int:
-    """torch CPU threads per process: the cores shared out over the processes unless given."""
-    return threads or max(1, (os.cpu_count() or 1) // max(nproc, 1))
+    """torch CPU threads per process: the available cores shared out over the processes unless given."""
+    return threads or max(1, available_cores() // max(nproc, 1))
 
 
 def launch(worker, args: tuple, nproc: int = 1, backend: str | None = None) -> int:
