@@ -33,7 +33,7 @@ METHODS = ("predicted", "cnn", "photometric", "retrieval", "train_mean")
 def _find(table: list, section: str, quantity: str, metric: str) -> dict | None:
     for row in table:
         if (row["section"].startswith(section) and row["quantity"].lower() == quantity.lower()
-                and row["metric"].startswith(metric)):
+                and row["metric"].split(" (")[0] == metric):  # "pit_ks_distance (ideal 0)"
             return row
     return None
 

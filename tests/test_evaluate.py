@@ -381,3 +381,30 @@ def test_baseline_task_trains_and_loss_falls(synthetic_survey, tmp_path):
     with torch.no_grad():
         raw = net(imgs, torch.from_numpy(image_features(raw_imgs))).float()[:, 0].numpy().astype(np.float64)
     np.testing.assert_allclose(pred["z"], raw * z_train.std(ddof=1) + z_train.mean(), rtol=1e-4, atol=1e-6)
+
+
+def test_compare_summarises_reports_side_by_side_with_exact_metric_names(tmp_path):
+    from evaluation.compare import main as compare_main
+
+    def rep(z):
+        rows = [  # a "_vs_observed" row BEFORE the plain one must not be taken for it
+            {"section": "indices", "quantity": "dn4000", "metric": "pearson_rho_vs_observed",
+             "values": {"predicted": -1.0}},
+            {"section": "indices", "quantity": "dn4000", "metric": "pearson_rho", "values": {"predicted": 0.7}},
+            {"section": "redshift", "quantity": "z", "metric": "sigma_nmad", "values": {"predicted": z, "cnn": 0.02}},
+            {"section": "calibration (M=8 candidates)", "quantity": "z", "metric": "pit_ks_distance (ideal 0)",
+             "values": {"predicted": 0.15}},
+        ]
+        p = tmp_path / f"r{z}.json"
+        p.write_text(json.dumps({"table": rows, "n_galaxies": 64, "results": "x.fits"}))
+        return p
+
+    out = tmp_path / "s.md"
+    assert compare_main([f"quick={rep(0.1)}", f"reference={rep(0.018)}", "--out", str(out)]) == 0
+    lines = {ln.split(" | ")[0].strip("| "): ln for ln in out.read_text().splitlines() if ln.startswith("|")}
+    assert lines["z sigma_NMAD"].split(" | ")[1:3] == ["0.1", "0.02"]
+    assert lines["z sigma_NMAD"].split(" | ")[6] == "0.018"
+    assert lines["Dn4000 rho"].split(" | ")[1] == "0.7" and "-1" not in lines["Dn4000 rho"]
+    assert lines["z PIT KS distance"].split(" | ")[1] == "0.15"
+    assert "Mgb rho" not in lines          # rows no report has are left out
+    assert compare_main(["no-equals-sign"]) == 2
