@@ -390,10 +390,12 @@ def test_compare_summarises_reports_side_by_side_with_exact_metric_names(tmp_pat
         rows = [  # a "_vs_observed" row BEFORE the plain one must not be taken for it
             {"section": "indices", "quantity": "dn4000", "metric": "pearson_rho_vs_observed",
              "values": {"predicted": -1.0}},
-            {"section": "indices", "quantity": "dn4000", "metric": "pearson_rho", "values": {"predicted": 0.7}},
-            {"section": "redshift", "quantity": "z", "metric": "sigma_nmad", "values": {"predicted": z, "cnn": 0.02}},
-            {"section": "calibration (M=8 candidates)", "quantity": "z", "metric": "pit_ks_distance (ideal 0)",
-             "values": {"predicted": 0.15}},
+            {"section": "indices", "quantity": "dn4000", "metric": "pearson_rho",
+             "values": {"predicted": 0.7}},
+            {"section": "redshift", "quantity": "z", "metric": "sigma_nmad",
+             "values": {"predicted": z, "cnn": 0.02}},
+            {"section": "calibration (M=8 candidates)", "quantity": "z",
+             "metric": "pit_ks_distance (ideal 0)", "values": {"predicted": 0.15}},
         ]
         p = tmp_path / f"r{z}.json"
         p.write_text(json.dumps({"table": rows, "n_galaxies": 64, "results": "x.fits"}))
