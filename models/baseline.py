@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.conditioning import PhotometryEncoder
+from models.conditioning import PhotometryEncoder, concat_photometry
 from models.resnet2d import resnet18, resnet50
 
 __all__ = ["REGRESSION", "N_OUT", "BaselineNet"]
@@ -41,13 +41,7 @@ class BaselineNet(nn.Module):
         self.register_buffer("target_std", torch.ones(len(REGRESSION)))
 
     def forward(self, images: torch.Tensor, photometry: torch.Tensor | None = None) -> torch.Tensor:
-        feat = self.encoder(images)
-        if self.photometry is not None:
-            if photometry is None:
-                raise ValueError("this baseline is conditioned on photometry (model.photometry): "
-                                 "pass photometry=")
-            feat = torch.cat([feat, self.photometry(photometry)[:, 0].to(feat.dtype)], dim=-1)
-        return self.head(feat)
+        return self.head(concat_photometry(self.encoder(images), self.photometry, photometry, "baseline"))
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, photometry: torch.Tensor | None = None) -> dict[str, np.ndarray]:

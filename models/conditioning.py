@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["PhotometryEncoder"]
+__all__ = ["PhotometryEncoder", "concat_photometry"]
 
 
 class PhotometryEncoder(nn.Module):
@@ -58,6 +58,18 @@ class PhotometryEncoder(nn.Module):
                              f"got {tuple(features.shape)}")
         z = ((features.float() - self.feature_mean) / self.feature_std).clamp(-8.0, 8.0)
         return self.mlp(z.to(self.mlp[0].weight.dtype)).reshape(features.shape[0], self.n_tokens, self.dim)
+
+
+def concat_photometry(feat: torch.Tensor, encoder: PhotometryEncoder | None, photometry,
+                      what: str) -> torch.Tensor:
+    """Pooled image features (B, C) -> (B, C + encoder.dim) with the photometry embedding appended, for a
+    model built with ``model.photometry`` (``encoder`` not None); unchanged without one. ``what`` names the
+    model in the error raised when its photometry is missing."""
+    if encoder is None:
+        return feat
+    if photometry is None:
+        raise ValueError(f"this {what} is conditioned on photometry (model.photometry): pass photometry=")
+    return torch.cat([feat, encoder(photometry)[:, 0].to(feat.dtype)], dim=-1)
 
 
 def set_photometry_statistics(encoder: PhotometryEncoder | None, features) -> None:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.conditioning import PhotometryEncoder
+from models.conditioning import PhotometryEncoder, concat_photometry
 from models.resnet1d import SpectrumResNet
 from models.resnet2d import resnet18, resnet50
 from surveys.description import SURVEY
@@ -71,12 +71,7 @@ class ContrastiveModel(nn.Module):
     def encode_image(self, img: torch.Tensor, photometry: torch.Tensor | None = None) -> torch.Tensor:
         """Images (B, bands, H, W) (and their (B, F) photometric features for a model built with
         ``photometry_features``) -> unit-norm embeddings (B, latent_dim)."""
-        feat = self.image_trunk(img)
-        if self.photometry is not None:
-            if photometry is None:
-                raise ValueError("this contrastive model is conditioned on photometry (model.photometry): "
-                                 "pass photometry=")
-            feat = torch.cat([feat, self.photometry(photometry)[:, 0].to(feat.dtype)], dim=-1)
+        feat = concat_photometry(self.image_trunk(img), self.photometry, photometry, "contrastive model")
         return F.normalize(self.image_head(feat), dim=-1)
 
     def encode_spectrum(self, spec: torch.Tensor) -> torch.Tensor:
