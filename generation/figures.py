@@ -27,14 +27,16 @@ def generated_figure(results_path, out_path, input_path, n_show: int = 5):
         ax.fill_between(wave, lo, hi, color="C1", alpha=0.35, lw=0, label="candidates (min-max)")
         if "flux_obs" in spec and np.isfinite(spec["flux_obs"][i]).all():
             ax.plot(wave, spec["flux_obs"][i], color="k", lw=0.6, label="observed")
-        ax.plot(wave, spec["flux_pred"][i], color="C3", lw=0.7, label="predicted (top-ranked)")
+        ax.plot(wave, spec["flux_pred"][i], color="C3", lw=0.7, label="predicted (selected)")
         z = f"z = {t['z'][i]:.3f}  " if "z" in t else ""
+        if "z_prior" in t:   # generate.z_prior: the CNN's photo-z and the prediction's own fitted z
+            z += f"photo-z {t['z_prior'][i]:.3f}  z of prediction {t['fullres_z'][i, t['top'][i]]:.3f}  "
         ax.text(0.01, 0.93, f"id {t['id'][i]}  {z}score {t['score_top'][i]:.2f}", transform=ax.transAxes,
                 fontsize=8, va="top")
         ref = spec["flux_obs"][i] if "flux_obs" in spec else spec["flux_pred"][i]
         ax.set_ylim(0, max(1.5, float(np.nanpercentile(ref, 99.5)) * 1.5))
         ax.set_ylabel("norm. flux", fontsize=8)
         if j == 0:
-            ax.legend(fontsize=7, loc="upper right", ncol=3)
+            ax.legend(fontsize=7, loc="lower right", ncol=3)
     axes[-1, 1].set_xlabel("observed wavelength [Å]")
     save_figure(fig, out_path, dpi=65)
