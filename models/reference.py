@@ -101,6 +101,21 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def validation_at(metrics_csv: Path, iteration) -> dict:
+    """The validation metrics a run logged at ``iteration`` (its ``val_*`` columns of metrics.csv, names
+    without the prefix, plus ``iteration``): those of the exported best checkpoint. {} if none."""
+    import csv
+
+    if iteration is None or not Path(metrics_csv).exists():
+        return {}
+    with open(metrics_csv, newline="") as fh:
+        for row in csv.DictReader(fh):
+            vals = {k[4:]: float(v) for k, v in row.items() if k.startswith("val_") and v not in ("", None)}
+            if vals and int(float(row["iteration"])) == iteration:
+                return {"iteration": iteration, **vals}
+    return {}
+
+
 def export(runs: Path, out: Path, extra: dict | None = None, roles=None) -> dict:
     """Slim each role's best checkpoint under ``runs/<role>/best.pt`` into ``out`` and write the manifest.
 
@@ -127,17 +142,19 @@ def export(runs: Path, out: Path, extra: dict | None = None, roles=None) -> dict
         dst = out / f"{role}.pt"
         save_checkpoint({"run": ck["run"], "model": slim_state(state)}, dst)
         run_dir = src.parent
-        metrics = {}
+        final = {}
         if (run_dir / "final_metrics.json").exists():
-            metrics = json.loads((run_dir / "final_metrics.json").read_text())
+            final = json.loads((run_dir / "final_metrics.json").read_text())
+        it = int(ck.get("trainer", {}).get("iteration", 0)) if isinstance(ck.get("trainer"), dict) else None
+        metrics = validation_at(run_dir / "metrics.csv", it) or final
         timing = {}
         if (run_dir / "train_time.json").exists():
             timing = json.loads((run_dir / "train_time.json").read_text())
         files[role] = {"file": dst.name, "sha256": sha256(dst), "bytes": dst.stat().st_size,
-                       "iteration": int(ck.get("trainer", {}).get("iteration", 0)) if isinstance(
-                           ck.get("trainer"), dict) else None,
+                       "iteration": it,
                        "survey_version": ck["run"].get("survey_version"), "config": ck["run"]["config"],
-                       "validation": metrics, "training": timing, "commit": commit}
+                       "validation": metrics, "final_validation": final, "training": timing,
+                       "commit": commit}
     files = {r: files[r] for r in ROLES if r in files}
     manifest = {**{k: v for k, v in old.items() if k != "files"}, "format": 1, "commit": commit,
                 "files": files, **(extra or {})}

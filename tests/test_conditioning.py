@@ -146,12 +146,21 @@ def test_export_of_one_role_keeps_the_other_entries(tmp_path):
                      "model": {"w": torch.ones(5000)}}, run / "best.pt")
     (run / "final_metrics.json").write_text(json.dumps({"z_sigma_nmad": 0.014}))
     m = export(tmp_path / "runs", root, roles=["baseline"])
+    assert m["files"]["baseline"]["validation"] == {"z_sigma_nmad": 0.014}   # no metrics.csv: the final ones
+    # with a metrics.csv: the validation logged at the exported (best) checkpoint's iteration
+    save_checkpoint({"run": {"format": 1, "config": {"name": "baseline"}, "survey_version": "mock-sdss/v2"},
+                     "model": {"w": torch.ones(5000)}, "trainer": {"iteration": 500}}, run / "best.pt")
+    (run / "metrics.csv").write_text("time,iteration,loss,val_z_sigma_nmad\n1,500,0.3,\n2,500,,0.016\n"
+                                     "3,3000,,0.014\n")
+    m = export(tmp_path / "runs", root, roles=["baseline"])
+    assert m["files"]["baseline"]["iteration"] == 500
+    assert m["files"]["baseline"]["validation"] == {"iteration": 500, "z_sigma_nmad": 0.016}
+    assert m["files"]["baseline"]["final_validation"] == {"z_sigma_nmad": 0.014}
     assert list(m["files"]) == ["diffusion_lr", "diffusion_sr", "contrastive_lr", "contrastive_sr",
                                 "baseline"]
     for role in ("diffusion_lr", "diffusion_sr", "contrastive_lr", "contrastive_sr"):
         assert m["files"][role]["sha256"] == before[role]["sha256"]
     assert m["files"]["baseline"]["sha256"] != before["baseline"]["sha256"]
-    assert m["files"]["baseline"]["validation"] == {"z_sigma_nmad": 0.014}
     assert m["files"]["baseline"]["commit"]
     assert load_manifest(root) == json.loads(json.dumps(m))
     reference_checkpoints(root)        # every file verifies against the rewritten manifest
