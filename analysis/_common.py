@@ -49,10 +49,3 @@ def load_ssp(name: str):
     out["name"] = name
     return out
 
-
-def as_1d_float(a, name, n=None):
-    a = np.asarray(a, dtype=np.float64)
-    if a.ndim != 1 or (n is not None and a.size != n):
-        raise ValueError(f"{name}: expected a 1-D array{'' if n is None else f' of length {n}'}, "
-                         f"got shape {a.shape}")
-    return a

@@ -1,4 +1,5 @@
-"""Ignite wiring shared by both trainers: data, optimiser, LR schedule, EMA, checkpoints, logging, resume.
+"""Ignite wiring shared by the three trainers (contrastive, diffusion, CNN baseline): data, optimiser, LR
+schedule, EMA, checkpoints, logging, resume.
 
 A *task* (training/tasks.py) supplies the model, the loss of one batch and the validation metrics;
 this module turns it into an ignite Engine with handlers. It runs under ``idist.Parallel`` so the same
