@@ -53,11 +53,12 @@ OPTIONAL_ROLES = {"baseline": ("baseline", None)}
 LOWRES_SIGMA = float(np.hypot(SMOOTH_SIGMA, (LOWRES_WAVE[1] - LOWRES_WAVE[0]) / np.sqrt(6.0)))
 
 
-def candidate_redshifts(flux: torch.Tensor, preprocessing: str, wave: np.ndarray, sigma: float) -> np.ndarray:
-    """Redshift of every candidate spectrum (..., L) in model space -> (...) numpy (NaN where none fits)."""
+def candidate_redshifts(flux, wave: np.ndarray, sigma: float) -> np.ndarray:
+    """Redshift of every candidate spectrum (..., L), normalised LINEAR flux (numpy) -> (...) float64 (NaN
+    where none fits); ``sigma`` = the spectra's smoothing in Angstrom (``LOWRES_SIGMA``, ``SMOOTH_SIGMA``)."""
     from analysis import fit_redshifts
 
-    lin = to_linear(flux, preprocessing).float().cpu().numpy()
+    lin = np.asarray(flux)
     res = fit_redshifts(wave, lin.reshape(-1, lin.shape[-1]).astype(np.float64), None, extra_sigma=sigma)
     return np.array([r.z for r in res], dtype=np.float64).reshape(lin.shape[:-1])
 
@@ -118,7 +119,7 @@ class GenerationChain:
         self.augment = ImageAugment()
         # photometric features (model.photometry): measured on the original cutouts, once per galaxy
         self.photometry = any(getattr(m.model, "photometry", None) is not None for m in models.values())
-        self.z_prior = getattr(gen_cfg, "z_prior", None)
+        self.z_prior = gen_cfg.z_prior
         if self.z_prior and "baseline" not in models:
             raise GenerationError(f"generate.z_prior: {self.z_prior!r} needs generate.checkpoints.baseline")
 
@@ -163,12 +164,14 @@ class GenerationChain:
         gseeds = [galaxy_seed(g.seed, int(i)) for i in ids]
         lr = self._sample("diffusion_lr", images, item_seeds(gseeds, N), photometry=phot)
         lr_scores = self._rank("contrastive_lr", images, lr, N, phot)                    # (B, N)
+        pre = self.preprocessing
+        lr_lin = to_linear(lr.reshape(b, N, N_LOWRES), pre).cpu().numpy()   # output, and the z fits
         extra = {}
         lr_key = lr_scores
         if self.z_prior:
             with autocast_context(self.device, self.amp):
                 zp = self.m["baseline"].model.predict(images, phot)["z"].astype(np.float64)
-            zl = candidate_redshifts(lr.reshape(b, N, -1), self.preprocessing, LOWRES_WAVE, LOWRES_SIGMA)
+            zl = candidate_redshifts(lr_lin, LOWRES_WAVE, LOWRES_SIGMA)
             lr_key = prior_rank_key(lr_scores, zl, zp, self.g.z_prior_width)
             extra = {"z_prior": zp, "lowres_z": zl}
         kept = lr_key.topk(k, dim=1).indices                                        # (B, k)
@@ -178,28 +181,27 @@ class GenerationChain:
         sr = self._sample("diffusion_sr", images, item_seeds(gseeds, M, offset=1000),
                           lowres=chosen.reshape(b * M, N_LOWRES), photometry=phot)
         sr_scores = self._rank("contrastive_sr", images, sr, M, phot)                    # (B, M)
-        sr = sr.reshape(b, M, N_FULLRES)
+        sr_lin = to_linear(sr.reshape(b, M, N_FULLRES), pre).cpu().numpy()
         sr_key = sr_scores
         if self.z_prior:
-            zs = candidate_redshifts(sr, self.preprocessing, FULLRES_WAVE, SMOOTH_SIGMA)
+            zs = candidate_redshifts(sr_lin, FULLRES_WAVE, SMOOTH_SIGMA)
             sr_key = prior_rank_key(sr_scores, zs, extra["z_prior"], self.g.z_prior_width)
             extra["fullres_z"] = zs
         top = sr_key.argmax(dim=1)
-        pre = self.preprocessing
         return {
-            "lowres_candidates": to_linear(lr.reshape(b, N, N_LOWRES), pre).cpu().numpy(),
+            "lowres_candidates": lr_lin,
             "lowres_scores": lr_scores.cpu().numpy(), "kept": kept.cpu().numpy(),
-            "fullres_candidates": to_linear(sr, pre).cpu().numpy(),
+            "fullres_candidates": sr_lin,
             "fullres_parent": np.broadcast_to(parent.numpy(), (b, M)).copy(),
             "fullres_scores": sr_scores.cpu().numpy(), "top": top.cpu().numpy(),
-            "flux_pred": to_linear(sr[torch.arange(b), top], pre).cpu().numpy(),
+            "flux_pred": sr_lin[np.arange(b), top.cpu().numpy()],
             **extra,
         }
 
 
 def chain_roles(gen_cfg) -> dict[str, tuple[str, str | None]]:
     """The roles this run loads: the four of the paper, + ``baseline`` with ``generate.z_prior``."""
-    return {**ROLES, **(OPTIONAL_ROLES if getattr(gen_cfg, "z_prior", None) else {})}
+    return {**ROLES, **(OPTIONAL_ROLES if gen_cfg.z_prior else {})}
 
 
 def load_chain(gen_cfg, device, amp="auto") -> GenerationChain:

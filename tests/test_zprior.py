@@ -33,9 +33,9 @@ def test_candidate_redshifts_of_preprocessed_sdss_spectra_at_both_resolutions(na
     s = spec(name)
     grid, f = preprocess(s)            # linear flux (noisy real spectra can dip below 0: no log here)
     assert np.array_equal(grid, FULLRES_WAVE)
-    full = torch.from_numpy(f[None].astype(np.float32))
-    z_full = candidate_redshifts(full, "none", FULLRES_WAVE, SMOOTH_SIGMA)
-    z_low = candidate_redshifts(full[:, ::8], "none", LOWRES_WAVE, LOWRES_SIGMA)
+    full = f[None].astype(np.float32)
+    z_full = candidate_redshifts(full, FULLRES_WAVE, SMOOTH_SIGMA)
+    z_low = candidate_redshifts(full[:, ::8], LOWRES_WAVE, LOWRES_SIGMA)
     assert abs(z_full[0] - s.z) < 1e-3
     assert abs(z_low[0] - s.z) < 3e-3
 
@@ -74,8 +74,8 @@ def test_chain_with_z_prior_selects_consistent_candidates(synthetic_survey, trai
     assert t["z_prior"].shape == (10,) and np.isfinite(t["z_prior"]).all()
     assert t["lowres_z"].shape == (10, 3) and t["fullres_z"].shape == (10, 3)
     # the written redshifts are those of the written candidates
-    lr_cube = torch.from_numpy(res["cubes"]["LOWRES_CANDIDATES"][0].astype(np.float32))
-    np.testing.assert_allclose(candidate_redshifts(lr_cube, "none", LOWRES_WAVE, LOWRES_SIGMA), t["lowres_z"],
+    lr_cube = res["cubes"]["LOWRES_CANDIDATES"][0].astype(np.float32)
+    np.testing.assert_allclose(candidate_redshifts(lr_cube, LOWRES_WAVE, LOWRES_SIGMA), t["lowres_z"],
                                atol=2e-4)
     # kept = the k best by the prior's key; top = the best full-res candidate by it
     scores = torch.tensor(t["lowres_scores"].astype(np.float32))
