@@ -151,7 +151,7 @@ def _run_pipeline(out: Path, py: str) -> None:
     gen = [py, "generate.py", "--preset", "cpu", "--threads", "1", "--overwrite", "--amp", "off",
            "--no-figure", "--input", str(mock), "--set", f"generate.output={res}",
            "--set", "generate.steps=3"]
-    for role in ("diffusion_lr", "diffusion_sr", "contrastive_lr", "contrastive_sr"):
+    for role in ("diffusion_lr", "diffusion_sr", "contrastive_lr", "contrastive_sr", "baseline"):
         gen += ["--set", f"generate.checkpoints.{role}={runs[role]}/last.pt"]
     run(gen)
     rep = out / "eval_report"

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
+
+from utils.files import write_text
 
 #: (section prefix, quantity, metric, label): the rows of the summary, in order
 HEADLINES = (
@@ -82,9 +83,7 @@ def main(argv=None) -> int:
             return 2
     text = summarize(reports)
     if a.out:
-        tmp = Path(a.out + ".partial")
-        tmp.write_text(text)
-        os.replace(tmp, a.out)
+        write_text(a.out, text)
         print(f"wrote {a.out}")
     else:
         print(text)

@@ -14,7 +14,6 @@ Every row names its reference (catalogue truth where the survey has it). See doc
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 from evaluation import metrics as M
 from evaluation.measure import FIT_QUANTITIES, LICK_NAMES, fit_populations, measure_cheap
 from evaluation.truth import load_truth
+from utils.files import jsonable, write_text
 
 METHODS = ("predicted", "predicted_at_z", "observed", "noiseless", "cnn", "photometric", "retrieval",
            "train_mean")
@@ -747,7 +747,7 @@ def evaluate(
         "methods_description": dict(METHOD_DESCRIPTIONS),
         "table": table.rows,
         "vs_best_baseline": versus_best_baseline(table.rows),
-        "calibration": _jsonable(cal_report),
+        "calibration": jsonable(cal_report),
         "notes": d.notes,
         "timings_s": lap.timings,
         "figures": [str(p) for p in fig_paths],
@@ -755,16 +755,6 @@ def evaluate(
     write_report(report, rep, table.markdown(present))
     log(f"evaluate: {d.n} galaxies in {lap.timings['total']:.1f} s -> {report}.json/.md")
     return rep
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (np.floating, float)):
-        return None if not np.isfinite(x) else float(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
 
 
 def write_report(report, rep: dict, table_md: str) -> tuple[Path, Path]:
@@ -797,8 +787,6 @@ def write_report(report, rep: dict, table_md: str) -> tuple[Path, Path]:
         ", ".join(f"{k}: {v}" for k, v in rep["timings_s"].items()),
         "",
     ]
-    for path, text in ((js, json.dumps(_jsonable(rep), indent=1)), (md, "\n".join(text_md))):
-        tmp = path.with_name(path.name + ".partial")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+    write_text(js, json.dumps(jsonable(rep), indent=1))
+    write_text(md, "\n".join(text_md))
     return js, md

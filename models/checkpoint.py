@@ -6,12 +6,13 @@ config, band statistics, survey version). docs/DEVELOPING.md lists the keys.
 """
 from __future__ import annotations
 
-import os
 import pickle
 import re
 from pathlib import Path
 
 import torch
+
+from utils.files import atomic_path
 
 __all__ = [
     "CHECKPOINT_FORMAT", "CheckpointError", "load_checkpoint", "save_checkpoint", "check_survey_version",
@@ -57,10 +58,8 @@ def load_checkpoint(path) -> dict:
 
 def save_checkpoint(obj: dict, dst) -> None:
     """``torch.save`` to ``<dst>.partial``, then rename: a reader never sees a half-written file."""
-    dst = Path(dst)
-    tmp = dst.with_name(dst.name + ".partial")
-    torch.save(obj, tmp)
-    os.replace(tmp, dst)
+    with atomic_path(dst) as tmp:
+        torch.save(obj, tmp)
 
 
 def check_survey_version(run: dict, survey_version: str, where: str) -> None:

@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
+
+from utils.files import write_text
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 MANIFEST = "manifest.json"
@@ -158,9 +159,7 @@ def export(runs: Path, out: Path, extra: dict | None = None, roles=None) -> dict
     files = {r: files[r] for r in ROLES if r in files}
     manifest = {**{k: v for k, v in old.items() if k != "files"}, "format": 1, "commit": commit,
                 "files": files, **(extra or {})}
-    tmp = out / (MANIFEST + ".partial")
-    tmp.write_text(json.dumps(manifest, indent=1, default=str))
-    os.replace(tmp, out / MANIFEST)
+    write_text(out / MANIFEST, json.dumps(manifest, indent=1, default=str))
     return manifest
 
 

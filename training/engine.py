@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +47,7 @@ from training.run_logs import (
     register_train_events,
 )
 from utils.config import resolve_out_dir, to_dict
+from utils.files import copy_file, write_text
 
 
 class RunState:
@@ -146,18 +145,6 @@ def iteration_generator(seed: int, iteration: int, rank: int) -> torch.Generator
     return torch.Generator().manual_seed((seed * 1_000_003 + iteration) * 131 + rank)
 
 
-def _atomic_copy(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(dst.name + ".partial")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
-def _atomic_write_text(dst: Path, text: str) -> None:
-    tmp = dst.with_name(dst.name + ".partial")
-    tmp.write_text(text)
-    os.replace(tmp, dst)
-
-
 NUMBERED = re.compile(r"checkpoint_(\d+)\.pt$")
 IGNITE_TMP = re.compile(r"tmp[a-z0-9_]{8}$")  # DiskSaver(atomic=True) leftovers of earlier versions
 
@@ -225,7 +212,7 @@ def prepare_run_dir(cfg, kind: str, allow_change: bool, rank: int):
     header = "".join(f"# iteration {h['iteration']}: resumed with "
                      + ", ".join(f"{k} {o!r} -> {n!r}" for k, (o, n) in h["changes"].items()) + "\n"
                      for h in history)
-    _atomic_write_text(out_dir / "config.yaml", header + yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    write_text(out_dir / "config.yaml", header + yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return ckpt, history
 
 
@@ -268,7 +255,7 @@ def _reconcile_best(out_dir: Path, best: BestState, resume_it: int) -> None:
         except Exception:  # a damaged best.pt is replaced below if possible
             held = None
     if held != best.iteration and best.iteration == resume_it:
-        _atomic_copy(out_dir / "last.pt", path)
+        copy_file(out_dir / "last.pt", path)
     elif held != best.iteration:
         print(f"{path}: holds iteration {held}, but the best validation was at iteration {best.iteration}",
               flush=True)
@@ -379,10 +366,10 @@ class Checkpointer:
         last = self.out_dir / "last.pt"
         save_checkpoint({k: v.state_dict() for k, v in self.to_save.items()}, last)
         if numbered:
-            _atomic_copy(last, self.out_dir / f"checkpoint_{it:07d}.pt")
+            copy_file(last, self.out_dir / f"checkpoint_{it:07d}.pt")
             prune_checkpoints(self.out_dir, self.n_saved)
         if is_best:
-            _atomic_copy(last, self.out_dir / "best.pt")
+            copy_file(last, self.out_dir / "best.pt")
 
 
 class ValidateCheckpointStop:
@@ -513,9 +500,17 @@ def _finish(raw_model, world: int, rank: int, out_dir: Path, iteration: int, met
     if world > 1:  # end with rank 0's BatchNorm statistics everywhere (what its checkpoint holds)
         for buf in raw_model.buffers():
             buf.copy_(idist.broadcast(buf, src=0))
-    dump = os.environ.get("GALSPEC_DUMP_RANK_WEIGHTS")
-    if dump:  # tests compare the ranks' weights after DDP training
-        torch.save(raw_model.state_dict(), dump.format(rank=rank))
+        # DDP keeps the replicas identical; record how far they drifted (0.0 when healthy), so that a broken
+        # all-reduce shows up in final_metrics.json instead of silently training `world` different models
+        metrics = {**metrics, "ddp_max_weight_diff": _replica_drift(raw_model)}
     if rank == 0:
-        _atomic_write_text(out_dir / "final_metrics.json",
-                           json.dumps({"iteration": iteration, **metrics}, indent=1))
+        write_text(out_dir / "final_metrics.json", json.dumps({"iteration": iteration, **metrics}, indent=1))
+
+
+def _replica_drift(model: torch.nn.Module) -> float:
+    """Largest |w - w_rank0| over all parameters and ranks (collective: every rank must call it)."""
+    drift = torch.zeros((), dtype=torch.float64)
+    for p in model.parameters():
+        ref = idist.broadcast(p.detach().clone(), src=0)
+        drift = torch.maximum(drift, (p.detach() - ref).abs().max().double().cpu())
+    return float(idist.all_reduce(drift, op="MAX"))

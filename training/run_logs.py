@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
 from ignite.engine import Engine, EventEnum, Events
 from ignite.handlers.tqdm_logger import ProgressBar
+
+from utils.files import write_csv
 
 
 class TrainEvents(EventEnum):
@@ -36,12 +37,7 @@ def register_train_events(trainer: Engine) -> None:
 
 
 def _write_rows(path: Path, header: list, rows: list) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=header)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+    write_csv(path, header, rows, dict_rows=True)
 
 
 def _row_iteration(row: dict) -> float:

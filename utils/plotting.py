@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from surveys.description import SURVEY  # noqa: E402
+from utils.files import atomic_path
 
 
 def rgb_image(image: np.ndarray, bands=SURVEY.rgb_index, q: float = 8.0) -> np.ndarray:
@@ -33,8 +34,9 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 90) -> Path:
     """Save atomically (temporary name, then rename) and close the figure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".partial" + path.suffix)
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path, keep_suffix=True) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path

@@ -28,6 +28,8 @@ from astropy import units as u
 from astropy.io import fits
 from astropy.table import Column, Table
 
+from utils.files import atomic_path, jsonable
+
 FLUX_UNIT = "1e-17 erg / (s cm2 Angstrom)"
 IVAR_UNIT = "1e+34 Angstrom2 cm4 s2 / erg2"  # (1e-17 erg/s/cm2/Angstrom)**-2
 DEFAULT_UNITS = {"ra": "deg", "dec": "deg", "wave": "Angstrom"}
@@ -36,17 +38,6 @@ DEFAULT_UNITS = {"ra": "deg", "dec": "deg", "wave": "Angstrom"}
 class ResultsFileError(ValueError):
     """Bad input to / content of a results FITS file; the message names the file and the field."""
 
-
-def _jsonable(v):
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, bytes):
-        return v.decode()
-    if isinstance(v, os.PathLike):
-        return str(v)
-    return v
 
 
 def write_spectra_fits(
@@ -110,7 +101,7 @@ def write_spectra_fits(
         )
     if n is None:
         raise ResultsFileError(f"{path}: table: no columns and no spectra")
-    prov = {k: _jsonable(v) for k, v in (header or {}).items()}
+    prov = {k: jsonable(v) for k, v in (header or {}).items()}
     primary = fits.PrimaryHDU()
     primary.header["ORIGIN"] = "galspec"
     primary.header["NGALAXY"] = (n, "rows in SPECTRA")
@@ -130,14 +121,8 @@ def write_spectra_fits(
     wave_hdu.header["BUNIT"] = "Angstrom"
     primary.header["PROVJSON"] = json.dumps(prov, ensure_ascii=True, sort_keys=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        with open(tmp, "wb") as fh:
-            fits.HDUList([primary, spec_hdu, wave_hdu] + _cube_hdus(path, cubes or {}, n)).writeto(fh)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fits.HDUList([primary, spec_hdu, wave_hdu] + _cube_hdus(path, cubes or {}, n)).writeto(fh)
     return path
 
 
@@ -300,7 +285,7 @@ def results_to_fits(
                 raise ResultsFileError(f"{predictions_h5}: {need}: missing")
         wave = p["wave"][:]
         n = p["flux_pred"].shape[0]
-        attrs = {k: _jsonable(v) for k, v in p.attrs.items()}
+        attrs = {k: jsonable(v) for k, v in p.attrs.items()}
         spectra = {}
         extra_table = {}
         for k in p:

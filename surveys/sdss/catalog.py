@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from surveys.description import SDSS
+from utils.files import atomic_path, write_csv
 
 RELEASES = ("DR16", "DR17")
 Z_MIN, Z_MAX = 0.05, 0.15
@@ -255,13 +256,9 @@ def query_skyserver(
     if header is None:
         raise CatalogError(f"{url}: result: no rows returned")
     out_csv.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_csv.with_name(out_csv.name + ".partial")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        w.writerows(rows)
-    read_catalog_csv(tmp, display_name=str(out_csv), z_range=None)  # validate before it counts
-    os.replace(tmp, out_csv)
+    with atomic_path(out_csv) as tmp:
+        write_csv(tmp, header, rows)  # (its own temporary name inside ours)
+        read_catalog_csv(tmp, display_name=str(out_csv), z_range=None)  # validate before it counts
     return out_csv
 
 

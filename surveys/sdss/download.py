@@ -14,7 +14,6 @@ so a partial mirror made with rsync/wget works as is. Guarantees:
 from __future__ import annotations
 
 import bz2
-import csv
 import hashlib
 import http.client
 import io
@@ -37,6 +36,7 @@ from tqdm import tqdm
 
 from datasets.sdss_spec import SpecFileError, read_spec
 from surveys.description import SDSS
+from utils.files import write_csv
 
 SAS_URL = "https://data.sdss.org/sas"
 BANDS = SDSS.bands  # "ugriz"
@@ -344,14 +344,8 @@ def download_all(
             bar.update(1)
             bar.set_postfix(failed=len(failures))
     fail_path = out_dir / "failures.csv"
-    tmp = fail_path.with_name(fail_path.name + ".partial")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(
-            fh, fieldnames=["url", "path", "kind", "reason", "attempts"], extrasaction="ignore"
-        )
-        w.writeheader()
-        w.writerows(sorted(failures, key=lambda r: r["path"]))
-    os.replace(tmp, fail_path)
+    write_csv(fail_path, ["url", "path", "kind", "reason", "attempts"],
+              sorted(failures, key=lambda r: r["path"]), dict_rows=True)
     return {
         "n_tasks": len(tasks),
         "skipped": len(tasks) - len(todo),
