@@ -172,34 +172,20 @@ def _log_grid(wave, flux, ivar):
     return ln_new, f, iv, velscale
 
 
-def fit_spectrum(wave, flux, z, ivar=None, fwhm_inst=None, extra_sigma=0.0, library="auto",
-                 age_step=3, degree=4, mdegree=0, reddening=True, fit_gas=True, wave_range=None,
-                 keep_arrays=False, linear_method="nnls"):
-    """Fit one spectrum with pPXF: stellar kinematics, populations, dust and emission lines.
+@dataclass
+class _Prepared:
+    """A spectrum ready for pPXF: rest-frame air ln-uniform grid, flux and noise divided by ``scale``."""
+    lib: str
+    lam_gal: np.ndarray
+    gal: np.ndarray
+    noise: np.ndarray
+    gpix: np.ndarray
+    scale: float
+    velscale: float
 
-    Parameters
-    ----------
-    wave : (L,) observed-frame VACUUM wavelength (Angstrom), log- or linearly sampled.
-    flux : (L,) flux density per Angstrom (any normalisation; line fluxes come out in the same unit x A).
-    z : redshift (e.g. the pipeline's or :func:`analysis.fit_redshift`'s).
-    ivar : optional (L,) inverse variance; None = uniform weights, errors rescaled by sqrt(chi2/dof).
-    fwhm_inst : instrumental FWHM in observed Angstrom: None (nominal SDSS curve), scalar or (L,) array.
-    extra_sigma : extra Gaussian smoothing applied to the spectrum, sigma in observed Angstrom
-        (2.0 for the project's preprocessed spectra).
-    library : 'auto' (MIUSCAT unless it misses > 150 A of the blue end -> BC03), 'miuscat' or 'bc03'.
-    age_step : use every ``age_step``-th age of the library (MIUSCAT: 3 -> 17 ages x 4 [M/H]).
-    linear_method : pPXF linear solver (nnls: same answer as lsq_box here, ~2x faster).
-    degree, mdegree : pPXF additive / multiplicative polynomial degrees (mdegree > 0 disables reddening).
-    reddening : fit the Calzetti stellar attenuation.
-    fit_gas : include the emission-line components.
-    wave_range : optional (min, max) observed Angstrom to fit.
-    keep_arrays : store wave/flux/bestfit/gas_bestfit in the result (for plots).
 
-    Returns
-    -------
-    FitResult. Never raises for a spectrum that cannot be fitted (no coverage, no good pixels, pPXF
-    failure): ``success`` is False and ``message`` says why. Bad arguments raise ValueError.
-    """
+def _check_arrays(wave, flux, ivar):
+    """Return wave, flux, ivar as float64 arrays; ValueError if their shapes do not match."""
     wave = np.asarray(wave, dtype=np.float64)
     flux = np.asarray(flux, dtype=np.float64)
     if wave.ndim != 1 or flux.shape != wave.shape:
@@ -208,9 +194,14 @@ def fit_spectrum(wave, flux, z, ivar=None, fwhm_inst=None, extra_sigma=0.0, libr
         ivar = np.asarray(ivar, dtype=np.float64)
         if ivar.shape != wave.shape:
             raise ValueError(f"ivar: shape {ivar.shape} != wave shape {wave.shape}")
-    if not np.isfinite(z) or z < -0.01:
-        return FitResult(False, f"z: invalid redshift {z}", z=float(z))
-    fwhm_obs = observed_fwhm(wave, fwhm_inst, extra_sigma)
+    return wave, flux, ivar
+
+
+def _prepare_spectrum(wave, flux, z, ivar, wave_range, library) -> _Prepared | FitResult:
+    """De-redshift to air, choose the library, cut to its coverage, log-rebin and normalise.
+
+    Returns a failed FitResult when too few good pixels or no positive flux remain.
+    """
     good = np.isfinite(flux)
     if ivar is not None:
         good &= np.isfinite(ivar) & (ivar > 0)
@@ -246,14 +237,24 @@ def fit_spectrum(wave, flux, z, ivar=None, fwhm_inst=None, extra_sigma=0.0, libr
         return FitResult(False, "flux: no positive flux in the fitted range", z=float(z), library=lib)
     gal = gal / scale
     noise = noise / scale if ivar is not None else noise
+    return _Prepared(lib, lam_gal, gal, noise, gpix, scale, velscale)
+
+
+def _fit_templates(lib, wave, fwhm_obs, z, velscale, age_step) -> _Templates:
+    """The (cached) templates matched to the galaxy's rest-frame resolution."""
     # cache key: observed-frame FWHM curve (rounded to 0.05 A) and z rounded to 0.01; the rest-frame
     # resolution then changes by < 1 % inside a bin, which moves sigma_v by < 1 km/s
     z_bin = round(float(z), 2)
     fobs = np.round(np.interp(_FWHM_NODES_OBS, wave, fwhm_obs) / 0.05) * 0.05
     fwhm_key = tuple(np.interp(_FWHM_NODES * (1 + z_bin), _FWHM_NODES_OBS, fobs) / (1 + z_bin))
-    T = _templates(lib, round(float(velscale), 4), fwhm_key, int(age_step))
+    return _templates(lib, round(float(velscale), 4), fwhm_key, int(age_step))
+
+
+def _template_set(T: _Templates, sp: _Prepared, fit_gas: bool):
+    """Return (templates, component, gas_names): the stars (component 0) plus, with ``fit_gas``, the
+    emission lines inside the fitted range as Balmer (component 1) and forbidden (component 2) lines."""
     n_st = T.stars.shape[1]
-    lam_range = [lam_gal[gpix].min(), lam_gal[gpix].max()]
+    lam_range = [sp.lam_gal[sp.gpix].min(), sp.lam_gal[sp.gpix].max()]
     templates = T.stars
     component = [0] * n_st
     gas_names = None
@@ -267,54 +268,68 @@ def fit_spectrum(wave, flux, z, ivar=None, fwhm_inst=None, extra_sigma=0.0, libr
             gas_names = gas_names[order]
             templates = np.column_stack([T.stars, gas])
             component += [1] * int(balmer.sum()) + [2] * int((~balmer).sum())
-    component = np.array(component)
+    return templates, np.array(component), gas_names
+
+
+def _run_ppxf(templates, sp: _Prepared, T: _Templates, component, gas_names, degree, mdegree, use_red,
+              goodpixels, linear_method):
+    """One pPXF fit (Gaussian LOSVD per component; pPXF's printout suppressed). May raise."""
     ncomp = component.max() + 1
     gas_component = component > 0
     start = [[0.0, 150.0]] + [[0.0, 100.0]] * (ncomp - 1)
-    use_red = reddening and mdegree <= 0
-    goodpixels = np.flatnonzero(gpix)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            pp = ppxf(templates, gal, noise, velscale, start if ncomp > 1 else start[0],
-                      moments=[2] * ncomp if ncomp > 1 else 2, degree=degree, mdegree=mdegree,
-                      lam=lam_gal, lam_temp=T.lam, component=component if ncomp > 1 else 0,
-                      gas_component=gas_component if ncomp > 1 else None,
-                      gas_names=gas_names if ncomp > 1 else None, reddening=0.3 if use_red else None,
-                      goodpixels=goodpixels, quiet=True, linear_method=linear_method)
-    except Exception as e:   # noqa: BLE001 - pPXF raises bare asserts/LinAlgErrors on hopeless input
-        return FitResult(False, f"pPXF failed: {type(e).__name__}: {e}", z=float(z), library=lib)
-    sol = np.atleast_2d(pp.sol)
-    err = np.atleast_2d(pp.error)
-    chi2 = float(pp.chi2)
-    err_scale = np.sqrt(chi2) if ivar is None else np.sqrt(max(chi2, 1.0))
-    # excess template broadening over the fitted range (km/s), removed in quadrature
-    ex = float(np.median(np.interp(lam_gal[goodpixels], T.excess_lam, T.excess)))
-    sig_fit = float(sol[0, 1])
-    sigma_v = float(np.sqrt(max(sig_fit ** 2 - ex ** 2, 0.0)))
-    wst = pp.weights[:n_st]
-    wsum = wst.sum()
-    if wsum > 0:
-        log_age = float(wst @ T.log_age / wsum)
-        metal = float(wst @ T.metal / wsum)
-    else:
-        log_age = metal = np.nan
+    with contextlib.redirect_stdout(io.StringIO()):
+        return ppxf(templates, sp.gal, sp.noise, sp.velscale, start if ncomp > 1 else start[0],
+                    moments=[2] * ncomp if ncomp > 1 else 2, degree=degree, mdegree=mdegree,
+                    lam=sp.lam_gal, lam_temp=T.lam, component=component if ncomp > 1 else 0,
+                    gas_component=gas_component if ncomp > 1 else None,
+                    gas_names=gas_names if ncomp > 1 else None, reddening=0.3 if use_red else None,
+                    goodpixels=goodpixels, quiet=True, linear_method=linear_method)
+
+
+def _gas_lines(pp, sol, T: _Templates, sp: _Prepared, component, gas_names, z, err_scale):
+    """Return (lines, line_errors, line_at_bound, gas_sigmas, gas_at_bound, gas_sigma) of the gas
+    components (empty dicts and NaN without them); fluxes in the input unit x observed Angstrom."""
     lines, lerrs, line_bound, gsig, gbound = {}, {}, {}, {}, {}
     gas_sigma = np.nan
-    if ncomp > 1 and pp.gas_flux is not None:
+    n_st = T.stars.shape[1]
+    if component.max() + 1 > 1 and pp.gas_flux is not None:
         wave_of = dict(zip(T.gas_names, T.gas_wave))
         comp_of = dict(zip(gas_names, component[n_st:]))
         cname = {c: "balmer" if any("[" not in n for n, k in comp_of.items() if k == c) else "forbidden"
                  for c in set(comp_of.values())}
         for c, nm in cname.items():
             gsig[nm] = float(sol[c, 1])
-            gbound[nm] = bool(at_sigma_bound(sol[c, 1], velscale))
+            gbound[nm] = bool(at_sigma_bound(sol[c, 1], sp.velscale))
         for name, gf, ge in zip(gas_names, pp.gas_flux, pp.gas_flux_error):
             out_name, fac = _GAS_MAP[name]
-            dlam = wave_of[name] * (1.0 + z) * velscale / C_KMS       # observed pixel width at the line
-            lines[out_name] = float(gf * dlam * fac * scale)
-            lerrs[out_name] = float(ge * dlam * fac * scale * err_scale)
+            dlam = wave_of[name] * (1.0 + z) * sp.velscale / C_KMS       # observed pixel width at the line
+            lines[out_name] = float(gf * dlam * fac * sp.scale)
+            lerrs[out_name] = float(ge * dlam * fac * sp.scale * err_scale)
             line_bound[out_name] = gbound[cname[comp_of[name]]]
         gas_sigma = float(sol[-1, 1])
+    return lines, lerrs, line_bound, gsig, gbound, gas_sigma
+
+
+def _pack_result(pp, sp: _Prepared, T: _Templates, z, has_ivar, component, gas_names, use_red,
+                 goodpixels, keep_arrays) -> FitResult:
+    """The FitResult of a pPXF fit: kinematics, populations, dust, lines, message (and arrays)."""
+    sol = np.atleast_2d(pp.sol)
+    err = np.atleast_2d(pp.error)
+    chi2 = float(pp.chi2)
+    err_scale = np.sqrt(max(chi2, 1.0)) if has_ivar else np.sqrt(chi2)
+    # excess template broadening over the fitted range (km/s), removed in quadrature
+    ex = float(np.median(np.interp(sp.lam_gal[goodpixels], T.excess_lam, T.excess)))
+    sig_fit = float(sol[0, 1])
+    sigma_v = float(np.sqrt(max(sig_fit ** 2 - ex ** 2, 0.0)))
+    wst = pp.weights[:T.stars.shape[1]]
+    wsum = wst.sum()
+    if wsum > 0:
+        log_age = float(wst @ T.log_age / wsum)
+        metal = float(wst @ T.metal / wsum)
+    else:
+        log_age = metal = np.nan
+    lines, lerrs, line_bound, gsig, gbound, gas_sigma = _gas_lines(pp, sol, T, sp, component, gas_names, z,
+                                                                   err_scale)
     ebv = float(pp.reddening) / 4.05 if use_red and pp.reddening is not None else np.nan
     msg = "ok"
     success = bool(np.isfinite(chi2))
@@ -328,12 +343,60 @@ def fit_spectrum(wave, flux, z, ivar=None, fwhm_inst=None, extra_sigma=0.0, libr
                     sigma_v_err=float(err[0, 1] * err_scale), age_lw=age_gyr, log_age_lw=log_age,
                     metallicity_lw=metal, ebv=ebv, lines=lines,
                     line_errors=lerrs, gas_sigma=gas_sigma, gas_sigmas=gsig, gas_at_bound=gbound,
-                    line_at_bound=line_bound, chi2_dof=chi2, library=lib, sigma_excess=ex)
+                    line_at_bound=line_bound, chi2_dof=chi2, library=sp.lib, sigma_excess=ex)
     if keep_arrays:
-        lam_vac = lam_gal / np.median(util.vac_to_air(lam_gal) / lam_gal)
+        lam_vac = sp.lam_gal / np.median(util.vac_to_air(sp.lam_gal) / sp.lam_gal)
         res.wave = lam_vac * (1.0 + z)
-        res.flux = gal * scale
-        res.bestfit = pp.bestfit * scale
-        res.gas_bestfit = (pp.gas_bestfit * scale if pp.gas_bestfit is not None else np.zeros_like(gal))
+        res.flux = sp.gal * sp.scale
+        res.bestfit = pp.bestfit * sp.scale
+        res.gas_bestfit = (pp.gas_bestfit * sp.scale if pp.gas_bestfit is not None else np.zeros_like(sp.gal))
         res.goodpixels = goodpixels
     return res
+
+
+def fit_spectrum(wave, flux, z, ivar=None, fwhm_inst=None, extra_sigma=0.0, library="auto",
+                 age_step=3, degree=4, mdegree=0, reddening=True, fit_gas=True, wave_range=None,
+                 keep_arrays=False, linear_method="nnls"):
+    """Fit one spectrum with pPXF: stellar kinematics, populations, dust and emission lines.
+
+    Parameters
+    ----------
+    wave : (L,) observed-frame VACUUM wavelength (Angstrom), log- or linearly sampled.
+    flux : (L,) flux density per Angstrom (any normalisation; line fluxes come out in the same unit x A).
+    z : redshift (e.g. the pipeline's or :func:`analysis.fit_redshift`'s).
+    ivar : optional (L,) inverse variance; None = uniform weights, errors rescaled by sqrt(chi2/dof).
+    fwhm_inst : instrumental FWHM in observed Angstrom: None (nominal SDSS curve), scalar or (L,) array.
+    extra_sigma : extra Gaussian smoothing applied to the spectrum, sigma in observed Angstrom
+        (2.0 for the project's preprocessed spectra).
+    library : 'auto' (MIUSCAT unless it misses > 150 A of the blue end -> BC03), 'miuscat' or 'bc03'.
+    age_step : use every ``age_step``-th age of the library (MIUSCAT: 3 -> 17 ages x 4 [M/H]).
+    linear_method : pPXF linear solver (nnls: same answer as lsq_box here, ~2x faster).
+    degree, mdegree : pPXF additive / multiplicative polynomial degrees (mdegree > 0 disables reddening).
+    reddening : fit the Calzetti stellar attenuation.
+    fit_gas : include the emission-line components.
+    wave_range : optional (min, max) observed Angstrom to fit.
+    keep_arrays : store wave/flux/bestfit/gas_bestfit in the result (for plots).
+
+    Returns
+    -------
+    FitResult. Never raises for a spectrum that cannot be fitted (no coverage, no good pixels, pPXF
+    failure): ``success`` is False and ``message`` says why. Bad arguments raise ValueError.
+    """
+    wave, flux, ivar = _check_arrays(wave, flux, ivar)
+    if not np.isfinite(z) or z < -0.01:
+        return FitResult(False, f"z: invalid redshift {z}", z=float(z))
+    fwhm_obs = observed_fwhm(wave, fwhm_inst, extra_sigma)
+    sp = _prepare_spectrum(wave, flux, z, ivar, wave_range, library)
+    if isinstance(sp, FitResult):
+        return sp
+    T = _fit_templates(sp.lib, wave, fwhm_obs, z, sp.velscale, age_step)
+    templates, component, gas_names = _template_set(T, sp, fit_gas)
+    use_red = reddening and mdegree <= 0
+    goodpixels = np.flatnonzero(sp.gpix)
+    try:
+        pp = _run_ppxf(templates, sp, T, component, gas_names, degree, mdegree, use_red, goodpixels,
+                       linear_method)
+    except Exception as e:   # noqa: BLE001 - pPXF raises bare asserts/LinAlgErrors on hopeless input
+        return FitResult(False, f"pPXF failed: {type(e).__name__}: {e}", z=float(z), library=sp.lib)
+    return _pack_result(pp, sp, T, z, ivar is not None, component, gas_names, use_red, goodpixels,
+                        keep_arrays)

@@ -117,7 +117,9 @@ def sky_sigma(images) -> list:
     return [_r(v, 4) for v in np.median(s, axis=0)]
 
 
-def realism(path, max_images: int = 2000) -> dict:
+def _load(path, max_images: int):
+    """Catalogue, first ``max_images`` images, models, first observed spectra (and their count),
+    wavelength and file attributes."""
     with h5py.File(path, "r") as f:
         c = {k: f["catalog"][k][:] for k in f["catalog"]}
         n_img = min(max_images, f["images"].shape[0])
@@ -127,18 +129,12 @@ def realism(path, max_images: int = 2000) -> dict:
         obs_flux, obs_ivar = f["spectra/flux"][:n_meas], f["spectra/ivar"][:n_meas]
         wave = 10 ** f["spectra/loglam"][:]
         attrs = dict(f.attrs)
-    z, r = c["z"], c["mag_r"]
-    ur = c["mag_u"] - c["mag_r"]
-    gr = c["mag_g"] - c["mag_r"]
-    mr = absolute_r(r, z)
-    red = ur > 2.22
-    res = {
-        "file": str(path),
-        "n": int(len(z)),
-        "mock_version": int(attrs.get("mock_version", 1)),
-        "seed": int(attrs.get("seed", -1)),
-    }
-    res["z"] = {
+    return c, images, model, obs_flux, obs_ivar, n_meas, wave, attrs
+
+
+def _z_stats(z, r) -> dict:
+    """Redshift distribution, bright nearby galaxies and the NMAD of predicting the median z."""
+    return {
         "min": _r(z.min(), 4),
         "p05": _r(np.percentile(z, 5)),
         "median": _r(np.median(z)),
@@ -148,19 +144,26 @@ def realism(path, max_images: int = 2000) -> dict:
         "frac_gt_0.2": _r(np.mean(z > 0.2)),
         "frac_0.03_0.2": _r(np.mean((z > 0.03) & (z < 0.2))),
         "frac_r_lt_16_at_z_lt_0.05": _r(np.mean(r[z < 0.05] < 16)) if (z < 0.05).any() else None,
+        # predicting the median redshift vs. the spread: sigma_NMAD of (z - median)/(1+z)
+        "nmad_dz_median_prediction": _nmad((z - np.median(z)) / (1 + z)),
     }
-    # differential number counts slope d log N / d m in 15.0-17.5
+
+
+def _r_counts(r) -> dict:
+    """Differential number counts slope d log N / d m in 15.0-17.5 and the r distribution."""
     bins = np.arange(15.0, 17.51, 0.5)
     h, _ = np.histogram(r, bins)
     slope = np.polyfit(0.5 * (bins[1:] + bins[:-1]), np.log10(np.clip(h, 1, None)), 1)[0]
-    res["r_counts"] = {
+    return {
         "dlogN_dm_15_17.5": _r(slope),
         "frac_r_lt_16": _r(np.mean(r < 16)),
         "median_r": _r(np.median(r)),
         "min_r": _r(r.min()),
     }
-    # predicting the median redshift vs. the spread: sigma_NMAD of (z - median)/(1+z)
-    res["z"]["nmad_dz_median_prediction"] = _nmad((z - np.median(z)) / (1 + z))
+
+
+def _colour_stats(ur, gr, mr, z, red) -> dict:
+    """Red fraction, red/blue peak colours in two M_r bins and the red-sequence scatter."""
     col = {"red_fraction_ur_2.22": _r(red.mean())}
     for lo, hi in ((-20, -21), (-21, -22)):
         sel = (mr <= lo) & (mr > hi)
@@ -186,21 +189,27 @@ def realism(path, max_images: int = 2000) -> dict:
             h_, e_ = np.histogram(res_, np.arange(-0.6, 0.8, 0.04))
             mode = e_[np.argmax(h_)] + 0.02
             col[f"red_seq_sigma_ur_{name}"] = _r(np.median(res_[res_ > mode] - mode) / 0.6745)
-    res["colours"] = col
+    return col
+
+
+def _spread(dn_, hd_) -> list:
+    """NMAD of Hdelta_A in Dn4000 bins of 0.1 between 1.1 and 2.0 (bins with >= 20 galaxies)."""
+    out = []
+    for lo in np.arange(1.1, 2.0, 0.1):
+        s = (dn_ >= lo) & (dn_ < lo + 0.1)
+        if s.sum() >= 20:
+            out.append(_nmad(hd_[s]))
+    return out
+
+
+def _dn4000_hdelta(c, wave, model, obs_flux, obs_ivar, n_meas: int) -> tuple[dict, dict]:
+    """The Dn4000 and Hdelta_A sections: noiseless truth columns and indices measured on the noisy spectra."""
+    z = c["z"]
     dn, hd = c["dn4000"], c["lick_Hdelta_A"]
     hb = np.arange(1.0, 2.31, 0.05)
     hist, _ = np.histogram(dn, hb)
     young, old = hb[:-1] < 1.55, hb[:-1] >= 1.55
-
-    def spread(dn_, hd_):
-        out = []
-        for lo in np.arange(1.1, 2.0, 0.1):
-            s = (dn_ >= lo) & (dn_ < lo + 0.1)
-            if s.sum() >= 20:
-                out.append(_nmad(hd_[s]))
-        return out
-
-    spreads = spread(dn, hd)
+    spreads = _spread(dn, hd)
     # as SDSS measures them: on the noisy observed spectra (first n_meas galaxies)
     from analysis.indices import dn4000, lick_indices
 
@@ -209,10 +218,10 @@ def realism(path, max_images: int = 2000) -> dict:
     hd_obs = lick_indices(
         wave, obs_flux.astype(np.float64), zz, obs_ivar.astype(np.float64), names=["Hdelta_A"]
     )["Hdelta_A"][0]
-    spreads_obs = spread(np.asarray(dn_obs), np.asarray(hd_obs))
+    spreads_obs = _spread(np.asarray(dn_obs), np.asarray(hd_obs))
     hist_obs, _ = np.histogram(np.asarray(dn_obs), hb)
     ew = ew_halpha(wave, model, c)
-    res["dn4000"] = {
+    dn_stats = {
         "peak_young": _r(hb[:-1][young][np.argmax(hist[young])] + 0.025),
         "peak_old": _r(hb[:-1][old][np.argmax(hist[old])] + 0.025),
         "max_frac_in_0.05_bin": _r(hist.max() / len(dn)),
@@ -222,7 +231,7 @@ def realism(path, max_images: int = 2000) -> dict:
         "frac_1.20_1.25": _r(np.mean((dn >= 1.2) & (dn < 1.25))),
         "frac_lt_1.55": _r(np.mean(dn < 1.55)),
     }
-    res["hdelta"] = {
+    hd_stats = {
         "p95_dn_lt_1.3": _r(np.percentile(hd[dn < 1.3], 95)) if (dn < 1.3).sum() > 5 else None,
         "median_dn_lt_1.3": _r(np.median(hd[dn < 1.3])) if (dn < 1.3).sum() > 5 else None,
         "median_dn_gt_1.8": _r(np.median(hd[dn > 1.8])) if (dn > 1.8).sum() > 5 else None,
@@ -232,10 +241,15 @@ def realism(path, max_images: int = 2000) -> dict:
         "frac_post_starburst_strict": _r(np.mean((hd > 5) & (ew < 3)), 4),
         "frac_hdA_gt_5": _r(np.mean(hd > 5), 4),
     }
+    return dn_stats, hd_stats
+
+
+def _sigma_v_stats(c, red) -> dict:
+    """Velocity dispersion distribution, of ellipticals (red galaxies without morphology) and blue ones."""
     sv = c["sigma_v"]
     ell = (c["morphology"] == 0) if "morphology" in c else red
     hs, _ = np.histogram(sv, np.arange(0, 500, 2))
-    res["sigma_v"] = {
+    return {
         "median": _r(np.median(sv), 1),
         "p05": _r(np.percentile(sv, 5), 1),
         "p95": _r(np.percentile(sv, 95), 1),
@@ -245,8 +259,10 @@ def realism(path, max_images: int = 2000) -> dict:
         "median_blue": _r(np.median(sv[~red]), 1),
         "max_frac_in_2kms_bin": _r(hs.max() / len(sv), 4),
     }
-    res["bpt"] = bpt_stats(c)
-    res["sky_sigma_nmgy_ugriz"] = sky_sigma(images)
+
+
+def _neighbour_stats(c) -> dict:
+    """Neighbours in the cutouts (and, when the catalogue has them, separations and bright stars)."""
     nb = {
         "frac_with_neighbour": _r(
             np.mean(c["n_neighbours"] > 0) if "n_neighbours" in c else np.mean(c["has_neighbour"] > 0)
@@ -263,7 +279,30 @@ def realism(path, max_images: int = 2000) -> dict:
                 "frac_bright_star": _r(np.mean(c["has_bright_star"]), 4),
             }
         )
-    res["neighbours"] = nb
+    return nb
+
+
+def realism(path, max_images: int = 2000) -> dict:
+    c, images, model, obs_flux, obs_ivar, n_meas, wave, attrs = _load(path, max_images)
+    z, r = c["z"], c["mag_r"]
+    ur = c["mag_u"] - c["mag_r"]
+    gr = c["mag_g"] - c["mag_r"]
+    mr = absolute_r(r, z)
+    red = ur > 2.22
+    res = {
+        "file": str(path),
+        "n": int(len(z)),
+        "mock_version": int(attrs.get("mock_version", 1)),
+        "seed": int(attrs.get("seed", -1)),
+    }
+    res["z"] = _z_stats(z, r)
+    res["r_counts"] = _r_counts(r)
+    res["colours"] = _colour_stats(ur, gr, mr, z, red)
+    res["dn4000"], res["hdelta"] = _dn4000_hdelta(c, wave, model, obs_flux, obs_ivar, n_meas)
+    res["sigma_v"] = _sigma_v_stats(c, red)
+    res["bpt"] = bpt_stats(c)
+    res["sky_sigma_nmgy_ugriz"] = sky_sigma(images)
+    res["neighbours"] = _neighbour_stats(c)
     return res
 
 

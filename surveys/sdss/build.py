@@ -16,12 +16,13 @@ frames (:mod:`surveys.sdss.cutouts`) or from the Pasquet et al. (2019) cube (:fu
 
 from __future__ import annotations
 
-import csv
 import dataclasses
+import functools
 import os
 import struct
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -43,6 +44,7 @@ from datasets.sdss_spec import SpecFileError, read_spec, to_schema_grid
 from surveys.sdss.catalog import COLUMNS, Z_MAX, Z_MIN, read_catalog_csv
 from surveys.sdss.cutouts import CutoutError, FrameCache, make_cutout
 from surveys.sdss.download import spec_lite_relpath
+from utils.files import write_csv
 
 
 class BuildError(ValueError):
@@ -131,6 +133,202 @@ def _as_uint64(values) -> np.ndarray:
     return v.astype(np.uint64)
 
 
+@dataclasses.dataclass(frozen=True)
+class _PasquetCube:
+    """The opened Pasquet et al. (2019) cube with its labels' specObjID and z, indexed by specObjID."""
+
+    cube: np.ndarray
+    ids: np.ndarray
+    z: np.ndarray
+    index: dict[int, int]
+
+
+def _open_pasquet_index(npz_path: str | os.PathLike) -> _PasquetCube:
+    """Open the cube (:func:`open_pasquet_cube`) and index its rows by ``labels['specObjID']``."""
+    cube, labels = open_pasquet_cube(npz_path)
+    ids = _as_uint64(_label_field(labels, "specObjID", npz_path))
+    cube_z = np.asarray(_label_field(labels, "z", npz_path), dtype=np.float64)
+    return _PasquetCube(cube, ids, cube_z, {int(s): j for j, s in enumerate(ids)})
+
+
+def _read_galaxy(
+    i: int,
+    cat: dict,
+    data_dir: Path,
+    release: str,
+    frames: FrameCache,
+    pasquet: _PasquetCube | None,
+    orientation: str,
+    max_dz: float,
+    max_sep_arcsec: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int | None] | str:
+    """Catalogue row ``i``'s (image, flux, ivar, model, cube row or None), or the reason it is dropped.
+
+    The image is a frame cutout when ``pasquet`` is None, else the row's image in the Pasquet cube.
+    """
+    sid = int(cat["specObjID"][i])
+    rel = spec_lite_relpath(cat["plate"][i], cat["mjd"][i], cat["fiberID"][i], cat["run2d"][i], release)
+    p = data_dir / rel
+    if not p.exists():
+        return f"spec-lite not downloaded: {rel}"
+    try:
+        flux, ivar, model, meta = _spec_and_model(p)
+    except (SpecFileError, OSError, KeyError) as e:
+        return f"spec-lite unreadable: {e}"
+    if "Z" in meta and abs(float(meta["Z"]) - float(cat["z"][i])) > max_dz:
+        return f"spec-lite Z={float(meta['Z']):.5f} != catalogue z={float(cat['z'][i]):.5f}"
+    if "PLUG_RA" in meta and "PLUG_DEC" in meta:
+        sep = _angsep_arcsec(meta["PLUG_RA"], meta["PLUG_DEC"], cat["ra"][i], cat["dec"][i])
+        if sep > max_sep_arcsec:
+            return f"fibre position {sep:.1f} arcsec from catalogue ra/dec"
+    if not (ivar > 0).any() or not (flux > 0).any():
+        return "spectrum has no good pixels on the schema grid"
+    if pasquet is None:
+        try:
+            fr = frames.field(cat["run"][i], cat["camcol"][i], cat["field"][i], cat["rerun"][i])
+            img = make_cutout(fr, float(cat["ra"][i]), float(cat["dec"][i]), orientation=orientation)
+        except CutoutError as e:
+            return f"cutout: {e}"
+        return img, flux, ivar, model, None
+    j = pasquet.index.get(sid)
+    if j is None:
+        return "not in the Pasquet cube"
+    if abs(pasquet.z[j] - float(cat["z"][i])) > max_dz:
+        return f"Pasquet cube z={pasquet.z[j]:.5f} != catalogue z={float(cat['z'][i]):.5f}"
+    img = np.ascontiguousarray(np.asarray(pasquet.cube[j], dtype=np.float32).transpose(2, 0, 1))
+    if not np.isfinite(img).all():
+        return "Pasquet cube image has non-finite pixels"
+    return img, flux, ivar, model, j
+
+
+def _fill_scratch(
+    scratch_path: Path,
+    n_cat: int,
+    order: np.ndarray,
+    read_row: Callable[[int], tuple | str],
+    progress: bool,
+) -> tuple[dict[int, str], set[int]]:
+    """Pass 1: write every kept row (``read_row(i)``, in ``order``) to the per-row scratch HDF5.
+
+    Returns the drop reasons (catalogue row -> reason) and the Pasquet cube rows used.
+    """
+    reasons: dict[int, str] = {}
+    used_cube_rows: set[int] = set()
+    with h5py.File(scratch_path, "w") as s:
+        s_img = s.create_dataset(
+            "images",
+            (n_cat, N_BANDS, IMAGE_SIZE, IMAGE_SIZE),
+            "f4",
+            chunks=(1, N_BANDS, IMAGE_SIZE, IMAGE_SIZE),
+        )
+        s_spec = {
+            k: s.create_dataset(k, (n_cat, N_LOGLAM), "f4", chunks=(1, N_LOGLAM))
+            for k in ("flux", "ivar", "model")
+        }
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            for i in tqdm(order, desc="build", unit="gal", disable=not progress):
+                i = int(i)
+                row = read_row(i)
+                if isinstance(row, str):
+                    reasons[i] = row
+                    continue
+                img, flux, ivar, model, j = row
+                if j is not None:
+                    used_cube_rows.add(j)
+                s_img[i] = img
+                s_spec["flux"][i] = flux
+                s_spec["ivar"][i] = ivar
+                s_spec["model"][i] = model
+    return reasons, used_cube_rows
+
+
+def _copy_kept_rows(
+    scratch_path: Path,
+    out_path: Path,
+    cat: dict,
+    kept: np.ndarray,
+    split: np.ndarray,
+    attrs: dict,
+    release: str,
+    compression: str | None,
+    chunk: int,
+) -> None:
+    """Pass 2: copy the ``kept`` scratch rows in chunks into the survey, with the catalogue columns."""
+    n = len(kept)
+    with (
+        h5py.File(scratch_path, "r") as s,
+        create_survey(
+            out_path, n, survey=f"SDSS-{release.upper()}", attrs=attrs, compression=compression
+        ) as f,
+    ):
+        mdl = f["spectra"].create_dataset(
+            "model",
+            (n, N_LOGLAM),
+            dtype="f4",
+            chunks=(min(SPECTRUM_CHUNK, n), N_LOGLAM),
+            compression=compression,
+        )
+        mdl.attrs["description"] = "SDSS pipeline best-fit model (spec-lite COADD 'model')"
+        for a in range(0, n, chunk):
+            idx = kept[a : a + chunk]
+            f["images"][a : a + len(idx)] = s["images"][idx]
+            f["spectra/flux"][a : a + len(idx)] = s["flux"][idx]
+            f["spectra/ivar"][a : a + len(idx)] = s["ivar"][idx]
+            mdl[a : a + len(idx)] = s["model"][idx]
+        f["split"][:] = split
+        sid = cat["specObjID"][kept].astype(np.uint64)
+        write_column(
+            f,
+            "id",
+            sid.view(np.int64),
+            "",
+            "SDSS specObjID as int64 (bit-identical; values >= 2**63 read negative)",
+        )
+        for col, arr in cat.items():
+            kind, unit, desc = COLUMNS.get(col, ("", "", "catalogue column"))
+            write_column(f, col, arr[kept], unit, desc)
+
+
+def _write_drop_lists(
+    out_path: Path,
+    cat: dict,
+    reasons: dict[int, str],
+    n: int,
+    split: np.ndarray,
+    pasquet: _PasquetCube | None,
+    used_cube_rows: set[int],
+) -> dict:
+    """Write ``<stem>_dropped.csv`` (and ``<stem>_pasquet_unused.csv``); return the build summary."""
+    dropped_path = out_path.with_name(out_path.stem + "_dropped.csv")
+    _write_csv(
+        dropped_path,
+        ["specObjID", "plate", "mjd", "fiberID", "reason"],
+        [
+            [int(cat["specObjID"][i]), int(cat["plate"][i]), int(cat["mjd"][i]), int(cat["fiberID"][i]), r]
+            for i, r in sorted(reasons.items())
+        ],
+    )
+    summary = {
+        "out": str(out_path),
+        "n_catalog": len(cat["specObjID"]),
+        "n_kept": n,
+        "n_dropped": len(reasons),
+        "dropped_csv": str(dropped_path),
+        "split_counts": {k: int((split == v).sum()) for k, v in (("train", 0), ("val", 1), ("test", 2))},
+        "drop_reasons": _count_reasons(reasons.values()),
+    }
+    if pasquet is not None:
+        cube = pasquet.cube
+        unmatched = sorted(set(range(len(cube))) - used_cube_rows)
+        um_path = out_path.with_name(out_path.stem + "_pasquet_unused.csv")
+        _write_csv(um_path, ["cube_row", "specObjID"], [[j, int(pasquet.ids[j])] for j in unmatched])
+        summary.update(
+            {"n_cube": len(cube), "n_cube_unused": len(unmatched), "cube_unused_csv": str(um_path)}
+        )
+    return summary
+
+
 def build_survey(
     catalog: str | os.PathLike | dict,
     data_dir: str | os.PathLike,
@@ -180,94 +378,29 @@ def build_survey(
     n_cat = len(cat["specObjID"])
     if images not in ("frames", "pasquet"):
         raise BuildError(f"build_survey: images={images!r}, expected 'frames' or 'pasquet'")
-    cube = cube_index = None
-    cube_z = None
+    pasquet = None
     if images == "pasquet":
         if pasquet_npz is None:
             raise BuildError("build_survey: images='pasquet' needs pasquet_npz")
-        cube, labels = open_pasquet_cube(pasquet_npz)
-        ids = _as_uint64(_label_field(labels, "specObjID", pasquet_npz))
-        cube_z = np.asarray(_label_field(labels, "z", pasquet_npz), dtype=np.float64)
-        cube_index = {int(s): j for j, s in enumerate(ids)}
+        pasquet = _open_pasquet_index(pasquet_npz)
     scratch_path = Path(scratch_dir or out_path.parent) / f".{out_path.name}.scratch.h5"
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    reasons: dict[int, str] = {}
-    used_cube_rows: set[int] = set()
     # field-sorted so each field's 5 frames are decompressed once
     order = np.lexsort((cat["field"], cat["camcol"], cat["run"]))
     frames = FrameCache(data_dir, release)
+    read_row = functools.partial(
+        _read_galaxy,
+        cat=cat,
+        data_dir=data_dir,
+        release=release,
+        frames=frames,
+        pasquet=pasquet,
+        orientation=orientation,
+        max_dz=max_dz,
+        max_sep_arcsec=max_sep_arcsec,
+    )
     try:
-        with h5py.File(scratch_path, "w") as s:
-            s_img = s.create_dataset(
-                "images",
-                (n_cat, N_BANDS, IMAGE_SIZE, IMAGE_SIZE),
-                "f4",
-                chunks=(1, N_BANDS, IMAGE_SIZE, IMAGE_SIZE),
-            )
-            s_spec = {
-                k: s.create_dataset(k, (n_cat, N_LOGLAM), "f4", chunks=(1, N_LOGLAM))
-                for k in ("flux", "ivar", "model")
-            }
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FITSFixedWarning)
-                for i in tqdm(order, desc="build", unit="gal", disable=not progress):
-                    i = int(i)
-                    sid = int(cat["specObjID"][i])
-                    rel = spec_lite_relpath(
-                        cat["plate"][i], cat["mjd"][i], cat["fiberID"][i], cat["run2d"][i], release
-                    )
-                    p = data_dir / rel
-                    if not p.exists():
-                        reasons[i] = f"spec-lite not downloaded: {rel}"
-                        continue
-                    try:
-                        flux, ivar, model, meta = _spec_and_model(p)
-                    except (SpecFileError, OSError, KeyError) as e:
-                        reasons[i] = f"spec-lite unreadable: {e}"
-                        continue
-                    if "Z" in meta and abs(float(meta["Z"]) - float(cat["z"][i])) > max_dz:
-                        reasons[i] = (
-                            f"spec-lite Z={float(meta['Z']):.5f} != catalogue z={float(cat['z'][i]):.5f}"
-                        )
-                        continue
-                    if "PLUG_RA" in meta and "PLUG_DEC" in meta:
-                        sep = _angsep_arcsec(meta["PLUG_RA"], meta["PLUG_DEC"], cat["ra"][i], cat["dec"][i])
-                        if sep > max_sep_arcsec:
-                            reasons[i] = f"fibre position {sep:.1f} arcsec from catalogue ra/dec"
-                            continue
-                    if not (ivar > 0).any() or not (flux > 0).any():
-                        reasons[i] = "spectrum has no good pixels on the schema grid"
-                        continue
-                    if images == "frames":
-                        try:
-                            fr = frames.field(
-                                cat["run"][i], cat["camcol"][i], cat["field"][i], cat["rerun"][i]
-                            )
-                            img = make_cutout(
-                                fr, float(cat["ra"][i]), float(cat["dec"][i]), orientation=orientation
-                            )
-                        except CutoutError as e:
-                            reasons[i] = f"cutout: {e}"
-                            continue
-                    else:
-                        j = cube_index.get(sid)
-                        if j is None:
-                            reasons[i] = "not in the Pasquet cube"
-                            continue
-                        if abs(cube_z[j] - float(cat["z"][i])) > max_dz:
-                            reasons[i] = (
-                                f"Pasquet cube z={cube_z[j]:.5f} != catalogue z={float(cat['z'][i]):.5f}"
-                            )
-                            continue
-                        img = np.ascontiguousarray(np.asarray(cube[j], dtype=np.float32).transpose(2, 0, 1))
-                        if not np.isfinite(img).all():
-                            reasons[i] = "Pasquet cube image has non-finite pixels"
-                            continue
-                        used_cube_rows.add(j)
-                    s_img[i] = img
-                    s_spec["flux"][i] = flux
-                    s_spec["ivar"][i] = ivar
-                    s_spec["model"][i] = model
+        reasons, used_cube_rows = _fill_scratch(scratch_path, n_cat, order, read_row, progress)
         kept = np.array(sorted(set(range(n_cat)) - set(reasons)), dtype=np.int64)
         n = len(kept)
         if n == 0:
@@ -289,66 +422,10 @@ def build_survey(
             # the module's name before the move to surveys/ (issue 12), kept so files stay byte-identical
             "builder": "utils.sdss.build",
         }
-        with (
-            h5py.File(scratch_path, "r") as s,
-            create_survey(
-                out_path, n, survey=f"SDSS-{release.upper()}", attrs=attrs, compression=compression
-            ) as f,
-        ):
-            mdl = f["spectra"].create_dataset(
-                "model",
-                (n, N_LOGLAM),
-                dtype="f4",
-                chunks=(min(SPECTRUM_CHUNK, n), N_LOGLAM),
-                compression=compression,
-            )
-            mdl.attrs["description"] = "SDSS pipeline best-fit model (spec-lite COADD 'model')"
-            for a in range(0, n, chunk):
-                idx = kept[a : a + chunk]
-                f["images"][a : a + len(idx)] = s["images"][idx]
-                f["spectra/flux"][a : a + len(idx)] = s["flux"][idx]
-                f["spectra/ivar"][a : a + len(idx)] = s["ivar"][idx]
-                mdl[a : a + len(idx)] = s["model"][idx]
-            f["split"][:] = split
-            sid = cat["specObjID"][kept].astype(np.uint64)
-            write_column(
-                f,
-                "id",
-                sid.view(np.int64),
-                "",
-                "SDSS specObjID as int64 (bit-identical; values >= 2**63 read negative)",
-            )
-            for col, arr in cat.items():
-                kind, unit, desc = COLUMNS.get(col, ("", "", "catalogue column"))
-                write_column(f, col, arr[kept], unit, desc)
+        _copy_kept_rows(scratch_path, out_path, cat, kept, split, attrs, release, compression, chunk)
     finally:
         scratch_path.unlink(missing_ok=True)
-    dropped_path = out_path.with_name(out_path.stem + "_dropped.csv")
-    _write_csv(
-        dropped_path,
-        ["specObjID", "plate", "mjd", "fiberID", "reason"],
-        [
-            [int(cat["specObjID"][i]), int(cat["plate"][i]), int(cat["mjd"][i]), int(cat["fiberID"][i]), r]
-            for i, r in sorted(reasons.items())
-        ],
-    )
-    summary = {
-        "out": str(out_path),
-        "n_catalog": n_cat,
-        "n_kept": n,
-        "n_dropped": len(reasons),
-        "dropped_csv": str(dropped_path),
-        "split_counts": {k: int((split == v).sum()) for k, v in (("train", 0), ("val", 1), ("test", 2))},
-        "drop_reasons": _count_reasons(reasons.values()),
-    }
-    if images == "pasquet":
-        unmatched = sorted(set(range(len(cube))) - used_cube_rows)
-        um_path = out_path.with_name(out_path.stem + "_pasquet_unused.csv")
-        _write_csv(um_path, ["cube_row", "specObjID"], [[j, int(ids[j])] for j in unmatched])
-        summary.update(
-            {"n_cube": len(cube), "n_cube_unused": len(unmatched), "cube_unused_csv": str(um_path)}
-        )
-    return summary
+    return _write_drop_lists(out_path, cat, reasons, n, split, pasquet, used_cube_rows)
 
 
 def import_pasquet_cube(
@@ -378,9 +455,4 @@ def _count_reasons(reasons) -> dict[str, int]:
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        w.writerows(rows)
-    os.replace(tmp, path)
+    write_csv(path, header, rows)
