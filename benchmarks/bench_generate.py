@@ -1,10 +1,11 @@
 """Benchmark of the generation chain (prints JSON).
 
 1. Time per galaxy of the whole chain (N/k/M = 3/2/3) with the PAPER-size networks (random weights: speed
-   does not depend on them), for the paper's ancestral sampler (250 steps) and for fast samplers. The
-   chain is run for two small step counts and the per-step cost is extrapolated linearly (a chain's cost
-   is fixed encoder/ranker work + steps x denoiser forwards), so the 250-step figure takes minutes to
-   measure, not hours.
+   does not depend on them): the fast default (params_generative.yml's generate.sampler/steps/alpha_bar_min)
+   run whole, and the paper's ancestral sampler run for ``--paper-fraction`` (default 20 %, 1 = all) of its
+   250 steps, the rest at the measured per-step cost (``paper_and_fast``); the split into the implementation's
+   speed-up at equal steps and the step-count speed-up; against the released code's chain MEASURED in issue
+   #13 (321 s per galaxy on an AVX2 EPYC, 2 threads), scaled to this CPU by the ratio of fp32 matmul peaks.
 2. Quality of each sampler/step count with the TRAINED CPU-profile models (runs/, from scripts/demo.sh):
    MSE of the top-ranked spectrum against the observed one (normalised linear flux) on mock test galaxies.
 3. Fraction of the CPU's float32 matmul peak reached by one paper-size UNet forward (FLOPs from
@@ -18,8 +19,9 @@
    times scaled to this machine by the ratio of fp32 matmul peaks. ``--profile`` adds the top ops by self
    CPU time.
 
-    python benchmarks/bench_generate.py [--threads 2] [--galaxies 4] [--quality-galaxies 24]
-        [--amp off bf16] [--parts timing peak quality unet] [--unet-batch 48 48] [--repeats 3] [--profile]
+    python benchmarks/bench_generate.py [--threads 2] [--galaxies 4] [--paper-fraction 0.2]
+        [--quality-galaxies 24] [--amp off bf16] [--parts timing peak quality unet]
+        [--unet-batch 48 48] [--repeats 3] [--profile]
 """
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ import argparse
 import json
 import sys
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from datasets.galaxy import GalaxyDataset  # noqa: E402
 from datasets.preprocess import N_FULLRES, N_LOWRES  # noqa: E402
+from diffusion.samplers import SAMPLERS, Sampler  # noqa: E402
 from generation.chain import GenerationChain, load_chain  # noqa: E402
 from models.build import build_contrastive, build_denoiser, build_diffusion  # noqa: E402
 from models.loading import LoadedModel  # noqa: E402
@@ -43,8 +48,12 @@ from models.precision import autocast_context  # noqa: E402
 from utils.config import ContrastiveConfig, GenerativeConfig, load_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-REFERENCE = {"released_3_lowres_candidates_s": 42.0, "released_sr_forward_batch1_s": 0.2,
-             "released_chain_estimate_s": 42.0 + 3 * 250 * 0.2}
+# The released code's whole chain, MEASURED in issue #13 (not by this script; never an imitation):
+# N/k/M 3/2/3, paper-size networks, 4 galaxies per batch, float32, 2 threads, on an AVX2 EPYC whose fp32
+# matmul peak is ~70 GFLOP/s. Per galaxy.
+RELEASED_CHAIN = {"label": "released code, measured on an AVX2 EPYC, 2 threads (issue #13)",
+                  "ancestral_250_s": 321.0, "ddim_10_s": 13.7, "per_step_s": 1.28,
+                  "fp32_matmul_peak_gflops": 70.0}
 # issue #13: the released code's forward per item, measured on an AVX2 EPYC whose fp32 matmul peak is ~70
 # GFLOP/s with 2 threads (low-res at batch 16, super-resolution at batch 1)
 RELEASED_FORWARD = {"lr": {"seconds_per_item": 0.0496, "batch": 16, "gflop": 2.60},
@@ -66,46 +75,54 @@ def paper_chain(gen_cfg) -> GenerationChain:
     return GenerationChain(models, gen_cfg, torch.device("cpu"))
 
 
-def time_chain(chain, images, sampler, steps, repeats=1) -> float:
-    chain.g.sampler, chain.g.steps = sampler, steps
+def time_chain(chain, images, sampler, steps, alpha_bar_min=0.0, amp="off") -> float:
+    """Seconds per galaxy of one whole-chain run over ``images`` (after a 1-galaxy warm-up)."""
+    chain.g.sampler, chain.g.steps, chain.g.alpha_bar_min, chain.amp = sampler, steps, alpha_bar_min, amp
     ids = np.arange(images.shape[0])
-    chain.run(images[:1], ids[:1]) if steps <= 2 else None  # warm-up of kernels
+    chain.run(images[:1], ids[:1])  # warm-up of kernels (oneDNN primitives)
     t0 = time.perf_counter()
-    for _ in range(repeats):
-        chain.run(images, ids)
-    return (time.perf_counter() - t0) / repeats / images.shape[0]
+    chain.run(images, ids)
+    return (time.perf_counter() - t0) / images.shape[0]
 
 
-def extrapolated_seconds_per_galaxy(chain, images, steps_target: int) -> dict:
-    """Seconds per galaxy at ``steps_target`` denoiser steps, from runs at 2 and 5 steps (DDIM: the same
-    per-step work as any sampler here — one denoiser forward per step for every candidate)."""
-    t2 = time_chain(chain, images, "ddim", 2)
-    t5 = time_chain(chain, images, "ddim", 5)
-    per_step = (t5 - t2) / 3
-    fixed = t2 - 2 * per_step
-    return {"fixed_s": fixed, "per_step_s": per_step, "total_s": fixed + steps_target * per_step}
+@dataclass(frozen=True)
+class _FirstSteps(Sampler):
+    """A sampler that runs only the first ``first`` timesteps of its list (same work per step)."""
+    first: int = 0
+
+    def timesteps(self, diffusion, steps=None, spacing=None) -> list[int]:
+        return super().timesteps(diffusion, steps, spacing)[: self.first]
 
 
-def released_style_seconds_per_galaxy(chain, image, probe_steps: int = 3) -> dict:
-    """The released implementation's way of running the same paper-size networks, timed on THIS machine:
-    one candidate at a time (batch 1), the image re-encoded by the full model at every step, 250 ancestral
-    steps per candidate, N = 3 low-res and M = 3 super-resolution candidates. ``probe_steps`` steps are
-    timed per stage and scaled to 250 (every step is the same work)."""
-    out = {}
-    for role, length, n_cand in (("diffusion_lr", N_LOWRES, 3), ("diffusion_sr", N_FULLRES, 3)):
-        m = chain.m[role].model
-        x = torch.randn(1, length)
-        lowres = torch.randn(1, N_LOWRES) if role.endswith("sr") else None
-        t = torch.tensor([100])
-        m(x, t, images=image, lowres=lowres)  # warm-up
-        t0 = time.perf_counter()
-        for _ in range(probe_steps):
-            m(x, t, images=image, lowres=lowres)
-        per_forward = (time.perf_counter() - t0) / probe_steps
-        out[f"{role}_forward_batch1_s"] = per_forward
-        out[f"{role}_s"] = per_forward * 250 * n_cand
-    out["total_s"] = out["diffusion_lr_s"] + out["diffusion_sr_s"]
-    return out
+@contextmanager
+def first_steps(name: str, first: int):
+    """Within the block, sampler ``name`` visits only the first ``first`` steps of its timestep list."""
+    orig = SAMPLERS[name]
+    SAMPLERS[name] = _FirstSteps(orig.fn, orig.spacing, orig.every_step, orig.options, first=first)
+    try:
+        yield
+    finally:
+        SAMPLERS[name] = orig
+
+
+def paper_and_fast(chain, images, fraction: float, fast: dict, amp: str) -> dict:
+    """Per galaxy: the paper's ancestral sampler (250 steps) and the fast default, both MEASURED.
+
+    The fast default runs whole. The ancestral chain runs ``fraction`` of its 250 steps in each stage (the
+    first ones; every step is one denoiser forward per candidate, the same work whatever t is); the per-step
+    cost is (t_ancestral_part - t_fast) / (steps_part - fast_steps), and the 250-step time is the measured
+    part plus the remaining steps at that cost (fraction = 1: measured whole, nothing added)."""
+    n_anc = chain.m["diffusion_lr"].diffusion.num_timesteps
+    part = max(1, round(fraction * n_anc))
+    t_fast = time_chain(chain, images, fast["sampler"], fast["steps"], fast["alpha_bar_min"], amp)
+    with first_steps("ancestral", part):
+        t_part = time_chain(chain, images, "ancestral", n_anc, 0.0, amp)
+    per_step = (t_part - t_fast) / (part - fast["steps"])
+    t_anc = t_part + (n_anc - part) * per_step
+    return {"ancestral_steps_run": part, "ancestral_part_s": t_part, "per_step_s": per_step,
+            "fixed_s": t_fast - fast["steps"] * per_step,
+            f"ancestral_{n_anc}_s": t_anc, f"fast_{fast['sampler']}_{fast['steps']}_s": t_fast,
+            "step_count_speedup": t_anc / t_fast}
 
 
 def matmul_peak(dtype: torch.dtype) -> float:
@@ -302,11 +319,53 @@ def quality(n_gal: int, samplers: list[tuple[str, int]], amps: list[str]) -> dic
     return res
 
 
+def chain_timing(a) -> dict:
+    """The paper's sampler and the fast default, per galaxy, measured (``paper_and_fast``), against the
+    released code's measured chain scaled to this CPU by the ratio of fp32 matmul peaks."""
+    from models.precision import native_bf16
+    g = load_config(ROOT / "params_generative.yml", GenerativeConfig).generate
+    fast = {"sampler": a.fast_sampler or g.sampler, "steps": a.fast_steps or g.steps,
+            "alpha_bar_min": g.alpha_bar_min if a.fast_alpha_bar_min is None else a.fast_alpha_bar_min}
+    if fast["sampler"] == "ancestral":
+        raise SystemExit("error: the fast sampler is ancestral: pass --fast-sampler/--fast-steps")
+    chain = paper_chain(g)
+    images = torch.rand(a.galaxies, 5, 64, 64)
+    peak = matmul_peak(torch.float32) / 1e9
+    scale = RELEASED_CHAIN["fp32_matmul_peak_gflops"] / peak
+    released_here = {"ancestral_250_s": RELEASED_CHAIN["ancestral_250_s"] * scale,
+                     "per_step_s": RELEASED_CHAIN["per_step_s"] * scale}
+    out = {"cpu": _cpu_model(), "threads": torch.get_num_threads(), "native_bf16": native_bf16("cpu"),
+           "fp32_matmul_peak_gflops": round(peak, 1), "galaxies_per_batch": a.galaxies,
+           "setting": f"N/k/M {g.n_lowres}/{g.keep_lowres}/{g.n_fullres}, paper-size networks (random "
+                      "weights: speed does not depend on them), z_prior none, seconds per galaxy",
+           "fast_default": fast, "released_code": RELEASED_CHAIN,
+           "released_code_scaled_here": {k: round(v, 3) for k, v in released_here.items()},
+           "released_code_scale": f"x {scale:.3f} = 70 GFLOP/s / this CPU's fp32 matmul peak"}
+    for amp in a.amp:
+        with torch.no_grad():
+            r = paper_and_fast(chain, images, a.paper_fraction, fast, amp)
+        fast_s = r[f"fast_{fast['sampler']}_{fast['steps']}_s"]
+        r["speedup_vs_released_code_scaled"] = {
+            "fast_default_vs_released_250": released_here["ancestral_250_s"] / fast_s,
+            "per_step_equal_steps": released_here["per_step_s"] / r["per_step_s"]}
+        out["float32" if amp == "off" else amp] = {k: round(v, 4) if isinstance(v, float) else v
+                                                   for k, v in r.items()}
+        print(f"chain timing {amp}: done", file=sys.stderr)
+    return out
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--galaxies", type=int, default=4, help="galaxies per batch for the paper-size timing")
-    p.add_argument("--fast-steps", type=int, nargs="*", default=[10, 20, 50])
+    p.add_argument("--fast-steps", dest="fast_steps", type=int, default=None,
+                   help="timing: the fast default's steps (default: params_generative.yml generate.steps)")
+    p.add_argument("--fast-sampler", dest="fast_sampler", default=None,
+                   help="timing: the fast sampler (default: params_generative.yml generate.sampler)")
+    p.add_argument("--fast-alpha-bar-min", dest="fast_alpha_bar_min", type=float, default=None)
+    p.add_argument("--paper-fraction", dest="paper_fraction", type=float, default=0.2,
+                   help="timing: fraction of the 250 ancestral steps run (>= 0.2; 1 = all)")
+    p.add_argument("--quality-steps", dest="quality_steps", type=int, nargs="*", default=[10, 20, 50])
     p.add_argument("--amp", nargs="*", default=["off", "bf16"], choices=["off", "bf16"],
                    help="precisions to time (bf16 autocast pays on CPUs with native bf16, e.g. AVX512-BF16)")
     p.add_argument("--quality-galaxies", dest="quality_galaxies", type=int, default=24)
@@ -322,29 +381,7 @@ def main():
     torch.manual_seed(0)
     out = {"threads": a.threads}
     if "timing" in a.parts:
-        g = load_config(ROOT / "params_generative.yml", GenerativeConfig).generate
-        chain = paper_chain(g)
-        images = torch.rand(a.galaxies, 5, 64, 64)
-        timing = {}
-        with torch.no_grad():
-            released = released_style_seconds_per_galaxy(chain, images[:1])
-            for amp in a.amp:
-                chain.amp = amp
-                ext = extrapolated_seconds_per_galaxy(chain, images, 250)
-                timing[amp] = {
-                    "ancestral_250": ext["total_s"],
-                    **{f"dpmpp_2m_{s}": ext["fixed_s"] + s * ext["per_step_s"] for s in a.fast_steps},
-                    "fixed_part_s": ext["fixed_s"], "per_step_s": ext["per_step_s"]}
-        out.update({
-            "reference": REFERENCE, "released_style_measured_here": released,
-            "paper_size_chain_seconds_per_galaxy": {
-                **timing, "galaxies_per_batch": a.galaxies,
-                "method": "measured at 2 and 5 steps, linear in steps; off = float32, bf16 = bf16 autocast"},
-            "speedup": {
-                f"{amp}_{k}": {"vs_quoted_reference": REFERENCE["released_chain_estimate_s"] / v,
-                               "vs_released_style_here": released["total_s"] / v}
-                for amp, row in timing.items() for k, v in row.items()
-                if k.startswith(("ancestral", "dpmpp"))}})
+        out["chain"] = chain_timing(a)
     if "peak" in a.parts:
         out["unet_forward"] = unet_peak_fraction(a.threads)
     if "unet" in a.parts:
@@ -352,7 +389,7 @@ def main():
         lr_b, sr_b = a.unet_batch or (gen.batch_galaxies * gen.n_lowres, gen.batch_galaxies * gen.n_fullres)
         out["unet"] = unet_parts({"lr": lr_b, "sr": sr_b}, a.repeats, a.profile, a.compile)
     if "quality" in a.parts:
-        samplers = [("ancestral", 250)] + [(s, n) for n in a.fast_steps for s in ("dpmpp_2m", "ddim")]
+        samplers = [("ancestral", 250)] + [(s, n) for n in a.quality_steps for s in ("dpmpp_2m", "ddim")]
         out["quality_cpu_profile"] = quality(a.quality_galaxies, samplers, a.amp)
     print(json.dumps(out, indent=1))
 

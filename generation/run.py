@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -28,7 +27,9 @@ from tqdm import tqdm
 from datasets.preprocess import FULLRES_WAVE, LOWRES_WAVE, N_FULLRES, N_LOWRES, preprocess_spectra
 from datasets.schema import IMAGE_SIZE, N_BANDS, SPLIT_CODES, catalog_fingerprint
 from generation.chain import GenerationChain, GenerationError, chain_roles, load_chain
+from models.precision import use_bf16
 from utils.config import to_dict
+from utils.files import atomic_path
 
 STATUS_OK = "ok"
 
@@ -142,9 +143,8 @@ def _part_path(parts: Path, c: int) -> Path:
 
 
 def _save_part(path: Path, arrays: dict) -> None:
-    tmp = path.with_name(path.stem + ".partial.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path, keep_suffix=True) as tmp:
+        np.savez(tmp, **arrays)
 
 
 def process_chunk(chain: GenerationChain, src: ImageSource, sel: slice, batch: int) -> dict:
@@ -255,7 +255,8 @@ def generate(gen_cfg, cfg_dict: dict, input_path, device=None, amp: str = "auto"
     sha = checkpoint_fingerprints({r: gen_cfg.checkpoints[r] for r in chain_roles(gen_cfg)})
     manifest = {"input": str(Path(input_path).resolve()), "input_catalog_sha256": src.fingerprint,
                 "n_galaxies": len(src), "chunk_galaxies": gen_cfg.chunk_galaxies,
-                "checkpoint_sha256": sha, "generate": to_dict(gen_cfg)}
+                "checkpoint_sha256": sha, "generate": to_dict(gen_cfg),
+                "precision": "bf16" if use_bf16(amp, device) else "float32"}  # parts of both never mix
     resumable = check_resumable(parts, manifest, overwrite)   # before loading models: a quick refusal
     chain = load_chain(gen_cfg, device, amp)
     if rank == 0:
@@ -302,6 +303,7 @@ def generate(gen_cfg, cfg_dict: dict, input_path, device=None, amp: str = "auto"
             spectra[k] = merged.pop(k)
     header = {"checkpoints": {r: gen_cfg.checkpoints[r] for r in chain_roles(gen_cfg)},
               "z_prior": gen_cfg.z_prior or "none", "sampler": gen_cfg.sampler, "steps": gen_cfg.steps,
+              "alpha_bar_min": gen_cfg.alpha_bar_min, "precision": manifest["precision"], "amp": amp,
               "seed": gen_cfg.seed, "n_lowres": gen_cfg.n_lowres, "keep_lowres": gen_cfg.keep_lowres,
               "n_fullres": gen_cfg.n_fullres, "input": str(input_path), "split": gen_cfg.split,
               "checkpoint_sha256": sha, "input_catalog_sha256": src.fingerprint,

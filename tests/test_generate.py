@@ -73,6 +73,11 @@ def test_chain_writes_every_galaxy_with_all_candidates(synthetic_survey, trained
     assert std.shape == (10, 4500) and (std >= 0).all() and (std > 0).mean() > 0.5
     np.testing.assert_allclose(std, cands.astype(np.float64).std(axis=1, ddof=1), rtol=1e-5)
     assert (t["top"] == t["fullres_scores"].argmax(1)).all()
+    # the header says how it was sampled, down to the precision "auto" chose on this device
+    from models.precision import native_bf16
+    h = res["header"]
+    assert (h["sampler"], h["steps"], h["amp"]) == ("ddim", 4, "auto")
+    assert h["precision"] == ("bf16" if native_bf16("cpu") else "float32")
     best2 = np.argsort(-t["lowres_scores"], axis=1)[:, :2]
     assert (np.sort(best2, 1) == np.sort(t["kept"], 1)).all()
     assert res["header"]["sampler"] == "ddim" and res["header"]["steps"] == 4
