@@ -11,6 +11,8 @@ in steps 2 and 4 every candidate's own redshift is fitted (``analysis.fit_redshi
 |z - z_p| / (1 + z_p) <= ``generate.z_prior_width`` are ranked first (by their contrastive score), the
 others after them (nearest z first). The spectra are still the diffusion model's; the prior only chooses
 among them, so the chain's redshift is no longer independent of the image's photo-z (docs/MODELS.md).
+Optional, not in the paper (``generate.prediction: z_mean``): the prediction is the mean of the full-res
+candidates whose fitted redshift agrees with the top one's (``z_consistent_mean``) instead of the top one.
 
 Every model's image encoder runs ONCE per galaxy; the cross-attention context is reused across all
 sampling steps and all candidates, and all candidates of a batch of galaxies go through each network
@@ -183,20 +185,35 @@ class GenerationChain:
         sr_scores = self._rank("contrastive_sr", images, sr, M, phot)                    # (B, M)
         sr_lin = to_linear(sr.reshape(b, M, N_FULLRES), pre).cpu().numpy()
         sr_key = sr_scores
+        if self.z_prior or g.prediction == "z_mean":
+            extra["fullres_z"] = candidate_redshifts(sr_lin, FULLRES_WAVE, SMOOTH_SIGMA)
         if self.z_prior:
-            zs = candidate_redshifts(sr_lin, FULLRES_WAVE, SMOOTH_SIGMA)
-            sr_key = prior_rank_key(sr_scores, zs, extra["z_prior"], self.g.z_prior_width)
-            extra["fullres_z"] = zs
-        top = sr_key.argmax(dim=1)
+            sr_key = prior_rank_key(sr_scores, extra["fullres_z"], extra["z_prior"], self.g.z_prior_width)
+        top = sr_key.argmax(dim=1).cpu().numpy()
+        flux_pred = (z_consistent_mean(sr_lin, extra["fullres_z"], top, g.prediction_width)
+                     if g.prediction == "z_mean" else sr_lin[np.arange(b), top])
         return {
             "lowres_candidates": lr_lin,
             "lowres_scores": lr_scores.cpu().numpy(), "kept": kept.cpu().numpy(),
             "fullres_candidates": sr_lin,
             "fullres_parent": np.broadcast_to(parent.numpy(), (b, M)).copy(),
-            "fullres_scores": sr_scores.cpu().numpy(), "top": top.cpu().numpy(),
-            "flux_pred": sr_lin[np.arange(b), top.cpu().numpy()],
+            "fullres_scores": sr_scores.cpu().numpy(), "top": top,
+            "flux_pred": flux_pred,
             **extra,
         }
+
+
+def z_consistent_mean(candidates: np.ndarray, z: np.ndarray, top: np.ndarray, width: float) -> np.ndarray:
+    """(B, L) mean of each galaxy's candidates (B, M, L) whose fitted z (B, M) lies within ``width`` x
+    (1 + z_top) of the top-ranked one's (``generate.prediction: z_mean``). The top candidate always counts
+    (alone where its z is NaN). Averaging draws that agree on z estimates the posterior mean: it keeps
+    the continuum and lines they share and averages away the noise-like structure of single draws."""
+    b = np.arange(len(top))
+    zt = z[b, top][:, None]
+    use = np.abs(z - zt) <= width * (1 + zt)       # NaN compares False
+    use[b, top] = True
+    w = use.astype(np.float64)
+    return ((candidates * w[..., None]).sum(1) / w.sum(1)[:, None]).astype(np.float32)
 
 
 def chain_roles(gen_cfg) -> dict[str, tuple[str, str | None]]:

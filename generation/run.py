@@ -169,8 +169,9 @@ def process_chunk(chain: GenerationChain, src: ImageSource, sel: slice, batch: i
            "fullres_scores": np.full((n, g.n_fullres), np.nan, np.float32),
            "top": np.full(n, -1, np.int16), "flux_pred": np.full((n, N_FULLRES), np.nan, np.float32)}
     if chain.z_prior:
-        out.update(z_prior=np.full(n, np.nan), lowres_z=np.full((n, g.n_lowres), np.nan),
-                   fullres_z=np.full((n, g.n_fullres), np.nan))
+        out.update(z_prior=np.full(n, np.nan), lowres_z=np.full((n, g.n_lowres), np.nan))
+    if chain.z_prior or g.prediction == "z_mean":
+        out["fullres_z"] = np.full((n, g.n_fullres), np.nan)
     good = np.flatnonzero(finite)
     for s in range(0, good.size, batch):
         idx = good[s:s + batch]
@@ -303,7 +304,8 @@ def generate(gen_cfg, cfg_dict: dict, input_path, device=None, amp: str = "auto"
             spectra[k] = merged.pop(k)
     header = {"checkpoints": {r: gen_cfg.checkpoints[r] for r in chain_roles(gen_cfg)},
               "z_prior": gen_cfg.z_prior or "none", "sampler": gen_cfg.sampler, "steps": gen_cfg.steps,
-              "alpha_bar_min": gen_cfg.alpha_bar_min, "precision": manifest["precision"], "amp": amp,
+              "alpha_bar_min": gen_cfg.alpha_bar_min, "prediction": gen_cfg.prediction,
+              "prediction_width": gen_cfg.prediction_width, "precision": manifest["precision"], "amp": amp,
               "seed": gen_cfg.seed, "n_lowres": gen_cfg.n_lowres, "keep_lowres": gen_cfg.keep_lowres,
               "n_fullres": gen_cfg.n_fullres, "input": str(input_path), "split": gen_cfg.split,
               "checkpoint_sha256": sha, "input_catalog_sha256": src.fingerprint,

@@ -94,3 +94,33 @@ def test_z_prior_settings_are_checked_before_work(synthetic_survey, trained, tmp
     assert generate_main(_gen_args(synthetic_survey, ck, out, ["generate.z_prior=baseline"])) == 2
     assert "nope.pt: file: does not exist" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_z_consistent_mean_averages_only_candidates_that_agree_with_the_top_one():
+    from generation.chain import z_consistent_mean
+    cands = np.stack([np.full((3, 4), v, np.float32) for v in (1.0, 2.0, 4.0)], axis=1)  # (B=3, M=3, L=4)
+    z = np.array([[0.100, 0.1002, 0.20],     # top 0: candidate 1 agrees (|dz| 2e-4 <= 0.003 x 1.1), 2 does not
+                  [np.nan, 0.10, 0.10],      # top 0 has no z: alone
+                  [0.10, 0.10, 0.10]])       # top 2: all three agree
+    out = z_consistent_mean(cands, z, np.array([0, 0, 2]), width=0.003)
+    np.testing.assert_allclose(out[:, 0], [1.5, 1.0, 7 / 3], rtol=1e-6)
+    assert out.shape == (3, 4) and out.dtype == np.float32
+
+
+def test_chain_prediction_z_mean_without_prior(synthetic_survey, trained, tmp_path, capsys):  # noqa: F811
+    from generation.chain import z_consistent_mean
+    out = tmp_path / "gen.fits"
+    assert generate_main(_gen_args(synthetic_survey, trained, out, ["generate.prediction=z_mean",
+                                                                   "generate.prediction_width=0.01"])) == 0
+    res = read_spectra_fits(out)
+    t, cands = res["table"], res["cubes"]["FULLRES_CANDIDATES"][0]
+    assert res["header"]["prediction"] == "z_mean" and "z_prior" not in t
+    assert t["fullres_z"].shape == (10, 3)
+    np.testing.assert_allclose(res["spectra"]["flux_pred"], z_consistent_mean(cands, t["fullres_z"], t["top"],
+                                                                              0.01), rtol=1e-6)
+    # some galaxies did average several draws (else this would only re-test "top")
+    zt = t["fullres_z"][np.arange(10), t["top"]][:, None]
+    assert ((np.abs(t["fullres_z"] - zt) <= 0.01 * (1 + zt)).sum(1) > 1).any()
+    assert not generate_main(_gen_args(synthetic_survey, trained, tmp_path / "y.fits",
+                                       ["generate.prediction=median"])) == 0
+    assert "generate.prediction: 'median' is not one of ['top', 'z_mean']" in capsys.readouterr().err

@@ -206,6 +206,9 @@ class GenerateConfig:
     figure: str | None = "figures/generated_examples.png"
     z_prior: str | None = None        # "baseline": redshift-consistent selection (not the paper; chain.py)
     z_prior_width: float = 0.02       # |z_cand - z_prior| / (1 + z_prior) counted as consistent
+    prediction: str = "top"           # flux_pred: "top" = the top-ranked candidate (paper); "z_mean" = mean
+                                      # of the full-res candidates whose fitted z is near the top one's
+    prediction_width: float = 0.003   # |z_cand - z_top| / (1 + z_top) averaged by "z_mean"
 
     def check(self, where):
         for k in ("n_lowres", "keep_lowres", "n_fullres", "steps", "batch_galaxies", "chunk_galaxies"):
@@ -222,6 +225,8 @@ class GenerateConfig:
             raise ConfigError(f"{where}: generate.keep_lowres: {self.keep_lowres} > n_lowres={self.n_lowres}")
         _choice(where, "generate.z_prior", self.z_prior, (None, "baseline"))
         _positive(where, "generate.z_prior_width", self.z_prior_width)
+        _choice(where, "generate.prediction", self.prediction, ("top", "z_mean"))
+        _positive(where, "generate.prediction_width", self.prediction_width)
         need = {"diffusion_lr", "diffusion_sr", "contrastive_lr", "contrastive_sr"}
         if not need <= set(self.checkpoints) <= need | {"baseline"}:
             raise ConfigError(f"{where}: generate.checkpoints: keys {sorted(self.checkpoints)}, "
