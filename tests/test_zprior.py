@@ -99,7 +99,7 @@ def test_z_prior_settings_are_checked_before_work(synthetic_survey, trained, tmp
 def test_z_consistent_mean_averages_only_candidates_that_agree_with_the_top_one():
     from generation.chain import z_consistent_mean
     cands = np.stack([np.full((3, 4), v, np.float32) for v in (1.0, 2.0, 4.0)], axis=1)  # (B=3, M=3, L=4)
-    z = np.array([[0.100, 0.1002, 0.20],     # top 0: candidate 1 agrees (|dz| 2e-4 <= 0.003 x 1.1), 2 does not
+    z = np.array([[0.100, 0.1002, 0.20],     # top 0: 1 agrees (2e-4 <= 0.003 x 1.1), 2 not
                   [np.nan, 0.10, 0.10],      # top 0 has no z: alone
                   [0.10, 0.10, 0.10]])       # top 2: all three agree
     out = z_consistent_mean(cands, z, np.array([0, 0, 2]), width=0.003)

@@ -200,6 +200,7 @@ class GenerateConfig:
     sampler: str = "ancestral"
     steps: int = 250
     alpha_bar_min: float = 0.0        # start sampling where alpha-bar >= this (0 = at T-1, the paper)
+    eta: float = 0.0                  # ddim only: 0 = deterministic, 1 = DDPM-like noise at every step
     batch_galaxies: int = 16
     chunk_galaxies: int = 256         # streaming / resume granularity
     seed: int = 0
@@ -215,7 +216,7 @@ class GenerateConfig:
             _positive(where, f"generate.{k}", getattr(self, k))
         if self.limit is not None:
             _positive(where, "generate.limit", self.limit)
-        _sampler(where, "generate", self.sampler, self.steps, self.alpha_bar_min)
+        _sampler(where, "generate", self.sampler, self.steps, self.alpha_bar_min, {"eta": self.eta})
         if not self.output.strip():
             raise ConfigError(f"{where}: generate.output: {self.output!r} is empty")
         if self.split not in ("train", "val", "test", "all"):
@@ -298,7 +299,7 @@ def _positive_list(where, key, values):
         _positive(where, f"{key}[{i}]", v)
 
 
-def _sampler(where, section, name, steps, alpha_bar_min):
+def _sampler(where, section, name, steps, alpha_bar_min, options=None):
     """Sampler name and options of ``section`` (validation or generate), checked when the config loads
     rather than at the first validation hours into a run. The names are those of
     ``diffusion.samplers.SAMPLERS`` (imported here, not at module level: loading a config needs no torch
@@ -309,6 +310,14 @@ def _sampler(where, section, name, steps, alpha_bar_min):
     _positive(where, f"{section}.steps", steps)
     if not 0.0 <= alpha_bar_min < 1.0:
         raise ConfigError(f"{where}: {section}.alpha_bar_min: {alpha_bar_min!r} must be in [0, 1)")
+    for key, value in (options or {}).items():   # the sampler's own options; 0 = unset
+        try:
+            if value:
+                SAMPLERS[name].check_options({key: value})
+            elif key == "eta" and value != 0:     # NaN
+                raise ValueError(f"eta={value!r}: must be in [0, 1]")
+        except ValueError as e:
+            raise ConfigError(f"{where}: {section}.{key}: {value!r}: {name}: {e}") from None
 
 
 def _choice(where, key, value, choices):
