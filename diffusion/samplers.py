@@ -296,11 +296,16 @@ class Sampler:
         posterior step).
     options : tuple of str
         Keyword options it takes besides ``clip_x0``.
+    alpha_bar_min : float
+        Where it starts by default (``GaussianDiffusion.truncated``): the few-step samplers skip the cosine
+        schedule's near-pure-noise end (alpha-bar < 0.02, the last 23 of 250 steps), whose huge first step
+        they do not survive (measured: docs/BENCHMARKS.md); ancestral takes every step.
     """
     fn: Callable[..., torch.Tensor]
     spacing: str = "uniform"
     every_step: bool = False
     options: tuple[str, ...] = ()
+    alpha_bar_min: float = 0.0
 
     def __call__(self, *args, **kwargs) -> torch.Tensor:
         return self.fn(*args, **kwargs)
@@ -328,8 +333,8 @@ class Sampler:
 
 SAMPLERS: dict[str, Sampler] = {
     "ancestral": Sampler(ancestral, every_step=True, options=("variance",)),
-    "ddim": Sampler(ddim, spacing="uniform", options=("eta",)),
-    "dpmpp_2m": Sampler(dpmpp_2m, spacing="logsnr"),
+    "ddim": Sampler(ddim, spacing="uniform", options=("eta",), alpha_bar_min=0.02),
+    "dpmpp_2m": Sampler(dpmpp_2m, spacing="logsnr", alpha_bar_min=0.02),
 }
 
 

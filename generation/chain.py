@@ -135,9 +135,10 @@ class GenerationChain:
         with autocast_context(self.device, self.amp):
             context = lm.model.encode_context(images, photometry)
         length = STAGE_LENGTHS[ROLES[role][1]]
-        options = {"eta": self.g.eta} if self.g.eta else {}   # (0 = the sampler's default)
-        return sample_conditional(lm.model, lm.diffusion, context, length, seeds, self.g.sampler,
-                                  self.g.steps, lowres=lowres, alpha_bar_min=self.g.alpha_bar_min,
+        sp = self.g.stage_sampler(ROLES[role][1])
+        options = {"eta": sp["eta"]} if sp["eta"] else {}   # (0 = the sampler's default)
+        return sample_conditional(lm.model, lm.diffusion, context, length, seeds, sp["sampler"],
+                                  sp["steps"], lowres=lowres, alpha_bar_min=sp["alpha_bar_min"],
                                   precision=lambda: autocast_context(self.device, self.amp), **options)
 
     def _rank(self, role, images, candidates, n, photometry=None):

@@ -124,3 +124,27 @@ def test_chain_prediction_z_mean_without_prior(synthetic_survey, trained, tmp_pa
     assert not generate_main(_gen_args(synthetic_survey, trained, tmp_path / "y.fits",
                                        ["generate.prediction=median"])) == 0
     assert "generate.prediction: 'median' is not one of ['top', 'z_mean']" in capsys.readouterr().err
+
+
+def test_stage_samplers_and_their_checks():
+    from tests.test_generate import ROOT
+    from utils.config import ConfigError, GenerativeConfig, load_config
+    params = ROOT / "params_generative.yml"
+    cfg = load_config(params, GenerativeConfig, overrides=[
+        "generate.sampler=ddim", "generate.steps=10", "generate.eta=1.0", "generate.alpha_bar_min=0.02",
+        "generate.lowres_sampler=ancestral", "generate.lowres_alpha_bar_min=0.0"]).generate
+    # the low-res stage: its own sampler, the shared steps (ancestral visits all T anyway), no ddim eta
+    assert cfg.stage_sampler("lr") == {"sampler": "ancestral", "steps": 10, "alpha_bar_min": 0.0, "eta": 0.0}
+    assert cfg.stage_sampler("sr") == {"sampler": "ddim", "steps": 10, "alpha_bar_min": 0.02, "eta": 1.0}
+    plain = load_config(params, GenerativeConfig).generate
+    assert plain.stage_sampler("lr") == plain.stage_sampler("sr")
+    # alpha_bar_min null = each sampler's own start: the few-step ones skip the near-pure-noise end
+    own = load_config(params, GenerativeConfig, overrides=[
+        "generate.alpha_bar_min=null", "generate.sampler=dpmpp_2m",
+        "generate.lowres_sampler=ancestral"]).generate
+    assert (own.stage_sampler("lr")["alpha_bar_min"], own.stage_sampler("sr")["alpha_bar_min"]) == (0.0, 0.02)
+    for bad, words in ((["generate.lowres_sampler=bogus"], "generate.lowres.sampler"),
+                       (["generate.lowres_steps=0", "generate.lowres_sampler=ddim"], "generate.lowres.steps"),
+                       (["generate.lowres_alpha_bar_min=1.5"], "generate.lowres.alpha_bar_min")):
+        with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
+            load_config(params, GenerativeConfig, overrides=bad)

@@ -199,8 +199,12 @@ class GenerateConfig:
     n_fullres: int = 3                # M
     sampler: str = "ancestral"
     steps: int = 250
-    alpha_bar_min: float = 0.0        # start sampling where alpha-bar >= this (0 = at T-1, the paper)
+    alpha_bar_min: float | None = 0.0  # start where alpha-bar >= this (0 = at T-1, the paper; None = the
+                                       # sampler's own: 0 for ancestral, 0.02 for ddim / dpmpp_2m)
     eta: float = 0.0                  # ddim only: 0 = deterministic, 1 = DDPM-like noise at every step
+    lowres_sampler: str | None = None  # the low-res stage's own sampler (None: generate.sampler) ...
+    lowres_steps: int | None = None    # ... steps (None: generate.steps)
+    lowres_alpha_bar_min: float | None = None  # ... and alpha_bar_min (None: generate.alpha_bar_min)
     batch_galaxies: int = 16
     chunk_galaxies: int = 256         # streaming / resume granularity
     seed: int = 0
@@ -216,7 +220,13 @@ class GenerateConfig:
             _positive(where, f"generate.{k}", getattr(self, k))
         if self.limit is not None:
             _positive(where, "generate.limit", self.limit)
-        _sampler(where, "generate", self.sampler, self.steps, self.alpha_bar_min, {"eta": self.eta})
+        _choice(where, "generate.sampler", self.sampler, tuple(_sampler_names()))
+        _sampler(where, "generate", self.sampler, self.steps, self.stage_sampler("sr")["alpha_bar_min"],
+                 {"eta": self.eta})
+        lr = self.stage_sampler("lr")
+        if lr != self.stage_sampler("sr"):
+            _sampler(where, "generate.lowres", lr["sampler"], lr["steps"], lr["alpha_bar_min"],
+                     {"eta": lr["eta"]})
         if not self.output.strip():
             raise ConfigError(f"{where}: generate.output: {self.output!r} is empty")
         if self.split not in ("train", "val", "test", "all"):
@@ -235,6 +245,19 @@ class GenerateConfig:
         if self.z_prior == "baseline" and "baseline" not in self.checkpoints:
             raise ConfigError(f"{where}: generate.checkpoints: no 'baseline' entry, which generate.z_prior: "
                               "baseline needs")
+
+    def stage_sampler(self, stage: str) -> dict:
+        """Sampler, steps, alpha_bar_min and eta of one stage ("lr" or "sr"): the lowres_* fields override
+        the shared ones for the low-res stage where set."""
+        own = {"sampler": self.lowres_sampler, "steps": self.lowres_steps,
+               "alpha_bar_min": self.lowres_alpha_bar_min} if stage == "lr" else {}
+        out = {"sampler": self.sampler, "steps": self.steps, "alpha_bar_min": self.alpha_bar_min,
+               **{k: v for k, v in own.items() if v is not None}}
+        if out["alpha_bar_min"] is None:   # (an unknown sampler name is check()'s one-line error)
+            sampler = _sampler_names().get(out["sampler"])
+            out["alpha_bar_min"] = sampler.alpha_bar_min if sampler else 0.0
+        out["eta"] = self.eta if out["sampler"] == self.sampler else 0.0
+        return out
 
 
 @dataclass
@@ -297,6 +320,11 @@ def _positive_list(where, key, values):
         raise ConfigError(f"{where}: {key}: {values!r} must be a non-empty list")
     for i, v in enumerate(values):
         _positive(where, f"{key}[{i}]", v)
+
+
+def _sampler_names():
+    from diffusion.samplers import SAMPLERS
+    return SAMPLERS
 
 
 def _sampler(where, section, name, steps, alpha_bar_min, options=None):
