@@ -19,6 +19,8 @@ def generated_figure(results_path, out_path, input_path, n_show: int = 5):
         images = f["images"][np.sort(rows)][np.argsort(np.argsort(rows))]
     fig, axes = plt.subplots(len(ok), 2, figsize=(11, 2.2 * len(ok)), gridspec_kw={"width_ratios": [1, 5]})
     axes = np.atleast_2d(axes)
+    label = ("predicted (mean of the z-consistent candidates)" if res["header"].get("prediction") == "z_mean"
+             else "predicted (top-ranked)")
     for j, i in enumerate(ok):
         axes[j, 0].imshow(rgb_image(images[j]), origin="lower")
         axes[j, 0].set_axis_off()
@@ -27,7 +29,7 @@ def generated_figure(results_path, out_path, input_path, n_show: int = 5):
         ax.fill_between(wave, lo, hi, color="C1", alpha=0.35, lw=0, label="candidates (min-max)")
         if "flux_obs" in spec and np.isfinite(spec["flux_obs"][i]).all():
             ax.plot(wave, spec["flux_obs"][i], color="k", lw=0.6, label="observed")
-        ax.plot(wave, spec["flux_pred"][i], color="C3", lw=0.7, label="predicted (selected)")
+        ax.plot(wave, spec["flux_pred"][i], color="C3", lw=0.7, label=label)
         z = f"z = {t['z'][i]:.3f}  " if "z" in t else ""
         if "z_prior" in t:   # generate.z_prior: the CNN's photo-z and the prediction's own fitted z
             z += f"photo-z {t['z_prior'][i]:.3f}  z of prediction {t['fullres_z'][i, t['top'][i]]:.3f}  "
