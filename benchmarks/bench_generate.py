@@ -47,7 +47,7 @@ from generation.chain import GenerationChain, load_chain  # noqa: E402
 from models.build import build_contrastive, build_denoiser, build_diffusion  # noqa: E402
 from models.loading import LoadedModel  # noqa: E402
 from models.precision import autocast_context  # noqa: E402
-from utils.config import ContrastiveConfig, GenerativeConfig, load_config  # noqa: E402
+from utils.config import ContrastiveConfig, GenerateConfig, GenerativeConfig, load_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # The released code's whole chain, MEASURED in issue #13 (not by this script; never an imitation):
@@ -77,8 +77,9 @@ def paper_chain(gen_cfg) -> GenerationChain:
     return GenerationChain(models, gen_cfg, torch.device("cpu"))
 
 
-PAPER = {"sampler": "ancestral", "steps": 250, "alpha_bar_min": 0.0, "eta": 0.0, "lowres_sampler": None,
-         "lowres_steps": None, "lowres_alpha_bar_min": None}
+# the paper's sampling settings: GenerateConfig's defaults for the generate.* sampling keys
+PAPER = {k: getattr(GenerateConfig(), k) for k in ("sampler", "steps", "alpha_bar_min", "eta",
+                                                   "lowres_sampler", "lowres_steps", "lowres_alpha_bar_min")}
 
 
 def time_chain(chain, images, settings: dict, amp="off") -> float:

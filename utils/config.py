@@ -220,7 +220,6 @@ class GenerateConfig:
             _positive(where, f"generate.{k}", getattr(self, k))
         if self.limit is not None:
             _positive(where, "generate.limit", self.limit)
-        _choice(where, "generate.sampler", self.sampler, tuple(_sampler_names()))
         _sampler(where, "generate", self.sampler, self.steps, self.stage_sampler("sr")["alpha_bar_min"],
                  {"eta": self.eta})
         lr = self.stage_sampler("lr")
@@ -254,7 +253,7 @@ class GenerateConfig:
         out = {"sampler": self.sampler, "steps": self.steps, "alpha_bar_min": self.alpha_bar_min,
                **{k: v for k, v in own.items() if v is not None}}
         if out["alpha_bar_min"] is None:   # (an unknown sampler name is check()'s one-line error)
-            sampler = _sampler_names().get(out["sampler"])
+            sampler = _samplers().get(out["sampler"])
             out["alpha_bar_min"] = sampler.alpha_bar_min if sampler else 0.0
         out["eta"] = self.eta if out["sampler"] == self.sampler else 0.0
         return out
@@ -322,7 +321,9 @@ def _positive_list(where, key, values):
         _positive(where, f"{key}[{i}]", v)
 
 
-def _sampler_names():
+def _samplers() -> dict:
+    """``diffusion.samplers.SAMPLERS``, imported on first use: loading a config needs no torch until it
+    has a sampler to check."""
     from diffusion.samplers import SAMPLERS
     return SAMPLERS
 
@@ -330,22 +331,18 @@ def _sampler_names():
 def _sampler(where, section, name, steps, alpha_bar_min, options=None):
     """Sampler name and options of ``section`` (validation or generate), checked when the config loads
     rather than at the first validation hours into a run. The names are those of
-    ``diffusion.samplers.SAMPLERS`` (imported here, not at module level: loading a config needs no torch
-    until it has a sampler to check)."""
-    from diffusion.samplers import SAMPLERS
-
-    _choice(where, f"{section}.sampler", name, tuple(SAMPLERS))
+    ``diffusion.samplers.SAMPLERS``."""
+    samplers = _samplers()
+    _choice(where, f"{section}.sampler", name, tuple(samplers))
     _positive(where, f"{section}.steps", steps)
     if not 0.0 <= alpha_bar_min < 1.0:
         raise ConfigError(f"{where}: {section}.alpha_bar_min: {alpha_bar_min!r} must be in [0, 1)")
-    for key, value in (options or {}).items():   # the sampler's own options; 0 = unset
-        try:
-            if value:
-                SAMPLERS[name].check_options({key: value})
-            elif key == "eta" and value != 0:     # NaN
-                raise ValueError(f"eta={value!r}: must be in [0, 1]")
-        except ValueError as e:
-            raise ConfigError(f"{where}: {section}.{key}: {value!r}: {name}: {e}") from None
+    for key, value in (options or {}).items():   # the sampler's own options; 0 = unset (NaN is not)
+        if value:
+            try:
+                samplers[name].check_options({key: value})
+            except ValueError as e:
+                raise ConfigError(f"{where}: {section}.{key}: {value!r}: {name}: {e}") from None
 
 
 def _choice(where, key, value, choices):
