@@ -6,11 +6,9 @@
    250 steps, the rest at the measured per-step cost (``paper_and_fast``); the split into the implementation's
    speed-up at equal steps and the step-count speed-up; against the released code's chain MEASURED in issue
    #13 (321 s per galaxy on an AVX2 EPYC, 2 threads), scaled to this CPU by the ratio of fp32 matmul peaks.
-2. Quality of each sampler/step count with the TRAINED CPU-profile models (runs/, from scripts/demo.sh):
-   MSE of the top-ranked spectrum against the observed one (normalised linear flux) on mock test galaxies.
-3. Fraction of the CPU's float32 matmul peak reached by one paper-size UNet forward (FLOPs from
+2. Fraction of the CPU's float32 matmul peak reached by one paper-size UNet forward (FLOPs from
    torch.utils.flop_counter over measured seconds).
-4. ``--parts unet``: per stage, at the batch generate.py uses (generate.batch_galaxies x candidates): params,
+3. ``--parts unet``: per stage, at the batch generate.py uses (generate.batch_galaxies x candidates): params,
    FLOPs per forward (attention included, models.flops), seconds per forward of the ``released`` and ``wide``
    layouts (fp32; bf16 too where the CPU has native bf16), timed INTERLEAVED (variant A, B, A, B, ...; min of
    ``--repeats``) so that the ratios between variants hold on a shared machine even when absolute times do
@@ -18,9 +16,10 @@
    projected at every step); fraction of the fp32 (bf16) matmul peak; the released code's quoted per-item
    times scaled to this machine by the ratio of fp32 matmul peaks. ``--profile`` adds the top ops by self
    CPU time.
+Quality of the samplers against the paper's: benchmarks/sampler_equivalence.py (paired, reference models).
 
     python benchmarks/bench_generate.py [--threads 2] [--galaxies 4] [--paper-fraction 0.2]
-        [--quality-galaxies 24] [--amp off bf16] [--parts timing peak quality unet]
+        [--amp off bf16] [--parts timing peak unet]
         [--unet-batch 48 48] [--repeats 3] [--profile]
 """
 from __future__ import annotations
@@ -39,11 +38,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from datasets.galaxy import GalaxyDataset  # noqa: E402
 from datasets.preprocess import N_FULLRES, N_LOWRES  # noqa: E402
-from diffusion import samplers  # noqa: E402
 from diffusion.samplers import SAMPLERS, Sampler  # noqa: E402
-from generation.chain import GenerationChain, load_chain  # noqa: E402
+from generation.chain import GenerationChain  # noqa: E402
 from models.build import build_contrastive, build_denoiser, build_diffusion  # noqa: E402
 from models.loading import LoadedModel  # noqa: E402
 from models.precision import autocast_context  # noqa: E402
@@ -104,22 +101,11 @@ class _FirstSteps(Sampler):
         return super().timesteps(diffusion, steps, spacing)[: self.first]
 
 
-def _ancestral_part(model_fn, x, diffusion, ts=None, noise=None, *, clip_x0=None, variance="beta"):
-    """The ancestral sampler's loop over the steps it is given (``diffusion.samplers.ancestral`` insists on
-    all T): the same work per step, for timing a fraction of the 250."""
-    x = samplers._start(x, noise, diffusion)
-    for t in ts:
-        eps = model_fn(x, samplers._tvec(t, x))
-        mean, std = samplers.ancestral_step(diffusion, x, t, eps, clip_x0, variance)
-        x = mean + std * samplers._draw(noise, x) if t > 0 else mean
-    return x
-
-
 @contextmanager
 def first_ancestral_steps(first: int):
     """Within the block, the ancestral sampler runs only the first ``first`` of its T steps."""
     name, orig = "ancestral", SAMPLERS["ancestral"]
-    SAMPLERS[name] = _FirstSteps(_ancestral_part, orig.spacing, orig.every_step, orig.options, first=first)
+    SAMPLERS[name] = _FirstSteps(orig.fn, orig.spacing, orig.every_step, orig.options, first=first)
     try:
         yield
     finally:
@@ -301,48 +287,6 @@ def _cpu_model() -> str:
     return "unknown"
 
 
-def quality(n_gal: int, samplers: list[tuple[str, int]], amps: list[str]) -> dict:
-    """MSE of the chain's top-ranked spectrum against the observed one, per sampler/steps (and precision for
-    the fast samplers), with the per-galaxy difference to the paper's ancestral sampler (mean and standard
-    error: the same galaxies and seeds, so the comparison is paired)."""
-    g = load_config(ROOT / "params_generative.yml", GenerativeConfig, preset="cpu").generate
-    if not all(Path(p).exists() for p in g.checkpoints.values()):
-        return {"skipped": "trained CPU-profile checkpoints not found (run scripts/demo.sh first)"}
-    chain = load_chain(g, torch.device("cpu"))
-    cfg = load_config(ROOT / "params_generative.yml", GenerativeConfig, preset="cpu")
-    ds = GalaxyDataset(cfg.data.path, "test", "fullres", "none")
-    rows = np.arange(min(n_gal, len(ds)))
-    batch = ds[rows]
-    # the chain takes nanomaggies: undo the cache's standardisation
-    mean = torch.tensor(ds.cache.meta["band_mean"], dtype=torch.float32)[None, :, None, None]
-    std = torch.tensor(ds.cache.meta["band_std"], dtype=torch.float32)[None, :, None, None]
-    images = batch["image"] * std + mean
-    truth = batch["spectrum"].numpy()
-    res, per_galaxy = {}, {}
-    for sampler, steps in samplers:
-        for amp in (["off"] if sampler == "ancestral" else amps):
-            chain.g.sampler, chain.g.steps, chain.amp = sampler, steps, amp
-            t0 = time.perf_counter()
-            preds = np.concatenate([chain.run(images[i:i + 16], batch["index"][i:i + 16].numpy())["flux_pred"]
-                                    for i in range(0, len(rows), 16)])
-            dt = (time.perf_counter() - t0) / len(rows)
-            mse = ((preds - truth) ** 2).mean(1)
-            key = f"{sampler}_{steps}" + ("" if amp == "off" else f"_{amp}")
-            per_galaxy[key] = mse
-            res[key] = {"mse_mean": float(mse.mean()), "mse_median": float(np.median(mse)),
-                        "seconds_per_galaxy_cpu_profile": dt}
-            ref = per_galaxy.get(f"ancestral_{samplers[0][1]}")
-            if ref is not None and key != f"ancestral_{samplers[0][1]}":
-                d = mse - ref
-                res[key]["diff_vs_ancestral_mean"] = float(d.mean())
-                res[key]["diff_vs_ancestral_sem"] = float(d.std(ddof=1) / np.sqrt(len(d)))
-    train_mean = np.asarray(ds.cache.flux_fullres[np.sort(ds.cache.indices("train"))]).mean(0)
-    res["train_mean_spectrum"] = {"mse_mean": float(((train_mean - truth) ** 2).mean()),
-                                  "mse_median": float(np.median(((train_mean - truth) ** 2).mean(1)))}
-    res["n_galaxies"] = len(rows)
-    return res
-
-
 def chain_timing(a) -> dict:
     """The paper's sampler and the fast default, per galaxy, measured (``paper_and_fast``), against the
     released code's measured chain scaled to this CPU by the ratio of fp32 matmul peaks."""
@@ -389,12 +333,9 @@ def main():
                         "params_generative.yml's), e.g. sampler=dpmpp_2m steps=10 alpha_bar_min=0.02")
     p.add_argument("--paper-fraction", dest="paper_fraction", type=float, default=0.2,
                    help="timing: fraction of the 250 ancestral steps run (>= 0.2; 1 = all)")
-    p.add_argument("--quality-steps", dest="quality_steps", type=int, nargs="*", default=[10, 20, 50])
     p.add_argument("--amp", nargs="*", default=["off", "bf16"], choices=["off", "bf16"],
                    help="precisions to time (bf16 autocast pays on CPUs with native bf16, e.g. AVX512-BF16)")
-    p.add_argument("--quality-galaxies", dest="quality_galaxies", type=int, default=24)
-    p.add_argument("--parts", nargs="*", default=["timing", "peak", "quality"],
-                   choices=["timing", "peak", "quality", "unet"])
+    p.add_argument("--parts", nargs="*", default=["timing", "peak"], choices=["timing", "peak", "unet"])
     p.add_argument("--unet-batch", dest="unet_batch", type=int, nargs=2, default=None, metavar=("LR", "SR"),
                    help="batches of --parts unet (default: generate.batch_galaxies x n_lowres / n_fullres)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds of --parts unet")
@@ -412,9 +353,6 @@ def main():
         gen = load_config(ROOT / "params_generative.yml", GenerativeConfig).generate
         lr_b, sr_b = a.unet_batch or (gen.batch_galaxies * gen.n_lowres, gen.batch_galaxies * gen.n_fullres)
         out["unet"] = unet_parts({"lr": lr_b, "sr": sr_b}, a.repeats, a.profile, a.compile)
-    if "quality" in a.parts:
-        samplers = [("ancestral", 250)] + [(s, n) for n in a.quality_steps for s in ("dpmpp_2m", "ddim")]
-        out["quality_cpu_profile"] = quality(a.quality_galaxies, samplers, a.amp)
     print(json.dumps(out, indent=1))
 
 

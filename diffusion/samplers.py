@@ -210,13 +210,18 @@ def ancestral(
     clip_x0: float | None = None,
     variance: str = "beta",
 ) -> torch.Tensor:
-    """DDPM ancestral sampling over every step T - 1, ..., 0 (``ts``, if given, must be that list)."""
+    """DDPM ancestral sampling over every step T - 1, ..., 0.
+
+    ``ts``, if given, must be that list or its first k entries (T - 1, ..., T - k: the chain stopped after
+    k posterior steps, e.g. to time a fraction of it); skipping steps is ddim's job."""
     every = _every_step(diffusion)
-    if ts is not None and list(ts) != every:
-        raise ValueError(f"ancestral sampling runs every one of the T={diffusion.num_timesteps} steps, got "
-                         f"{len(ts)} timesteps; use ddim for fewer")
+    ts = every if ts is None else list(ts)
+    if not ts or ts != every[: len(ts)]:
+        raise ValueError(f"ancestral sampling takes the steps T-1, T-2, ... of "
+                         f"T={diffusion.num_timesteps} in order, got {len(ts)} timesteps starting at "
+                         f"{ts[:1]}; use ddim to skip steps")
     x = _start(x, noise, diffusion)
-    for t in every:
+    for t in ts:
         mean, std = ancestral_step(diffusion, x, t, model_fn(x, _tvec(t, x)), clip_x0, variance)
         x = mean + std * _draw(noise, x) if t > 0 else mean
     return x

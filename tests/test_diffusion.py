@@ -190,6 +190,27 @@ def test_ddim_eta1_reproduces_ancestral_trajectory(diffusion):
     torch.testing.assert_close(d, a, atol=1e-4, rtol=1e-4)
 
 
+def test_ancestral_prefix_is_the_chain_stopped_early(diffusion):
+    # the first k of the T steps (bench_generate times a fraction of the chain this way): exactly those k
+    # model calls, ending in the state the whole chain has after its k-th step (same noise)
+    eps_fn = gaussian_eps_model(diffusion, -0.2, 0.5)
+    every = timesteps(diffusion, 250)
+    calls, seen = [], {}
+
+    def counted(x, t):
+        calls.append(int(t[0]))
+        return eps_fn(x, t)
+
+    def recording(x, t):
+        seen.setdefault(int(t[0]), x.clone())
+        return eps_fn(x, t)
+
+    part = ancestral(counted, (2, 1, 16), diffusion, every[:7], noise=NoiseSource([5, 6]))
+    assert calls == every[:7]
+    ancestral(recording, (2, 1, 16), diffusion, noise=NoiseSource([5, 6]))
+    torch.testing.assert_close(part, seen[every[7]], atol=0, rtol=0)
+
+
 def test_point_mass_recovered_in_few_steps(diffusion):
     model = gaussian_eps_model(diffusion, 1.3, 0.0)
     x_T = NoiseSource([0, 1]).randn((2, 1, 10))
@@ -269,6 +290,8 @@ def test_sampler_registry_and_errors(diffusion):
         NoiseSource([1, 2]).randn((3, 4))
     with pytest.raises(ValueError, match="ancestral"):
         ancestral(lambda x, t: x, torch.zeros(1, 3), diffusion, timesteps(diffusion, 10))
+    with pytest.raises(ValueError, match="ancestral"):
+        ancestral(lambda x, t: x, torch.zeros(1, 3), diffusion, [])
     with pytest.raises(ValueError, match="eta=1.5"):
         get_sampler("ddim").check_options({"eta": 1.5})
     with pytest.raises(ValueError, match="not an option"):
