@@ -16,6 +16,7 @@ from utils.files import write_text
 #: (section prefix, quantity, metric, label): the rows of the summary, in order
 HEADLINES = (
     ("spectrum", "flux", "mse_median", "spectrum MSE (median)"),
+    ("spectrum", "flux (mean of the M candidates)", "mse_median", "spectrum MSE, mean of M draws (median)"),
     ("redshift", "z", "sigma_nmad", "z sigma_NMAD"),
     ("redshift", "z", "outlier_frac", "z outlier fraction"),
     ("indices", "dn4000", "pearson_rho", "Dn4000 rho"),

@@ -4,7 +4,7 @@ How much of the spectrum's science can a classical method read off the 5-band im
 measures deterministic circular-aperture photometry on the survey's 64x64 ugriz cutouts (nanomaggies,
 0.396"/px), turns it into features (asinh magnitudes, colours, concentrations, colour gradients,
 second-moment size and ellipticity) and fits scikit-learn ``HistGradientBoosting`` models: regressors
-for the continuous truth columns, a classifier for the BPT class.
+for the continuous truth columns, a class-balanced classifier for the BPT class.
 
     phot = measure_photometry(images)                  # (N, 5, 64, 64) -> dict of arrays
     X, names = photometric_features(phot)              # (N, F) float64
@@ -111,7 +111,11 @@ def _fit(features, targets, seed, regression, classification, params) -> Photome
         y = np.asarray(targets[name])
         ok = np.isfinite(y.astype(np.float64))
         if ok.sum() >= 10 and np.unique(y[ok]).size >= 2:
-            model.classifiers[name] = HistGradientBoostingClassifier(**kw).fit(x[ok], y[ok].astype(np.int64))
+            # class-balanced: the evaluation scores classes by balanced accuracy, and AGN are ~8 % of the
+            # BPT classes; unweighted, the fit almost never predicts them (AGN balanced accuracy 0.52 vs 0.67
+            # balanced, 5-fold on the 20 000-galaxy reference mock)
+            model.classifiers[name] = HistGradientBoostingClassifier(**kw, class_weight="balanced").fit(
+                x[ok], y[ok].astype(np.int64))
             model.n_train[name] = int(ok.sum())
     return model
 

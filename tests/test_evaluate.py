@@ -152,6 +152,11 @@ def perfect_and_shuffled(synthetic_survey, tmp_path_factory):
 def test_predicted_equal_observed_scores_perfectly(perfect_and_shuffled):
     rep = perfect_and_shuffled["perfect"]
     assert _row(rep, "spectrum", "flux", "mse_median")["predicted"] == 0.0
+    # the mean of the M candidates (each the prediction times 1 + 1 % noise): its own row, small but not 0,
+    # with the baselines' values of the flux row beside it
+    mean_row = _row(rep, "spectrum", "flux (mean of the M candidates)", "mse_median")
+    assert 0.0 < mean_row["predicted"] < 1e-3
+    assert mean_row["train_mean"] == _row(rep, "spectrum", "flux", "mse_median")["train_mean"]
     assert _row(rep, "indices", "dn4000", "pearson_rho_vs_observed")["predicted"] == pytest.approx(
         1.0, abs=1e-3
     )
@@ -171,6 +176,7 @@ def test_predicted_equal_observed_scores_perfectly(perfect_and_shuffled):
 def test_shuffled_prediction_scores_clearly_worse(perfect_and_shuffled):
     good, bad = perfect_and_shuffled["perfect"], perfect_and_shuffled["shuffled"]
     assert _row(bad, "spectrum", "flux", "mse_median")["predicted"] > 1e-3
+    assert _row(bad, "spectrum", "flux (mean of the M candidates)", "mse_median")["predicted"] > 1e-3
     assert _row(bad, "indices", "dn4000", "pearson_rho_vs_observed")["predicted"] < 0.8
     assert _lick_rho(bad) < _lick_rho(good) - 0.3
     assert (

@@ -161,3 +161,19 @@ def test_gradient_boosting_beats_median_on_mock(mock):
     np.testing.assert_array_equal(again["z"], pred["z"])  # deterministic
     with pytest.raises(ValueError, match="fitted on"):
         P.predict(model, x[te][:, :5])
+
+
+def test_classifier_is_class_balanced():
+    # a rare class (~6 %) that one feature separates only partly: the evaluation scores balanced accuracy,
+    # and an unweighted fit would almost never predict the rare class
+    from sklearn.metrics import balanced_accuracy_score
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6000, 3))
+    y = (rng.random(6000) < 1 / (1 + np.exp(-(1.5 * x[:, 0] - 4.0)))).astype(np.int64) * 2  # 0 or 2 ("AGN")
+    tr = np.arange(6000) < 4000
+    model = P.fit_photometric(x[tr], {"bpt_class": y[tr]}, seed=0, regression=(),
+                              params={"max_iter": 60})
+    pred = P.predict(model, x[~tr])
+    assert 0.02 < y.mean() / 2 < 0.12
+    assert balanced_accuracy_score(y[~tr] == 2, pred["agn"] == 1) > 0.65
