@@ -11,9 +11,9 @@ always-median (always-majority for classes) scores of the out-of-fold prediction
 z: sigma_NMAD, outlier fraction (|dz|/(1+z) > 0.05), bias (evaluation.metrics); continuous targets:
 Pearson and Spearman rho and a robust scatter (log10 for sigma_v and age_lw); bpt_class (class-balanced
 fit): accuracy, balanced accuracy and the balanced accuracy of AGN presence (class 2 or not). Wall times:
-features (HDF5 reads included, and photometry alone on 2000 cutouts in memory) and the CV fits (one OpenMP thread). ``--catalogue-mags`` adds a run on the catalogue's
-noiseless total magnitudes (mag_u..mag_z and their colours, when the survey has them): what perfect
-total photometry would give.
+features (HDF5 reads included, and photometry alone on 2000 cutouts in memory) and the CV fits (one
+OpenMP thread). ``--catalogue-mags`` adds a run on the catalogue's noiseless total magnitudes
+(mag_u..mag_z and their colours, when the survey has them): what perfect total photometry would give.
 """
 
 from __future__ import annotations
