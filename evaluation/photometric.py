@@ -112,8 +112,9 @@ def _fit(features, targets, seed, regression, classification, params) -> Photome
         ok = np.isfinite(y.astype(np.float64))
         if ok.sum() >= 10 and np.unique(y[ok]).size >= 2:
             # class-balanced: the evaluation scores classes by balanced accuracy, and AGN are ~8 % of the
-            # BPT classes; unweighted, the fit almost never predicts them (AGN balanced accuracy 0.52 vs 0.67
-            # balanced, 5-fold on the 20 000-galaxy reference mock)
+            # BPT classes; unweighted, the fit almost never predicts them (AGN-presence balanced accuracy
+            # 0.51 in the reference models' 500-galaxy report; balanced: 0.60, benchmarks/
+            # bench_mock_information.py, 5-fold on the 20 000-galaxy reference mock)
             model.classifiers[name] = HistGradientBoostingClassifier(**kw, class_weight="balanced").fit(
                 x[ok], y[ok].astype(np.int64))
             model.n_train[name] = int(ok.sum())
