@@ -7,8 +7,9 @@ For the first ``--n`` test galaxies that are not spirals and have a catalogue si
 km/s, the super-resolution model of ``--checkpoints`` (a directory as generate.py takes it, or "reference")
 is given the galaxy's image and its OBSERVED low-res spectrum (every 8th point of the preprocessed spectrum:
 exactly its training input) instead of a generated one; pPXF (analysis.fit_spectrum, at the catalogue
-redshift) then reads sigma_v from the super-resolved spectrum and, as the ceiling, from the preprocessed
-observed spectrum itself. Pearson rho and median bias of log10 sigma_v against the catalogue. Against the
+redshift) then reads sigma_v from the super-resolved spectrum, from the preprocessed observed spectrum
+itself (the ceiling) and from the low-res input interpolated back to the 1 A grid (what the input alone
+carries). Pearson rho and median bias of log10 sigma_v against the catalogue. Against the
 chain's own numbers (evaluate.py) this separates what the super-resolution stage loses from what the
 generated low-res spectra bring. One draw per galaxy (seeded as generate.py seeds its first full-res draw).
 """
@@ -23,13 +24,21 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
+from scipy.interpolate import CubicSpline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from analysis import fit_spectrum  # noqa: E402
 from datasets.galaxy import build_cache  # noqa: E402
 from datasets.photometry import image_features  # noqa: E402
-from datasets.preprocess import FULLRES_WAVE, N_FULLRES, SMOOTH_SIGMA, to_linear, to_model_space  # noqa: E402
+from datasets.preprocess import (  # noqa: E402
+    FULLRES_WAVE,
+    LOWRES_STEP,
+    N_FULLRES,
+    SMOOTH_SIGMA,
+    to_linear,
+    to_model_space,
+)
 from diffusion.sampling import galaxy_seed, item_seeds  # noqa: E402
 from evaluation import metrics as M  # noqa: E402
 from generation.chain import load_chain  # noqa: E402
@@ -68,7 +77,12 @@ def main(argv=None) -> int:
         sr = chain._sample("diffusion_sr", chain.prepare_images(imgs), seeds, lowres=lowres, photometry=phot)
     spectra = {"super_resolved_true_lowres": to_linear(sr.reshape(len(sel), N_FULLRES),
                                                        chain.preprocessing).cpu().numpy().astype(np.float64),
-               "observed_preprocessed": np.asarray(c.flux_fullres[sel], np.float64)}
+               "observed_preprocessed": np.asarray(c.flux_fullres[sel], np.float64),
+               # what the low-res input itself says: its 563 points back on the 1 A grid (cubic spline);
+               # the interpolation blurs the lines, so only its rho, not its bias, means anything
+               "true_lowres_interpolated": CubicSpline(FULLRES_WAVE[::LOWRES_STEP],
+                                                       np.asarray(c.flux_lowres[sel], np.float64),
+                                                       axis=1)(FULLRES_WAVE)}
     truth = np.log10(sv[sel])
     out = {"benchmark": "sr_on_true_lowres", "checkpoints": a.checkpoints, "survey": a.survey,
            "n_galaxies": int(len(sel)), "min_sigma_kms": a.min_sigma, "results": {}}
