@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from analysis import fit_spectrum  # noqa: E402
 from datasets.galaxy import build_cache  # noqa: E402
-from datasets.photometry import image_features  # noqa: E402
 from datasets.preprocess import (  # noqa: E402
     FULLRES_WAVE,
     LOWRES_STEP,
@@ -40,7 +39,7 @@ from datasets.preprocess import (  # noqa: E402
     to_linear,
     to_model_space,
 )
-from diffusion.sampling import galaxy_seed, item_seeds  # noqa: E402
+from diffusion.sampling import galaxy_seed  # noqa: E402
 from evaluation import metrics as M  # noqa: E402
 from generation.chain import load_chain  # noqa: E402
 from generation.cli import resolve_checkpoints  # noqa: E402
@@ -71,14 +70,13 @@ def main(argv=None) -> int:
         morph, ids = f["catalog/morphology"][:], f["catalog/id"][:]
     sel = test[(sv[test] > a.min_sigma) & (morph[test] != 1)][: a.n]
     imgs = torch.from_numpy(np.ascontiguousarray(c.images[sel]))
-    phot = torch.from_numpy(image_features(imgs.numpy())) if chain.photometry else None
+    phot = chain.photometry_features(imgs)
     lowres = torch.from_numpy(to_model_space(np.asarray(c.flux_lowres[sel], np.float64),
                                              chain.preprocessing).astype(np.float32))
     k = a.draws
-    seeds = item_seeds([galaxy_seed(g.seed, int(i)) for i in ids[sel]], k, offset=1000)
+    gseeds = [galaxy_seed(g.seed, int(i)) for i in ids[sel]]
     with torch.no_grad():
-        sr = chain._sample("diffusion_sr", chain.prepare_images(imgs), seeds,
-                           lowres=lowres.repeat_interleave(k, dim=0), photometry=phot)
+        sr = chain.super_resolve(chain.prepare_images(imgs), gseeds, lowres.repeat_interleave(k, dim=0), phot)
     sr = to_linear(sr.reshape(len(sel), k, N_FULLRES), chain.preprocessing).cpu().numpy().astype(np.float64)
     spectra = {"super_resolved_true_lowres": sr[:, 0],
                "observed_preprocessed": np.asarray(c.flux_fullres[sel], np.float64),

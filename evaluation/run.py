@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import h5py
@@ -286,6 +287,12 @@ class EvalData:
     def n(self) -> int:
         return len(self.rows)
 
+    @cached_property
+    def candidates(self) -> np.ndarray | None:
+        """(n, M, L) float64 full-res candidates of the evaluated rows (converted once), or None."""
+        cube = self.cubes.get("FULLRES_CANDIDATES")
+        return None if cube is None else cube[0][self.ok].astype(np.float64)
+
     @property
     def morph(self):
         return self.truth.get("morphology")
@@ -377,12 +384,11 @@ def measure_spectra(d: EvalData) -> None:
 
 def measure_candidates(d: EvalData) -> None:
     """z and Dn4000 of every one of the M full-res candidates (distributions for the calibration)."""
-    cube = d.cubes.get("FULLRES_CANDIDATES")
-    if cube is None:
+    cand = d.candidates
+    if cand is None:
         d.notes.append("no FULLRES_CANDIDATES cube: calibration skipped")
         return
     t0 = time.perf_counter()
-    cand = cube[0][d.ok].astype(np.float64)
     nm = cand.shape[1]
     # all n x M candidates in one batched call (the redshift scan and the indices are vectorised)
     cm = measure_cheap(d.wave, cand.reshape(d.n * nm, -1))
@@ -427,12 +433,11 @@ def spectrum_section(table: Table, d: EvalData) -> None:
     table.add(sec, "flux", "mse_median", "observed", {m: np.nanmedian(e["mse"]) for m, e in errs.items()},
               n_obs)
     table.add(sec, "flux", "mse_mean", "observed", {m: np.nanmean(e["mse"]) for m, e in errs.items()}, n_obs)
-    cube = d.cubes.get("FULLRES_CANDIDATES")
-    if cube is not None and "predicted" in errs:
+    if d.candidates is not None and "predicted" in errs:
         # the mean of the M draws estimates E[spectrum | image], the MSE-optimal point prediction that the
         # training-mean and retrieval baselines are (a single draw carries its own noise, MSE ~2x the
         # conditional variance); its lines blur where the draws' redshifts disagree: science reads one draw
-        mean_m = M.spectral_errors(cube[0][d.ok].astype(np.float64).mean(axis=1), obs, d.ivar_obs)["mse"]
+        mean_m = M.spectral_errors(d.candidates.mean(axis=1), obs, d.ivar_obs)["mse"]
         table.add(sec, "flux (mean of the M candidates)", "mse_median", "observed",
                   {"predicted": np.nanmedian(mean_m)}
                   | {m: np.nanmedian(e["mse"]) for m, e in errs.items() if m != "predicted"}, n_obs)

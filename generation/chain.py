@@ -141,6 +141,20 @@ class GenerationChain:
                                   sp["steps"], lowres=lowres, alpha_bar_min=sp["alpha_bar_min"],
                                   precision=lambda: autocast_context(self.device, self.amp), **options)
 
+    def photometry_features(self, images_nmgy: torch.Tensor) -> torch.Tensor | None:
+        """The cutouts' aperture-photometry features (model.photometry), or None if no model takes them."""
+        if not self.photometry:
+            return None
+        return torch.from_numpy(image_features(images_nmgy.numpy())).to(self.device)
+
+    def super_resolve(self, images, galaxy_seeds, lowres, photometry=None) -> torch.Tensor:
+        """Full-res draws (B * M, 4500, model space) of the low-res spectra ``lowres`` (B * M, 563, model
+        space; M per galaxy, galaxy-major) for the prepared ``images`` (B, ...): the chain's second stage,
+        seeded as ``run`` seeds it."""
+        m = lowres.shape[0] // images.shape[0]
+        return self._sample("diffusion_sr", images, item_seeds(galaxy_seeds, m, offset=1000), lowres=lowres,
+                            photometry=photometry)
+
     def _rank(self, role, images, candidates, n, photometry=None):
         lm = self.m[role]
         with autocast_context(self.device, self.amp):
@@ -162,8 +176,7 @@ class GenerationChain:
         b = images_nmgy.shape[0]
         N, k, M = g.n_lowres, g.keep_lowres, g.n_fullres
         images = self.prepare_images(images_nmgy)
-        phot = (torch.from_numpy(image_features(images_nmgy.numpy())).to(self.device) if self.photometry
-                else None)
+        phot = self.photometry_features(images_nmgy)
         gseeds = [galaxy_seed(g.seed, int(i)) for i in ids]
         lr = self._sample("diffusion_lr", images, item_seeds(gseeds, N), photometry=phot)
         lr_scores = self._rank("contrastive_lr", images, lr, N, phot)                    # (B, N)
@@ -181,8 +194,7 @@ class GenerationChain:
         parent = torch.arange(M) % k                                                # (M,)
         chosen = torch.gather(lr.reshape(b, N, -1), 1,
                               kept[:, parent].unsqueeze(-1).expand(b, M, N_LOWRES))  # (B, M, 563)
-        sr = self._sample("diffusion_sr", images, item_seeds(gseeds, M, offset=1000),
-                          lowres=chosen.reshape(b * M, N_LOWRES), photometry=phot)
+        sr = self.super_resolve(images, gseeds, chosen.reshape(b * M, N_LOWRES), phot)
         sr_scores = self._rank("contrastive_sr", images, sr, M, phot)                    # (B, M)
         sr_lin = to_linear(sr.reshape(b, M, N_FULLRES), pre).cpu().numpy()
         sr_key = sr_scores
