@@ -5,8 +5,8 @@
 
 For the first ``--n`` test galaxies that are not spirals and have a catalogue sigma_v above ``--min-sigma``
 km/s, the super-resolution model of ``--checkpoints`` (a directory as generate.py takes it, or "reference")
-is given the galaxy's image and its OBSERVED low-res spectrum (every 8th point of the preprocessed spectrum:
-exactly its training input) instead of a generated one; pPXF (analysis.fit_spectrum, at the catalogue
+is given the galaxy's image and its OBSERVED low-res spectrum (every 8th point of the preprocessed spectrum,
+or its 8 A bins for a model trained with ``data.lowres: bin``: exactly its training input) instead of a generated one; pPXF (analysis.fit_spectrum, at the catalogue
 redshift) then reads sigma_v from the super-resolved spectrum, from the preprocessed observed spectrum
 itself (the ceiling) and from the low-res input interpolated back to the 1 A grid (what the input alone
 carries). Pearson rho and median bias of log10 sigma_v against the catalogue. Against the
@@ -71,7 +71,8 @@ def main(argv=None) -> int:
     sel = test[(sv[test] > a.min_sigma) & (morph[test] != 1)][: a.n]
     imgs = torch.from_numpy(np.ascontiguousarray(c.images[sel]))
     phot = chain.photometry_features(imgs)
-    lowres = torch.from_numpy(to_model_space(np.asarray(c.flux_lowres[sel], np.float64),
+    lr_obs = np.asarray(c.lowres(chain.lowres_mode)[sel], np.float64)  # the SR model's own data.lowres
+    lowres = torch.from_numpy(to_model_space(lr_obs,
                                              chain.preprocessing).astype(np.float32))
     k = a.draws
     gseeds = [galaxy_seed(g.seed, int(i)) for i in ids[sel]]
@@ -83,12 +84,13 @@ def main(argv=None) -> int:
                # what the low-res input itself says: its 563 points back on the 1 A grid (cubic spline);
                # the interpolation blurs the lines, so only its rho, not its bias, means anything
                "true_lowres_interpolated": CubicSpline(FULLRES_WAVE[::LOWRES_STEP],
-                                                       np.asarray(c.flux_lowres[sel], np.float64),
+                                                       lr_obs,
                                                        axis=1)(FULLRES_WAVE)}
     if k > 1:  # the draws' own pixel-scale structure averages out; what they agree on stays
         spectra[f"super_resolved_true_lowres_mean_of_{k}"] = sr.mean(axis=1)
     truth = np.log10(sv[sel])
     out = {"benchmark": "sr_on_true_lowres", "checkpoints": a.checkpoints, "survey": a.survey,
+           "lowres": chain.lowres_mode,
            "n_galaxies": int(len(sel)), "min_sigma_kms": a.min_sigma, "results": {}}
     for name, flux in spectra.items():
         s = np.array([fit_spectrum(FULLRES_WAVE, f, z[r], extra_sigma=SMOOTH_SIGMA).sigma_v

@@ -6,6 +6,8 @@ writes a cache directory ``<file>.cache/<key>/`` of plain ``.npy`` files, opened
 - ``images.npy``       (N, 5, 64, 64) float32, standardised with the TRAINING split's per-band mean/std
 - ``flux_fullres.npy`` (N, 4500) float32, normalised linear flux (steps 1-4 of datasets.preprocess)
 - ``flux_lowres.npy``  (N, 563) float32, every 8th point (contiguous copy for fast low-res reads)
+- ``flux_lowres_bin.npy`` (N, 563) float32, the 8 A bins around those points (``data.lowres: bin``; added to
+  an older cache on first use)
 - ``ivar_fullres.npy`` (N, 4500) float32, ivar on the 1 Angstrom grid in normalised units
 - ``photometry.npy``   (N, F) float32, aperture-photometry features of the ORIGINAL cutouts
   (datasets/photometry.py): the networks' optional ``model.photometry`` conditioning
@@ -31,7 +33,15 @@ import torch
 import torch.nn.functional as F
 
 from datasets.photometry import image_features
-from datasets.preprocess import N_FULLRES, PREPROCESS_VERSION, lowres, preprocess_spectra, to_model_space
+from datasets.preprocess import (
+    LOWRES_MODES,
+    N_FULLRES,
+    N_LOWRES,
+    PREPROCESS_VERSION,
+    lowres,
+    preprocess_spectra,
+    to_model_space,
+)
 from datasets.schema import BANDS, IMAGE_SIZE, N_BANDS, SPLIT_CODES, SurveyFileError, validate_survey
 
 CACHE_LAYOUT = 2  # 2: photometry.npy added; part of the cache key (bump when the cache's files change)
@@ -82,6 +92,24 @@ class SurveyCache:
     valid: np.ndarray
     split: np.ndarray
     meta: dict
+
+    def lowres(self, mode: str = "subsample") -> np.ndarray:
+        """The low-res spectra of ``data.lowres`` mode ("subsample": every 8th point, "bin": 8 A bins)."""
+        if mode == "subsample":
+            return self.flux_lowres
+        if mode not in LOWRES_MODES:
+            raise DatasetError(f"data.lowres: {mode!r} is not one of {list(LOWRES_MODES)}")
+        f = self.root / f"flux_lowres_{mode}.npy"
+        if not f.exists():  # a cache written before the mode existed: derive it once, atomically
+            tmp = f.with_name(f"{f.stem}.{os.getpid()}.partial.npy")
+            full = self.flux_fullres
+            out = np.lib.format.open_memmap(tmp, "w+", np.float32, self.flux_lowres.shape)
+            for s in range(0, full.shape[0], 2048):
+                out[s:s + 2048] = lowres(np.asarray(full[s:s + 2048]), mode)
+            out.flush()
+            del out
+            os.replace(tmp, f)
+        return np.load(f, mmap_mode="r")
 
     def indices(self, split: str) -> np.ndarray:
         """Row indices of ``split`` ("train", "val", "test" or "all") that pass the positive-flux filter."""
@@ -180,6 +208,11 @@ def _write_cache(path: Path, root: Path, summary: dict, chunk: int, progress: bo
             ivar_out[s:s + chunk] = out["ivar"]
             valid[s:s + chunk] = out["valid"]
         np.save(tmp / "flux_lowres.npy", np.ascontiguousarray(lowres(full)))
+        lr_bin = np.lib.format.open_memmap(tmp / "flux_lowres_bin.npy", "w+", np.float32, (n, N_LOWRES))
+        for s in range(0, n, chunk):
+            lr_bin[s:s + chunk] = lowres(np.asarray(full[s:s + chunk]), "bin")
+        lr_bin.flush()
+        del lr_bin
         for arr in (images, full, ivar_out, phot):
             arr.flush()
         del images, full, ivar_out, phot
@@ -206,6 +239,8 @@ class GalaxyDataset(torch.utils.data.Dataset):
     resolution : "lowres" (563 points) or "fullres" (4500 points): the ``spectrum`` returned.
     preprocessing : "log" (paper) or "none" (normalised linear flux).
     with_lowres : also return ``lowres`` (563 points) — the super-resolution stage's conditioning.
+    lowres_mode : how the low-res spectra (``resolution="lowres"`` and ``lowres``) are made from the full
+        resolution ones: "subsample" (every 8th point, the paper) or "bin" (``datasets.preprocess.lowres``).
     with_ivar : also return ``ivar`` on the full-resolution 1 Angstrom grid (normalised units).
     with_photometry : also return ``photometry`` (F,), the cutout's aperture-photometry features.
 
@@ -214,7 +249,8 @@ class GalaxyDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, path, split="train", resolution="lowres", preprocessing="log", with_lowres=False,
-                 with_ivar=False, cache_dir=None, cache: SurveyCache | None = None, with_photometry=False):
+                 with_ivar=False, cache_dir=None, cache: SurveyCache | None = None, with_photometry=False,
+                 lowres_mode: str = "subsample"):
         if resolution not in ("lowres", "fullres"):
             raise DatasetError(f"resolution: {resolution!r} is not 'lowres' or 'fullres'")
         self.path = str(path)
@@ -226,6 +262,7 @@ class GalaxyDataset(torch.utils.data.Dataset):
         self.split, self.resolution, self.preprocessing = split, resolution, preprocessing
         self.with_lowres, self.with_ivar = with_lowres, with_ivar
         self.with_photometry = with_photometry
+        self.flux_lowres = self.cache.lowres(lowres_mode)
         to_model_space(np.ones(1), preprocessing)  # validates the name
 
     def __len__(self):
@@ -247,12 +284,12 @@ class GalaxyDataset(torch.utils.data.Dataset):
             x = arr[rows_sorted]
             return x[inv] if batched else np.array(x)  # a scalar row of a memmap is a read-only view
         c = self.cache
-        spec = take(c.flux_lowres if self.resolution == "lowres" else c.flux_fullres)
+        spec = take(self.flux_lowres if self.resolution == "lowres" else c.flux_fullres)
         item = {"image": torch.from_numpy(np.ascontiguousarray(take(c.images))),
                 "spectrum": torch.from_numpy(to_model_space(spec, self.preprocessing).astype(np.float32)),
                 "index": torch.as_tensor(rows)}
         if self.with_lowres:
-            item["lowres"] = torch.from_numpy(to_model_space(take(c.flux_lowres),
+            item["lowres"] = torch.from_numpy(to_model_space(take(self.flux_lowres),
                                                              self.preprocessing).astype(np.float32))
         if self.with_ivar:
             item["ivar"] = torch.from_numpy(np.ascontiguousarray(take(c.ivar_fullres)))

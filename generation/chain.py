@@ -29,6 +29,7 @@ import torch
 from datasets.galaxy import ImageAugment
 from datasets.photometry import image_features
 from datasets.preprocess import (
+    BIN_WEIGHTS,
     FULLRES_WAVE,
     LOWRES_WAVE,
     N_FULLRES,
@@ -53,6 +54,12 @@ OPTIONAL_ROLES = {"baseline": ("baseline", None)}
 #: Gaussian sigma (Angstrom) of the smoothing of a low-res candidate as the redshift fitter sees it: the
 #: preprocessing's 2 A plus linear interpolation between the 8 A samples (~ 8 / sqrt(6) A)
 LOWRES_SIGMA = float(np.hypot(SMOOTH_SIGMA, (LOWRES_WAVE[1] - LOWRES_WAVE[0]) / np.sqrt(6.0)))
+#: the same for ``data.lowres`` modes: "bin" adds the 8 A bin's own blur (sigma of BIN_WEIGHTS, ~2.35 A)
+LOWRES_SIGMAS = {"subsample": LOWRES_SIGMA,
+                 "bin": float(np.hypot(LOWRES_SIGMA, np.sqrt(np.sum(
+                     BIN_WEIGHTS * (np.arange(BIN_WEIGHTS.size) - BIN_WEIGHTS.size // 2) ** 2))))}
+#: the roles whose inputs or outputs are low-res spectra: they must share ``data.lowres``
+LOWRES_ROLES = ("diffusion_lr", "diffusion_sr", "contrastive_lr")
 
 
 def candidate_redshifts(flux, wave: np.ndarray, sigma: float) -> np.ndarray:
@@ -96,6 +103,11 @@ def check_compatible(models: dict[str, LoadedModel]) -> None:
         if not np.allclose(m.band_mean, ref.band_mean, rtol=1e-3) or not np.allclose(m.band_std, ref.band_std,
                                                                                       rtol=1e-3):
             raise GenerationError(f"{m.path}: band_mean/band_std: trained on other data than {ref.path}")
+    modes = {role: models[role].cfg.data.lowres for role in LOWRES_ROLES}
+    for role in LOWRES_ROLES[1:]:
+        if modes[role] != modes["diffusion_lr"]:
+            raise GenerationError(f"{models[role].path}: data.lowres: {modes[role]!r} differs from "
+                                  f"{ref.path}'s {modes['diffusion_lr']!r} (low-res spectra made differently)")
     lr, sr = models["contrastive_lr"], models["contrastive_sr"]
     if lr.cfg.model.latent_dim != sr.cfg.model.latent_dim:
         raise GenerationError(f"{sr.path}: model.latent_dim: {sr.cfg.model.latent_dim} differs from "
@@ -116,6 +128,7 @@ class GenerationChain:
         self.device = device
         self.amp = amp
         self.preprocessing = models["diffusion_lr"].cfg.data.preprocessing
+        self.lowres_mode = models["diffusion_lr"].cfg.data.lowres
         self.mean = torch.tensor(models["diffusion_lr"].band_mean, dtype=torch.float32)[None, :, None, None]
         self.std = torch.tensor(models["diffusion_lr"].band_std, dtype=torch.float32)[None, :, None, None]
         self.augment = ImageAugment()
@@ -187,7 +200,7 @@ class GenerationChain:
         if self.z_prior:
             with autocast_context(self.device, self.amp):
                 zp = self.m["baseline"].model.predict(images, phot)["z"].astype(np.float64)
-            zl = candidate_redshifts(lr_lin, LOWRES_WAVE, LOWRES_SIGMA)
+            zl = candidate_redshifts(lr_lin, LOWRES_WAVE, LOWRES_SIGMAS[self.lowres_mode])
             lr_key = prior_rank_key(lr_scores, zl, zp, self.g.z_prior_width)
             extra = {"z_prior": zp, "lowres_z": zl}
         kept = lr_key.topk(k, dim=1).indices                                        # (B, k)

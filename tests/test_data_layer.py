@@ -86,6 +86,44 @@ def test_lowres_is_every_8th_point_and_log_roundtrip():
     np.testing.assert_allclose(to_linear(t, "log").numpy(), f, rtol=1e-12)
 
 
+def test_lowres_bin_keeps_a_narrow_lines_flux_wherever_it_falls():
+    # a 1-pixel line: subsampling sees it only when it sits on one of the 563 kept pixels; the 8 A bins keep
+    # its whole flux (1 per bin width 8) and its position within the bin (shared with the neighbour on a
+    # bin edge)
+    for offset in range(8):
+        x = np.zeros((1, 4500))
+        x[0, 800 + offset] = 8.0
+        sub, binned = lowres(x), lowres(x, "bin")
+        assert binned.shape == (1, 563)
+        assert sub[0, 100] == (8.0 if offset == 0 else 0.0)
+        np.testing.assert_allclose(binned.sum(), 1.0)
+        assert binned[0, 100] >= binned[0, 101] if offset <= 4 else binned[0, 101] > binned[0, 100]
+    # a straight line is unchanged at the bin centres (symmetric kernel), the ends repeat the edge pixel
+    ramp = np.arange(4500.0)
+    np.testing.assert_allclose(lowres(ramp, "bin")[1:-1], ramp[::8][1:-1])
+    assert lowres(ramp.astype(np.float32), "bin").dtype == np.float32
+    with pytest.raises(ValueError, match="data.lowres: 'median'"):
+        lowres(ramp, "median")
+
+
+def test_dataset_lowres_bin_mode_and_older_caches(synthetic_survey, tmp_path):
+    ds = GalaxyDataset(synthetic_survey, "val", "fullres", "none", with_lowres=True, cache_dir=tmp_path / "c",
+                       lowres_mode="bin")
+    b = ds[np.arange(4)]
+    torch.testing.assert_close(b["lowres"], torch.from_numpy(lowres(b["spectrum"].numpy(), "bin")))
+    lr = GalaxyDataset(synthetic_survey, "val", "lowres", "none", cache_dir=tmp_path / "c", lowres_mode="bin")
+    torch.testing.assert_close(lr[np.arange(4)]["spectrum"], b["lowres"])
+    # a cache written before the mode existed gets the file derived on first use
+    f = ds.cache.root / "flux_lowres_bin.npy"
+    kept = np.load(f)
+    f.unlink()
+    again = build_cache(synthetic_survey, cache_dir=tmp_path / "c")
+    np.testing.assert_array_equal(again.lowres("bin"), kept)
+    assert f.exists() and not list(f.parent.glob("*.partial*"))
+    with pytest.raises(DatasetError, match="data.lowres: 'odd'"):
+        again.lowres("odd")
+
+
 def test_nonpositive_flux_is_flagged_invalid():
     flux = np.ones((3, N_LOGLAM))
     flux[1, 2000:2300] = -5.0   # a negative stretch survives smoothing

@@ -239,3 +239,19 @@ def test_mismatched_latent_sizes_are_rejected(synthetic_survey, trained, tmp_pat
     g = load_config(ROOT / "params_generative.yml", GenerativeConfig).generate
     with pytest.raises(GenerationError, match="model.latent_dim: 8 differs"):
         GenerationChain(models, g, torch.device("cpu"))
+
+
+def test_models_with_different_lowres_modes_are_rejected(synthetic_survey, trained, tmp_path):
+    # a super-resolution model trained on 8 A bins cannot refine the every-8th-point spectra of a low-res
+    # model trained the paper's way
+    from generation.chain import ROLES, GenerationChain
+    from models.loading import load_model
+    from utils.config import GenerativeConfig, load_config
+    out = tmp_path / "d_sr_bin"
+    assert train_main("generative", _args(synthetic_survey, out, TINY_DIFFUSION, 1,
+                                          ["train.stage=sr", "model.standardize=true", "data.lowres=bin"])) == 0
+    ck = dict(trained, diffusion_sr=str(out / "best.pt"))
+    models = {r: load_model(ck[r], *ROLES[r], torch.device("cpu")) for r in ROLES}
+    g = load_config(ROOT / "params_generative.yml", GenerativeConfig).generate
+    with pytest.raises(GenerationError, match="data.lowres: 'bin' differs from .*'subsample'"):
+        GenerationChain(models, g, torch.device("cpu"))

@@ -190,3 +190,16 @@ def test_resume_refuses_a_changed_config_key_by_key_unless_allowed(synthetic_sur
     assert ck["run"]["config_history"] == [{"iteration": 2, "changes": {
         "train.grad_clip": [1.0, 0.5], "train.lr": [2e-3, 5e-3], "train.lr_end": [2e-3, 5e-3]}}]
     assert (out / "config.yaml").read_text().startswith("# iteration 2: resumed with ")
+
+
+def test_a_checkpoint_older_than_a_config_key_resumes_with_its_meaning(synthetic_survey, tmp_path):
+    # data.lowres did not exist before the "bin" mode: such a run made every-8th-point spectra and resumes
+    # without --allow-config-change; with data.lowres=bin it is refused
+    out = tmp_path / "run"
+    assert main("generative", _argv(synthetic_survey, out, TINY) + ["--stop-iteration", "2"]) == 0
+    ck = load_checkpoint(out / "last.pt")
+    del ck["run"]["config"]["data"]["lowres"]
+    torch.save(ck, out / "last.pt")
+    assert main("generative", _argv(synthetic_survey, out, TINY + ["data.lowres=bin"])) == 2
+    assert main("generative", _argv(synthetic_survey, out, TINY)) == 0
+    assert load_checkpoint(out / "last.pt")["run"]["config"]["data"]["lowres"] == "subsample"

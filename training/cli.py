@@ -70,7 +70,7 @@ def _worker(local_rank, kind, cfg, stop_iteration, threads, allow_config_change=
 
 
 # config keys a resumed run must share with its checkpoint: they fix the weights' shapes and meaning
-RESUME_KEYS = ("model", "train.stage", "train.crop_length", "data.preprocessing")
+RESUME_KEYS = ("model", "train.stage", "train.crop_length", "data.preprocessing", "data.lowres")
 
 
 def _get(d: dict, dotted: str):
@@ -98,6 +98,7 @@ def preflight(kind: str, cfg, args) -> None:
     from datasets.galaxy import build_cache
     from models.checkpoint import CheckpointError, load_checkpoint
     from models.loading import load_model
+    from training.engine import ABSENT_MEANS
 
     out = resolve_out_dir(cfg)
     for p in [out, *out.parents]:
@@ -128,7 +129,9 @@ def preflight(kind: str, cfg, args) -> None:
                                   "of another model in this run directory; use another run.out_dir)")
         new = to_dict(cfg)
         for key in RESUME_KEYS:
-            diff = _first_difference(_get(run.get("config", {}), key), _get(new, key), key)
+            old = _get(run.get("config", {}), key)
+            old = ABSENT_MEANS.get(key, old) if old == {} else old  # a key newer than the checkpoint
+            diff = _first_difference(old, _get(new, key), key)
             if diff:
                 raise CheckpointError(f"{last}: {diff[0]}: {diff[1]!r} in the checkpoint, {diff[2]!r} now; "
                                       "cannot resume with changed shapes (use --no-resume or another "

@@ -116,13 +116,17 @@ RESUME_FREE_KEYS = ("run.resume", "run.log_every", "run.tensorboard", "run.n_sav
 RESUME_FIXED_PREFIXES = ("model.", "train.stage", "train.batch_size")
 
 
+#: config keys added after checkpoints were written without them: the value such a checkpoint was made with
+ABSENT_MEANS = {"data.lowres": "subsample"}
+
+
 def check_resume_config(path: Path, ckpt: dict, cfg, allow_change: bool) -> dict:
     """Compare the config of a resumed run with the one in its checkpoint, key by key.
 
     Returns ``{key: (old, new)}`` of the accepted changes (empty unless ``allow_change``). Raises a
     one-line CheckpointError naming every changed key with its old and new value when the change is not
     allowed, or when it touches the architecture, stage or batch size (never resumable)."""
-    old = _flatten(ckpt["run"]["config"])
+    old = {**ABSENT_MEANS, **_flatten(ckpt["run"]["config"])}
     new = _flatten(to_dict(cfg))
     changed = {k: (old.get(k, "<absent>"), new.get(k, "<absent>")) for k in sorted(set(old) | set(new))
                if old.get(k, "<absent>") != new.get(k, "<absent>") and not k.startswith("generate.")
@@ -283,7 +287,8 @@ def setup_data(cfg, task, rank: int, world: int) -> TrainData:
     cache = cache or build_cache(cfg.data.path, cfg.data.cache_dir)
     phot = bool(getattr(cfg.model, "photometry", False))  # model.photometry: the features ride in the batch
     train_ds, val_ds = (GalaxyDataset(cfg.data.path, split, task.resolution, cfg.data.preprocessing,
-                                      with_lowres=task.with_lowres, cache=cache, with_photometry=phot)
+                                      with_lowres=task.with_lowres, cache=cache, with_photometry=phot,
+                                      lowres_mode=cfg.data.lowres)
                         for split in ("train", "val"))
     sampler = EpochBatchSampler(len(train_ds), cfg.train.batch_size, seed=cfg.train.seed, rank=rank,
                                 world_size=world)

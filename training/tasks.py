@@ -157,7 +157,7 @@ class DiffusionTask:
         if not cfg.model.standardize:
             return
         cache = train_ds.cache
-        arr = cache.flux_lowres if self.resolution == "lowres" else cache.flux_fullres
+        arr = train_ds.flux_lowres if self.resolution == "lowres" else cache.flux_fullres  # data.lowres
         rows = np.sort(train_ds.rows)
         s1 = np.zeros(arr.shape[1])
         s2 = np.zeros(arr.shape[1])
@@ -227,7 +227,7 @@ class DiffusionTask:
         if self._mean_spectrum is None:
             cache = val_ds.cache
             train_rows = cache.indices("train")
-            arr = cache.flux_lowres if self.resolution == "lowres" else cache.flux_fullres
+            arr = val_ds.flux_lowres if self.resolution == "lowres" else cache.flux_fullres
             self._mean_spectrum = torch.from_numpy(np.asarray(arr[np.sort(train_rows)]).mean(0))
         mse_mean = ((self._mean_spectrum[None] - truth) ** 2).mean(-1)
         metrics = {"mse_best": float(mse.min(1).values.mean()), "mse_first": float(mse[:, 0].mean()),

@@ -31,9 +31,11 @@ class DataConfig:
     preprocessing: str = "log"        # "log" (paper) or "none" (linear normalised flux)
     augment: bool = True              # resize 64->71, random crop 64, flips (training only)
     cache_dir: str | None = None      # preprocessed cache; default "<path>.cache"
+    lowres: str = "subsample"         # low-res spectra: "subsample" = every 8th point (paper), "bin" = 8 A bins
 
     def check(self, where):
         _choice(where, "data.preprocessing", self.preprocessing, ("log", "none"))
+        _choice(where, "data.lowres", self.lowres, ("subsample", "bin"))
         if not self.path.strip():
             raise ConfigError(f"{where}: data.path: {self.path!r} is empty")
 

@@ -333,7 +333,8 @@ def results_to_fits(
                 pp = preprocess_spectra(loglam, s["spectra/flux"][rr], s["spectra/ivar"][rr])
                 f, iv = pp["flux"], pp["ivar"]
                 if len(wave) == len(LOWRES_WAVE):
-                    f, iv = lowres(f), lowres(iv)
+                    mode = attrs.get("lowres", "subsample")  # data.lowres of the models
+                    f, iv = lowres(f, mode), lowres(iv, mode)
             else:
                 f, iv = observed_on_grid(
                     loglam,
