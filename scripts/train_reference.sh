@@ -4,6 +4,9 @@
 # the `reference` presets of the three YAML files, then slim the best checkpoints into models/reference/
 # with a manifest (config, mock version and seed, commit, training time, validation metrics, sha256).
 #
+# Variants: GALSPEC_REF_SETS="data.lowres=bin" (space-separated key=value, passed to every training as --set),
+# with GALSPEC_REF_RUNS and GALSPEC_REF_OUT pointing elsewhere so the shipped models stay as they are.
+#
 # Resumable: re-running skips the mock if it exists and resumes every training from its last.pt (a killed
 # run loses at most run.checkpoint_every iterations). Export only: GALSPEC_REF_EXPORT_ONLY=1.
 set -euo pipefail
@@ -16,6 +19,8 @@ SEED=${GALSPEC_REF_SEED:-1}                    # mock seed (the demo mock uses s
 DATA=$ROOT/mock_ref.h5
 OUT=${GALSPEC_REF_OUT:-models/reference}
 THREADS=${GALSPEC_REF_THREADS:+--threads $GALSPEC_REF_THREADS}   # e.g. 1 to share the machine
+SETS=()                                        # GALSPEC_REF_SETS="data.lowres=bin ...": extra --set for every run
+for kv in ${GALSPEC_REF_SETS:-}; do SETS+=(--set "$kv"); done
 mkdir -p "$ROOT"
 t0=$(date +%s)
 step() { echo; echo "=== [$(( $(date +%s) - t0 )) s] $*"; }
@@ -27,7 +32,7 @@ train() {
   local dir=$ROOT/$role s
   step "$role"
   s=$(date +%s)
-  $PY "$script" --preset reference --set data.path="$DATA" --set run.out_dir="$dir" $THREADS "$@"
+  $PY "$script" --preset reference --set data.path="$DATA" --set run.out_dir="$dir" $THREADS ${SETS[@]+"${SETS[@]}"} "$@"
   $PY - "$dir" "$(( $(date +%s) - s ))" <<'EOF'
 import json, os, platform, sys, torch
 from pathlib import Path

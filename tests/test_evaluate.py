@@ -416,3 +416,28 @@ def test_compare_summarises_reports_side_by_side_with_exact_metric_names(tmp_pat
     assert lines["z PIT KS distance"].split(" | ")[1] == "0.15"
     assert "Mgb rho" not in lines          # rows no report has are left out
     assert compare_main(["no-equals-sign"]) == 2
+
+
+def test_lowres_candidates_power_ratio_sees_shallow_lines():
+    # benchmarks/lowres_candidates.py: the same spectra give 1; lines at half depth give ~1/4 (power);
+    # the smooth continuum, removed by the running median, does not count
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "lowres_candidates", Path(__file__).resolve().parents[1] / "benchmarks" / "lowres_candidates.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rng = np.random.default_rng(0)
+    x = np.arange(563)
+    lines = np.zeros((40, 563))
+    for i in range(40):
+        for c in rng.uniform(50, 550, 25):
+            lines[i] -= 0.3 * np.exp(-0.5 * ((x - c) / 1.2) ** 2)
+    cont = 1 + 0.5 * np.sin(x / 200.0)
+    obs = cont + lines
+    same = mod.band_ratios(obs, obs)
+    assert all(v == 1.0 for v in same.values())
+    half = mod.band_ratios(cont + 0.5 * lines, obs)
+    assert all(0.2 < v < 0.3 for v in half.values()), half
+    smooth_only = mod.band_ratios(np.broadcast_to(cont, obs.shape) + 0.0, obs)
+    assert all(v < 0.01 for v in smooth_only.values()), smooth_only

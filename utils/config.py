@@ -226,7 +226,8 @@ class GenerateConfig:
                  {"eta": self.eta})
         lr = self.stage_sampler("lr")
         if lr != self.stage_sampler("sr"):
-            _sampler(where, "generate.lowres", lr["sampler"], lr["steps"], lr["alpha_bar_min"],
+            _sampler(where, "generate.lowres", lr["sampler"],
+                     self.steps if self.lowres_steps is None else self.lowres_steps, lr["alpha_bar_min"],
                      {"eta": lr["eta"]})
         if not self.output.strip():
             raise ConfigError(f"{where}: generate.output: {self.output!r} is empty")
@@ -254,9 +255,11 @@ class GenerateConfig:
                "alpha_bar_min": self.lowres_alpha_bar_min} if stage == "lr" else {}
         out = {"sampler": self.sampler, "steps": self.steps, "alpha_bar_min": self.alpha_bar_min,
                **{k: v for k, v in own.items() if v is not None}}
-        if out["alpha_bar_min"] is None:   # (an unknown sampler name is check()'s one-line error)
-            sampler = _samplers().get(out["sampler"])
+        sampler = _samplers().get(out["sampler"])  # (an unknown name is check()'s one-line error)
+        if out["alpha_bar_min"] is None:
             out["alpha_bar_min"] = sampler.alpha_bar_min if sampler else 0.0
+        if sampler is not None and sampler.every_step:
+            out["steps"] = None   # it visits every step of the process whatever ``steps`` says (e.g. ancestral)
         out["eta"] = self.eta if out["sampler"] == self.sampler else 0.0
         return out
 
