@@ -73,7 +73,8 @@ def main(argv=None) -> int:
     order = np.argsort(rows)
     obs = np.empty((len(rows), lr.shape[-1]))
     obs[order] = build_cache(survey).lowres(mode)[rows[order]]
-    out = {"results": str(a.results), "lowres": mode, "n_galaxies": int(len(ok)), "n_lowres": int(lr.shape[1]),
+    out = {"results": str(a.results), "lowres": mode, "n_galaxies": int(len(ok)),
+           "n_lowres": int(lr.shape[1]),
            "lowres_sampling": h.get("lowres_sampling"),
            "power_ratio": {"all_candidates": band_ratios(lr.reshape(-1, lr.shape[-1]), obs),
                            "top_draw_parent": band_ratios(top_parent, obs)}}

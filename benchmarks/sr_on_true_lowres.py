@@ -6,7 +6,8 @@
 For the first ``--n`` test galaxies that are not spirals and have a catalogue sigma_v above ``--min-sigma``
 km/s, the super-resolution model of ``--checkpoints`` (a directory as generate.py takes it, or "reference")
 is given the galaxy's image and its OBSERVED low-res spectrum (every 8th point of the preprocessed spectrum,
-or its 8 A bins for a model trained with ``data.lowres: bin``: exactly its training input) instead of a generated one; pPXF (analysis.fit_spectrum, at the catalogue
+or its 8 A bins for a model trained with ``data.lowres: bin``: exactly its training input) instead of a
+generated one; pPXF (analysis.fit_spectrum, at the catalogue
 redshift) then reads sigma_v from the super-resolved spectrum, from the preprocessed observed spectrum
 itself (the ceiling) and from the low-res input interpolated back to the 1 A grid (what the input alone
 carries). Pearson rho and median bias of log10 sigma_v against the catalogue. Against the

@@ -135,7 +135,8 @@ def to_linear(x, preprocessing: str = "log"):
 #: how a low-res spectrum is made from a full-resolution one (``data.lowres``): "subsample" = every 8th
 #: point (the paper); "bin" = the mean flux of the 8 Angstrom around each of those points (not in the paper)
 LOWRES_MODES = ("subsample", "bin")
-#: the "bin" kernel: an 8-pixel boxcar centred on pixel 8i (half weight on the two end pixels), flux-conserving
+#: the "bin" kernel: an 8-pixel boxcar centred on pixel 8i (half weight on the two end pixels), flux
+#: conserving
 BIN_WEIGHTS = np.array([0.5] + [1.0] * (LOWRES_STEP - 1) + [0.5]) / LOWRES_STEP
 
 

@@ -107,7 +107,8 @@ def check_compatible(models: dict[str, LoadedModel]) -> None:
     for role in LOWRES_ROLES[1:]:
         if modes[role] != modes["diffusion_lr"]:
             raise GenerationError(f"{models[role].path}: data.lowres: {modes[role]!r} differs from "
-                                  f"{ref.path}'s {modes['diffusion_lr']!r} (low-res spectra made differently)")
+                                  f"{ref.path}'s {modes['diffusion_lr']!r} (low-res spectra made "
+                                  "differently)")
     lr, sr = models["contrastive_lr"], models["contrastive_sr"]
     if lr.cfg.model.latent_dim != sr.cfg.model.latent_dim:
         raise GenerationError(f"{sr.path}: model.latent_dim: {sr.cfg.model.latent_dim} differs from "

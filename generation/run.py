@@ -310,8 +310,10 @@ def generate(gen_cfg, cfg_dict: dict, input_path, device=None, amp: str = "auto"
               "seed": gen_cfg.seed, "n_lowres": gen_cfg.n_lowres, "keep_lowres": gen_cfg.keep_lowres,
               "n_fullres": gen_cfg.n_fullres, "input": str(input_path), "split": gen_cfg.split,
               "checkpoint_sha256": sha, "input_catalog_sha256": src.fingerprint,
-              "preprocessing": chain.preprocessing, "lowres": chain.lowres_mode, "flux": "normalised linear flux (mean 1 in 6900-6950 A, "
-              "observed frame, 2 A Gaussian smoothing)", "config": cfg_dict}
+              "preprocessing": chain.preprocessing, "lowres": chain.lowres_mode,
+              "flux": "normalised linear flux (mean 1 in 6900-6950 A, observed frame, 2 A Gaussian "
+                      "smoothing)",
+              "config": cfg_dict}
     from utils.results_fits import write_spectra_fits
     cubes = {"LOWRES_CANDIDATES": (merged.pop("lowres_candidates"), LOWRES_WAVE),
              "FULLRES_CANDIDATES": (merged.pop("fullres_candidates"), FULLRES_WAVE)}

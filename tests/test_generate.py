@@ -248,8 +248,8 @@ def test_models_with_different_lowres_modes_are_rejected(synthetic_survey, train
     from models.loading import load_model
     from utils.config import GenerativeConfig, load_config
     out = tmp_path / "d_sr_bin"
-    assert train_main("generative", _args(synthetic_survey, out, TINY_DIFFUSION, 1,
-                                          ["train.stage=sr", "model.standardize=true", "data.lowres=bin"])) == 0
+    sets = ["train.stage=sr", "model.standardize=true", "data.lowres=bin"]
+    assert train_main("generative", _args(synthetic_survey, out, TINY_DIFFUSION, 1, sets)) == 0
     ck = dict(trained, diffusion_sr=str(out / "best.pt"))
     models = {r: load_model(ck[r], *ROLES[r], torch.device("cpu")) for r in ROLES}
     g = load_config(ROOT / "params_generative.yml", GenerativeConfig).generate

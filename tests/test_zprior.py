@@ -135,7 +135,8 @@ def test_stage_samplers_and_their_checks():
         "generate.lowres_sampler=ancestral", "generate.lowres_alpha_bar_min=0.0"]).generate
     # the low-res stage: its own sampler, the shared steps (ancestral visits all T anyway), no ddim eta
     # ancestral visits all T steps: the results header must not say "steps: 10" (it did)
-    assert cfg.stage_sampler("lr") == {"sampler": "ancestral", "steps": None, "alpha_bar_min": 0.0, "eta": 0.0}
+    assert cfg.stage_sampler("lr") == {"sampler": "ancestral", "steps": None, "alpha_bar_min": 0.0,
+                                       "eta": 0.0}
     assert cfg.stage_sampler("sr") == {"sampler": "ddim", "steps": 10, "alpha_bar_min": 0.02, "eta": 1.0}
     plain = load_config(params, GenerativeConfig).generate
     assert plain.stage_sampler("lr") == plain.stage_sampler("sr")

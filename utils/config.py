@@ -31,7 +31,8 @@ class DataConfig:
     preprocessing: str = "log"        # "log" (paper) or "none" (linear normalised flux)
     augment: bool = True              # resize 64->71, random crop 64, flips (training only)
     cache_dir: str | None = None      # preprocessed cache; default "<path>.cache"
-    lowres: str = "subsample"         # low-res spectra: "subsample" = every 8th point (paper), "bin" = 8 A bins
+    lowres: str = "subsample"         # low-res spectra: "subsample" = every 8th point (paper), "bin" = 8 A
+                                      # bins (datasets.preprocess.lowres)
 
     def check(self, where):
         _choice(where, "data.preprocessing", self.preprocessing, ("log", "none"))
@@ -259,7 +260,7 @@ class GenerateConfig:
         if out["alpha_bar_min"] is None:
             out["alpha_bar_min"] = sampler.alpha_bar_min if sampler else 0.0
         if sampler is not None and sampler.every_step:
-            out["steps"] = None   # it visits every step of the process whatever ``steps`` says (e.g. ancestral)
+            out["steps"] = None   # it visits every step whatever ``steps`` says (e.g. ancestral)
         out["eta"] = self.eta if out["sampler"] == self.sampler else 0.0
         return out
 
