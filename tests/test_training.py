@@ -114,10 +114,29 @@ def identical_image_survey(synthetic_survey, tmp_path_factory):
     return path
 
 
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:  # a free rendezvous port: ignite's default (2222) may be taken
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_gloo(run, cleanup=lambda: None):
+    """``run(port)`` a 2-process gloo job; once more (fresh port, ``cleanup()`` first) if a child died of
+    SIGABRT inside gloo's TCP transport before doing anything wrong: a known, rare abort of the transport
+    (pytorch/gloo#514; seen once in ~20 CI runs here, "terminate called without an active exception" right
+    after DDP wrapped the model). A real failure fails both times."""
+    r = run(_free_port())
+    if r.returncode != 0 and "terminated with signal SIGABRT" in r.stderr:
+        cleanup()
+        r = run(_free_port())
+    return r
+
+
 def test_two_gloo_processes_train_like_one_process_with_the_same_global_batch(identical_image_survey,
                                                                              tmp_path):
     import os
-    import socket
+    import shutil
     # augmentation draws differ per rank; float32 (amp "auto" would pick bf16 on an AMX CPU, whose rounding
     # Adam amplifies far beyond the summation-order differences this test bounds)
     sets = ["data.augment=false", "run.checkpoint_every=4", 'train.amp="off"']
@@ -125,11 +144,9 @@ def test_two_gloo_processes_train_like_one_process_with_the_same_global_batch(id
     assert main("contrastive", _args(identical_image_survey, single, TINY_CONTRASTIVE, 4, sets)) == 0
     cmd = [sys.executable, str(ROOT / "train_contrastive.py"), "--nproc", "2", "--backend", "gloo",
            "--threads", "1"] + _args(identical_image_survey, ddp, TINY_CONTRASTIVE, 4, sets)[2:]
-    with socket.socket() as s:  # a free rendezvous port: ignite's default (2222) may be taken
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "MASTER_PORT": str(port)}
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    r = _run_gloo(lambda port: subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                                              env={**os.environ, "MASTER_PORT": str(port)}),
+                  cleanup=lambda: shutil.rmtree(ddp, ignore_errors=True))
     assert r.returncode == 0, r.stderr[-3000:]
     final = _final(ddp)
     assert final["iteration"] == 4
@@ -179,14 +196,11 @@ if __name__ == "__main__":
 
 
 def test_replica_drift_finds_a_replica_that_differs(tmp_path):
-    import socket
     script = tmp_path / "drift.py"
     script.write_text(DRIFT_SCRIPT)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    r = subprocess.run([sys.executable, str(script), str(ROOT), str(port), str(tmp_path / "d")],
-                       capture_output=True, text=True, timeout=300)
+    r = _run_gloo(lambda port: subprocess.run([sys.executable, str(script), str(ROOT), str(port),
+                                               str(tmp_path / "d")], capture_output=True, text=True,
+                                              timeout=300))
     assert r.returncode == 0, r.stderr[-3000:]
     # every rank gets the same answer: the largest difference from rank 0's weights
     assert [float((tmp_path / f"d.{k}").read_text()) for k in (0, 1)] == [0.25, 0.25]
