@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datasets.preprocess import FULLRES_WAVE, LOWRES_WAVE, SMOOTH_SIGMA  # noqa: E402
 from datasets.schema import open_survey  # noqa: E402
 from evaluation.metrics import OUTLIER_DZ, outlier_fraction, sigma_nmad  # noqa: E402
-from generation.chain import LOWRES_SIGMA, candidate_redshifts  # noqa: E402
+from generation.chain import LOWRES_SIGMAS, candidate_redshifts  # noqa: E402
 from utils.results_fits import read_spectra_fits  # noqa: E402
 
 
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     sr = res["cubes"]["FULLRES_CANDIDATES"][0][ok].astype(np.float32)
     # a run with generate.z_prior already holds every candidate's redshift, fitted the same way
     zl = (np.asarray(t["lowres_z"])[ok] if "lowres_z" in t
-          else candidate_redshifts(lr, LOWRES_WAVE, LOWRES_SIGMA))
+          else candidate_redshifts(lr, LOWRES_WAVE, LOWRES_SIGMAS[res["header"].get("lowres", "subsample")]))
     zs = (np.asarray(t["fullres_z"])[ok] if "fullres_z" in t
           else candidate_redshifts(sr, FULLRES_WAVE, SMOOTH_SIGMA))
     dl = np.abs(zl - zt[:, None]) / (1 + zt[:, None])

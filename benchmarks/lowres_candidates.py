@@ -29,12 +29,13 @@ from scipy.ndimage import median_filter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis import fit_spectrum  # noqa: E402
 from datasets.galaxy import build_cache  # noqa: E402
-from datasets.preprocess import FULLRES_WAVE, LOWRES_WAVE, SMOOTH_SIGMA  # noqa: E402
+from datasets.preprocess import FULLRES_WAVE, LOWRES_WAVE  # noqa: E402
 from datasets.schema import open_survey  # noqa: E402
-from evaluation import metrics as M  # noqa: E402
 from utils.results_fits import read_spectra_fits  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sr_on_true_lowres import sigma_v_agreement  # noqa: E402
 
 BANDS = ((0.02, 0.05), (0.05, 0.1), (0.1, 0.2), (0.2, 0.3), (0.3, 0.5))  # cycles per low-res pixel
 
@@ -82,16 +83,10 @@ def main(argv=None) -> int:
         with open_survey(survey) as f:
             sv, z, morph = f["catalog/sigma_v"][:], f["catalog/z"][:], f["catalog/morphology"][:]
         sel = np.flatnonzero((sv[rows] > a.min_sigma) & (morph[rows] != 1))[: a.n_fit]
-        truth = np.log10(sv[rows[sel]])
         out["sigma_v"] = {"n_galaxies": int(len(sel)), "min_sigma_kms": a.min_sigma}
         for name, flux in (("top_draw_parent", top_parent[sel]), ("observed_lowres", obs[sel])):
             fine = CubicSpline(LOWRES_WAVE, flux, axis=1)(FULLRES_WAVE)
-            s = np.array([fit_spectrum(FULLRES_WAVE, f, z[r], extra_sigma=SMOOTH_SIGMA).sigma_v
-                          for f, r in zip(fine, rows[sel])], dtype=np.float64)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ls = np.where(s > 0, np.log10(s), np.nan)
-            out["sigma_v"][name] = {"log_sigma_v_pearson": round(float(M.pearson(ls, truth)), 3),
-                                    "log_sigma_v_bias_dex": round(float(np.nanmedian(ls - truth)), 3)}
+            out["sigma_v"][name] = sigma_v_agreement(fine, z[rows[sel]], sv[rows[sel]])
     out["seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(out, indent=1))
     return 0

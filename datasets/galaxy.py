@@ -6,8 +6,8 @@ writes a cache directory ``<file>.cache/<key>/`` of plain ``.npy`` files, opened
 - ``images.npy``       (N, 5, 64, 64) float32, standardised with the TRAINING split's per-band mean/std
 - ``flux_fullres.npy`` (N, 4500) float32, normalised linear flux (steps 1-4 of datasets.preprocess)
 - ``flux_lowres.npy``  (N, 563) float32, every 8th point (contiguous copy for fast low-res reads)
-- ``flux_lowres_bin.npy`` (N, 563) float32, the 8 A bins around those points (``data.lowres: bin``; added to
-  an older cache on first use)
+- ``flux_lowres_bin.npy`` (N, 563) float32, the 8 A bins around those points (``data.lowres: bin``; written
+  on first use, by ``SurveyCache.lowres``)
 - ``ivar_fullres.npy`` (N, 4500) float32, ivar on the 1 Angstrom grid in normalised units
 - ``photometry.npy``   (N, F) float32, aperture-photometry features of the ORIGINAL cutouts
   (datasets/photometry.py): the networks' optional ``model.photometry`` conditioning
@@ -36,7 +36,6 @@ from datasets.photometry import image_features
 from datasets.preprocess import (
     LOWRES_MODES,
     N_FULLRES,
-    N_LOWRES,
     PREPROCESS_VERSION,
     lowres,
     preprocess_spectra,
@@ -100,7 +99,7 @@ class SurveyCache:
         if mode not in LOWRES_MODES:
             raise DatasetError(f"data.lowres: {mode!r} is not one of {list(LOWRES_MODES)}")
         f = self.root / f"flux_lowres_{mode}.npy"
-        if not f.exists():  # a cache written before the mode existed: derive it once, atomically
+        if not f.exists():  # derived once, on first use, atomically
             tmp = f.with_name(f"{f.stem}.{os.getpid()}.partial.npy")
             full = self.flux_fullres
             out = np.lib.format.open_memmap(tmp, "w+", np.float32, self.flux_lowres.shape)
@@ -208,11 +207,6 @@ def _write_cache(path: Path, root: Path, summary: dict, chunk: int, progress: bo
             ivar_out[s:s + chunk] = out["ivar"]
             valid[s:s + chunk] = out["valid"]
         np.save(tmp / "flux_lowres.npy", np.ascontiguousarray(lowres(full)))
-        lr_bin = np.lib.format.open_memmap(tmp / "flux_lowres_bin.npy", "w+", np.float32, (n, N_LOWRES))
-        for s in range(0, n, chunk):
-            lr_bin[s:s + chunk] = lowres(np.asarray(full[s:s + chunk]), "bin")
-        lr_bin.flush()
-        del lr_bin
         for arr in (images, full, ivar_out, phot):
             arr.flush()
         del images, full, ivar_out, phot

@@ -98,7 +98,7 @@ def preflight(kind: str, cfg, args) -> None:
     from datasets.galaxy import build_cache
     from models.checkpoint import CheckpointError, load_checkpoint
     from models.loading import load_model
-    from training.engine import ABSENT_MEANS
+    from training.engine import stored_config
 
     out = resolve_out_dir(cfg)
     for p in [out, *out.parents]:
@@ -122,16 +122,15 @@ def preflight(kind: str, cfg, args) -> None:
         load_model(init, "contrastive", given_as="model.image_encoder_init")
     last = out / "last.pt"
     if cfg.run.resume and last.exists():
-        run = load_checkpoint(last)["run"]
+        ckpt = load_checkpoint(last)
+        run, old = ckpt["run"], stored_config(ckpt)
         want = "contrastive" if kind == "contrastive" else "baseline" if kind == "baseline" else "diffusion"
         if run.get("kind") != want:
             raise CheckpointError(f"{last}: run.kind: {run.get('kind')!r}, expected {want!r} (a checkpoint "
                                   "of another model in this run directory; use another run.out_dir)")
         new = to_dict(cfg)
         for key in RESUME_KEYS:
-            old = _get(run.get("config", {}), key)
-            old = ABSENT_MEANS.get(key, old) if old == {} else old  # a key newer than the checkpoint
-            diff = _first_difference(old, _get(new, key), key)
+            diff = _first_difference(_get(old, key), _get(new, key), key)
             if diff:
                 raise CheckpointError(f"{last}: {diff[0]}: {diff[1]!r} in the checkpoint, {diff[2]!r} now; "
                                       "cannot resume with changed shapes (use --no-resume or another "

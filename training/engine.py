@@ -14,6 +14,7 @@ an uninterrupted one.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -120,13 +121,25 @@ RESUME_FIXED_PREFIXES = ("model.", "train.stage", "train.batch_size")
 ABSENT_MEANS = {"data.lowres": "subsample"}
 
 
+def stored_config(ckpt: dict) -> dict:
+    """The (nested) config a checkpoint was made with, keys it predates filled in with ``ABSENT_MEANS``."""
+    cfg = copy.deepcopy(ckpt["run"].get("config", {}))
+    for dotted, value in ABSENT_MEANS.items():
+        *parents, leaf = dotted.split(".")
+        d = cfg
+        for k in parents:
+            d = d.setdefault(k, {})
+        d.setdefault(leaf, value)
+    return cfg
+
+
 def check_resume_config(path: Path, ckpt: dict, cfg, allow_change: bool) -> dict:
     """Compare the config of a resumed run with the one in its checkpoint, key by key.
 
     Returns ``{key: (old, new)}`` of the accepted changes (empty unless ``allow_change``). Raises a
     one-line CheckpointError naming every changed key with its old and new value when the change is not
     allowed, or when it touches the architecture, stage or batch size (never resumable)."""
-    old = {**ABSENT_MEANS, **_flatten(ckpt["run"]["config"])}
+    old = _flatten(stored_config(ckpt))
     new = _flatten(to_dict(cfg))
     changed = {k: (old.get(k, "<absent>"), new.get(k, "<absent>")) for k in sorted(set(old) | set(new))
                if old.get(k, "<absent>") != new.get(k, "<absent>") and not k.startswith("generate.")
