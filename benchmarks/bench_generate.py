@@ -76,7 +76,8 @@ def paper_chain(gen_cfg) -> GenerationChain:
 
 # the paper's sampling settings: GenerateConfig's defaults for the generate.* sampling keys
 PAPER = {k: getattr(GenerateConfig(), k) for k in ("sampler", "steps", "alpha_bar_min", "eta",
-                                                   "lowres_sampler", "lowres_steps", "lowres_alpha_bar_min")}
+                                                   "lowres_sampler", "lowres_steps", "lowres_alpha_bar_min",
+                                                   "lowres_eta")}
 
 
 def time_chain(chain, images, settings: dict, amp="off") -> float:

@@ -138,6 +138,11 @@ LOWRES_MODES = ("subsample", "bin")
 #: the "bin" kernel: an 8-pixel boxcar centred on pixel 8i (half weight on the two end pixels), flux
 #: conserving
 BIN_WEIGHTS = np.array([0.5] + [1.0] * (LOWRES_STEP - 1) + [0.5]) / LOWRES_STEP
+#: the rms width (full-resolution pixels = Angstrom) of each mode's kernel, for fitters that model the
+#: low-res spectrum's blur: none for subsampling, the second moment of BIN_WEIGHTS (~2.35 A) for "bin"
+LOWRES_KERNEL_SIGMA = {
+    "subsample": 0.0,
+    "bin": float(np.sqrt(np.sum(BIN_WEIGHTS * (np.arange(BIN_WEIGHTS.size) - BIN_WEIGHTS.size // 2) ** 2)))}
 
 
 def lowres(x, mode: str = "subsample"):

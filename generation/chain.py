@@ -29,8 +29,8 @@ import torch
 from datasets.galaxy import ImageAugment
 from datasets.photometry import image_features
 from datasets.preprocess import (
-    BIN_WEIGHTS,
     FULLRES_WAVE,
+    LOWRES_KERNEL_SIGMA,
     LOWRES_WAVE,
     N_FULLRES,
     N_LOWRES,
@@ -54,10 +54,8 @@ OPTIONAL_ROLES = {"baseline": ("baseline", None)}
 #: Gaussian sigma (Angstrom) of the smoothing of a low-res candidate as the redshift fitter sees it: the
 #: preprocessing's 2 A plus linear interpolation between the 8 A samples (~ 8 / sqrt(6) A)
 LOWRES_SIGMA = float(np.hypot(SMOOTH_SIGMA, (LOWRES_WAVE[1] - LOWRES_WAVE[0]) / np.sqrt(6.0)))
-#: the same for ``data.lowres`` modes: "bin" adds the 8 A bin's own blur (sigma of BIN_WEIGHTS, ~2.35 A)
-LOWRES_SIGMAS = {"subsample": LOWRES_SIGMA,
-                 "bin": float(np.hypot(LOWRES_SIGMA, np.sqrt(np.sum(
-                     BIN_WEIGHTS * (np.arange(BIN_WEIGHTS.size) - BIN_WEIGHTS.size // 2) ** 2))))}
+#: the same for each ``data.lowres`` mode: "bin" adds the 8 A bin's own blur
+LOWRES_SIGMAS = {m: float(np.hypot(LOWRES_SIGMA, s)) for m, s in LOWRES_KERNEL_SIGMA.items()}
 #: the roles whose inputs or outputs are low-res spectra: they must share ``data.lowres``
 LOWRES_ROLES = ("diffusion_lr", "diffusion_sr", "contrastive_lr")
 

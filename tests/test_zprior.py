@@ -145,7 +145,16 @@ def test_stage_samplers_and_their_checks():
         "generate.alpha_bar_min=null", "generate.sampler=dpmpp_2m",
         "generate.lowres_sampler=ancestral"]).generate
     assert (own.stage_sampler("lr")["alpha_bar_min"], own.stage_sampler("sr")["alpha_bar_min"]) == (0.0, 0.02)
+    # the low-res stage's own eta: a stochastic DDIM low-res stage under a deterministic DDIM one, and a
+    # low-res DDIM with eta under the ancestral super-resolution
+    ddim10 = ["generate.sampler=ddim", "generate.steps=10"]
+    for over, want in (([*ddim10, "generate.lowres_eta=0.5"], (0.5, 0.0)),
+                       (["generate.lowres_sampler=ddim", "generate.lowres_steps=10",
+                         "generate.lowres_eta=1.0"], (1.0, 0.0))):
+        g = load_config(params, GenerativeConfig, overrides=over).generate
+        assert (g.stage_sampler("lr")["eta"], g.stage_sampler("sr")["eta"]) == want
     for bad, words in ((["generate.lowres_sampler=bogus"], "generate.lowres.sampler"),
+                       (["generate.lowres_eta=0.5"], "generate.lowres.eta"),
                        (["generate.lowres_steps=0", "generate.lowres_sampler=ddim"], "generate.lowres.steps"),
                        (["generate.lowres_alpha_bar_min=1.5"], "generate.lowres.alpha_bar_min")):
         with pytest.raises(ConfigError, match=words.replace(".", r"\.")):

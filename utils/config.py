@@ -208,6 +208,8 @@ class GenerateConfig:
     lowres_sampler: str | None = None  # the low-res stage's own sampler (None: generate.sampler) ...
     lowres_steps: int | None = None    # ... steps (None: generate.steps)
     lowres_alpha_bar_min: float | None = None  # ... and alpha_bar_min (None: generate.alpha_bar_min)
+    lowres_eta: float | None = None    # ... and eta (None: generate.eta when the low-res stage uses
+                                       # generate.sampler, else 0, the other sampler's default)
     batch_galaxies: int = 16
     chunk_galaxies: int = 256         # streaming / resume granularity
     seed: int = 0
@@ -253,15 +255,15 @@ class GenerateConfig:
         """Sampler, steps, alpha_bar_min and eta of one stage ("lr" or "sr"): the lowres_* fields override
         the shared ones for the low-res stage where set."""
         own = {"sampler": self.lowres_sampler, "steps": self.lowres_steps,
-               "alpha_bar_min": self.lowres_alpha_bar_min} if stage == "lr" else {}
+               "alpha_bar_min": self.lowres_alpha_bar_min, "eta": self.lowres_eta} if stage == "lr" else {}
         out = {"sampler": self.sampler, "steps": self.steps, "alpha_bar_min": self.alpha_bar_min,
+               "eta": self.eta if own.get("sampler") in (None, self.sampler) else 0.0,
                **{k: v for k, v in own.items() if v is not None}}
         sampler = _samplers().get(out["sampler"])  # (an unknown name is check()'s one-line error)
         if out["alpha_bar_min"] is None:
             out["alpha_bar_min"] = sampler.alpha_bar_min if sampler else 0.0
         if sampler is not None and sampler.every_step:
             out["steps"] = None   # it visits every step whatever ``steps`` says (e.g. ancestral)
-        out["eta"] = self.eta if out["sampler"] == self.sampler else 0.0
         return out
 
 
