@@ -1,4 +1,6 @@
 """Schema, preprocessing (against hand-computed values), cache and datasets."""
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -311,3 +313,21 @@ def test_augmentation_crops_flips_and_is_reproducible():
                     if torch.allclose(c, a[i]):
                         found += 1
     assert found == 2
+
+
+def test_rank_zero_derives_the_lowres_file_before_the_other_ranks_start(synthetic_survey, tmp_path,
+                                                                       monkeypatch):
+    # under DDP, rank 0 builds the cache and the binned low-res file of an older cache before the barrier
+    # the other ranks wait at, so they do not all derive it at once
+    from training import engine
+    from training.tasks import DiffusionTask
+    from utils.config import GenerativeConfig, load_config
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "params_generative.yml", GenerativeConfig, preset="cpu", overrides=[
+        f"data.path={synthetic_survey}", f"data.cache_dir={tmp_path / 'c'}", "data.lowres=bin",
+        "train.batch_size=8"])
+    seen = []
+    monkeypatch.setattr(engine.idist, "barrier", lambda: seen.append(
+        [f.name for f in (tmp_path / "c").glob("*/flux_lowres_*.npy")]))
+    engine.setup_data(cfg, DiffusionTask("sr", cfg.model), rank=0, world=1)
+    assert seen == [["flux_lowres_bin.npy"]]

@@ -293,9 +293,13 @@ class TrainData:
 
 
 def setup_data(cfg, task, rank: int, world: int) -> TrainData:
-    """Build the preprocessing cache (rank 0 first), the train/val datasets and the epoch batch sampler."""
+    """Build the preprocessing cache (rank 0 first, with the low-res file of ``data.lowres`` when it is
+    derived on first use, so the other ranks do not all derive it at once), the train/val datasets and the
+    epoch batch sampler."""
     cache = (build_cache(cfg.data.path, cfg.data.cache_dir, progress=sys.stderr.isatty()) if rank == 0
              else None)
+    if cache is not None:
+        cache.lowres(cfg.data.lowres)
     idist.barrier()
     cache = cache or build_cache(cfg.data.path, cfg.data.cache_dir)
     phot = bool(getattr(cfg.model, "photometry", False))  # model.photometry: the features ride in the batch
