@@ -137,7 +137,9 @@ def _check_same_galaxies(results_path, res, rows, survey, f) -> None:
                 f"{survey} give {have[:16]} (results of another survey?)")
 
 
-def _noiseless(survey, rows) -> np.ndarray:
+def noiseless_spectra(survey, rows) -> np.ndarray:
+    """The noiseless true spectra (``/spectra/model``, mock surveys) of ``rows``, preprocessed like the
+    observed ones: (len(rows), 4500) normalised linear flux."""
     from datasets.preprocess import preprocess_spectra
 
     uniq, inv = np.unique(rows, return_inverse=True)
@@ -327,7 +329,7 @@ def load_eval_data(results, survey=None) -> EvalData:
     if ivar_obs is None:
         notes.append("ivar_obs missing: chi2/N not computed, observed spectra measured without weights")
     if inp["has_model"]:
-        spectra["noiseless"] = _noiseless(inp["survey"], rows)
+        spectra["noiseless"] = noiseless_spectra(inp["survey"], rows)
     else:
         notes.append("survey has no /spectra/model: no 'noiseless' column")
     return EvalData(results_path=inp["path"], survey=inp["survey"], wave=res["wave"], rows=rows,

@@ -441,3 +441,37 @@ def test_lowres_candidates_power_ratio_sees_shallow_lines():
     assert all(0.2 < v < 0.3 for v in half.values()), half
     smooth_only = mod.band_ratios(np.broadcast_to(cont, obs.shape) + 0.0, obs)
     assert all(v < 0.01 for v in smooth_only.values()), smooth_only
+
+
+def test_lowres_candidates_line_coherence_tells_lines_from_noise():
+    # the truth's lines plus noise correlate with the truth; lines at random places (noise-like structure
+    # of the same power) do not; a candidate whose fitted z is off is left out
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "lowres_candidates", Path(__file__).resolve().parents[1] / "benchmarks" / "lowres_candidates.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rng = np.random.default_rng(1)
+    x = np.arange(563)
+
+    def lines(n):
+        out = np.zeros((n, 563))
+        for i in range(n):
+            for c in rng.uniform(50, 550, 25):
+                out[i] -= 0.3 * np.exp(-0.5 * ((x - c) / 1.2) ** 2)
+        return 1 + out
+    b = 30
+    truth = lines(b)
+    z = np.linspace(0.05, 0.2, b)
+    obs = truth + 0.05 * rng.standard_normal((b, 563))
+    cand = np.stack([truth + 0.05 * rng.standard_normal((b, 563)), lines(b)], axis=1)   # (B, 2, L)
+    lz = np.stack([z, z], axis=1)
+    lz[:5, 0] += 0.05                       # five right-line candidates at a wrong fitted z
+    out = mod.line_coherence(cand, lz, np.zeros(b, int), obs, truth, z)
+    assert out["top_draw_parent"]["n"] == b - 5 and out["top_draw_parent"]["median_corr"] > 0.8
+    assert out["right_z_candidates"]["n"] == 2 * b - 5
+    random_only = mod.line_coherence(cand, lz, np.ones(b, int), obs, truth, z)
+    assert abs(random_only["top_draw_parent"]["median_corr"]) < 0.15
+    assert out["observed_lowres"]["median_corr"] > 0.8
+    assert abs(out["other_galaxy_nearest_z"]["median_corr"]) < 0.15   # these mock galaxies share no lines
