@@ -475,3 +475,34 @@ def test_lowres_candidates_line_coherence_tells_lines_from_noise():
     assert abs(random_only["top_draw_parent"]["median_corr"]) < 0.15
     assert out["observed_lowres"]["median_corr"] > 0.8
     assert abs(out["other_galaxy_nearest_z"]["median_corr"]) < 0.15   # these mock galaxies share no lines
+
+
+def test_lowres_line_prior_partial_sampling_returns_what_an_oracle_denoiser_knows():
+    # benchmarks/lowres_line_prior.py: noised to t0 and sampled back with a denoiser that knows x0 exactly,
+    # the sample is x0; the noised input is not
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from diffusion.process import GaussianDiffusion
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    spec = importlib.util.spec_from_file_location("lowres_line_prior", bench / "lowres_line_prior.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    diff = GaussianDiffusion(num_timesteps=250)
+    x0 = torch.randn(3, 4000, generator=torch.Generator().manual_seed(0))
+
+    class Oracle:   # the partial process keeps the timesteps' values, so t here is the full process's
+        def __call__(self, x, t, context=None):
+            return diff.predict_eps(x, t, x0)
+
+        def clip_range(self):
+            return None
+    for t0 in (10, 100):
+        noisy, sample = mod.partial_sample(Oracle(), diff, None, x0, t0, [1, 2, 3])
+        torch.testing.assert_close(sample, x0, atol=1e-4, rtol=1e-4)
+        abar = diff.alphas_cumprod[t0]
+        assert abs(float((noisy - x0).std() / ((1 - abar) / abar).sqrt()) - 1) < 0.05   # noised to t0
