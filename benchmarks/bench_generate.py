@@ -230,7 +230,7 @@ def unet_parts(batches: dict, repeats: int, profile: bool, compile_: bool) -> di
             m = build_denoiser(g.model, stage).eval()
             with torch.no_grad():
                 kv = m.precompute_context(m.encode_context(torch.randn(b, 5, 64, 64)))
-                flop1 = count_flops(m.unet, torch.randn(1, m.in_channels, length), t[:1],
+                flop1 = count_flops(m.unet, torch.randn(1, m.unet.in_channels, length), t[:1],
                                     m.encode_context(torch.randn(1, 5, 64, 64)))
             row[layout] = {"params": sum(p.numel() for p in m.parameters()),
                            "unet_gflop_per_item": round(flop1 / 1e9, 3)}

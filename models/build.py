@@ -5,7 +5,7 @@ stored in their checkpoint.
 from __future__ import annotations
 
 from datasets.photometry import N_FEATURES
-from datasets.preprocess import N_FULLRES, N_LOWRES
+from datasets.preprocess import FULLRES_WAVE, LOWRES_WAVE, N_FULLRES, N_LOWRES
 from diffusion.process import GaussianDiffusion
 from models.baseline import BaselineNet
 from models.contrastive import ContrastiveModel
@@ -33,7 +33,9 @@ def build_denoiser(model_cfg, stage: str) -> ConditionalDenoiser:
                                num_timesteps=model_cfg.timesteps, layout=model_cfg.layout,
                                photometry_features=N_FEATURES if model_cfg.photometry else 0,
                                photometry_tokens=model_cfg.photometry_tokens,
-                               global_context=model_cfg.global_context)
+                               global_context=model_cfg.global_context,
+                               position_features=model_cfg.position_features,
+                               wave=FULLRES_WAVE if stage == "sr" else LOWRES_WAVE)
 
 
 def build_diffusion(model_cfg) -> GaussianDiffusion:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -474,6 +475,18 @@ def _attend(block: nn.Module, h: torch.Tensor, context) -> torch.Tensor:
     return block(h, context[block] if isinstance(context, ContextKV) else context)
 
 
+def position_encoding(wave: np.ndarray, n: int) -> torch.Tensor:
+    """(2n, L) sinusoids of the pixels' log wavelength u in [0, 1] over the grid: sin and cos of
+    pi 2^k u for k < n (``model.position_features``; not in the paper). A redshift is a shift of log
+    wavelength, which turns each (sin, cos) pair by an angle: lines at fixed rest wavelengths are a simple
+    function of these channels and the redshift, which a convolutional network cannot read off the pixel
+    index."""
+    u = np.log(wave)
+    u = (u - u[0]) / max(u[-1] - u[0], 1e-12)
+    ang = np.pi * (2.0 ** np.arange(n))[:, None] * u[None, :]
+    return torch.from_numpy(np.concatenate([np.sin(ang), np.cos(ang)]).astype(np.float32))
+
+
 class ConditionalDenoiser(nn.Module):
     """Image encoder (trained jointly, from scratch) + conditional UNet: one diffusion model.
 
@@ -500,7 +513,7 @@ class ConditionalDenoiser(nn.Module):
     def __init__(
         self, image_encoder: str = "resnet18", in_bands: int = SURVEY.n_bands, image_width: int = 64,
         data_length: int | None = None, photometry_features: int = 0, photometry_tokens: int = 4,
-        global_context: bool = False, **unet_kwargs
+        global_context: bool = False, position_features: int = 0, wave=None, **unet_kwargs
     ):
         super().__init__()
         # the diffusion runs on (x - data_mean) / data_std; identity by default (the paper's raw log flux)
@@ -516,12 +529,20 @@ class ConditionalDenoiser(nn.Module):
         unet_kwargs.setdefault("context_dim", self.image_encoder.out_channels)
         if global_context:
             unet_kwargs["cond_dim"] = unet_kwargs["context_dim"]
+        # spectrum channels: 1 (low-res) or 2 (+ the upsampled low-res input: super-resolution)
+        self.spectrum_channels = unet_kwargs.get("in_channels", 1)
+        self.register_buffer("position", None, persistent=False)  # (derived from the grid: not saved)
+        if position_features:
+            grid = np.arange(1.0, data_length + 1) if wave is None else np.asarray(wave, np.float64)
+            self.position = position_encoding(grid, position_features)
+            unet_kwargs["in_channels"] = self.spectrum_channels + self.position.shape[0]
         self.unet = UNet1d(**unet_kwargs)
         self.photometry = (
             PhotometryEncoder(photometry_features, unet_kwargs["context_dim"], photometry_tokens)
             if photometry_features else None)
         self.config = dict(
-            image_encoder=image_encoder, in_bands=in_bands, image_width=image_width, **unet_kwargs
+            image_encoder=image_encoder, in_bands=in_bands, image_width=image_width,
+            position_features=position_features, **unet_kwargs
         )
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -552,7 +573,8 @@ class ConditionalDenoiser(nn.Module):
 
     @property
     def in_channels(self) -> int:
-        return self.unet.in_channels
+        """Spectrum channels of the input: 1 (low-res model) or 2 (super-resolution)."""
+        return self.spectrum_channels
 
     def encode_context(self, images: torch.Tensor, photometry: torch.Tensor | None = None) -> torch.Tensor:
         """Images (B, bands, H, W) -> cross-attention tokens (B, H/32 * W/32, C): (B, 4, 512) at 64x64,
@@ -609,5 +631,11 @@ class ConditionalDenoiser(nn.Module):
             if lowres is None:
                 raise ValueError("super-resolution denoiser (in_channels=2) needs lowres=")
             h = torch.cat([h, upsample_lowres(lowres, h.shape[-1]).to(h.dtype)], dim=1)
+        if self.position is not None:
+            if h.shape[-1] != self.position.shape[-1]:
+                raise ValueError(f"model.position_features: the model encodes the positions of whole "
+                                 f"{self.position.shape[-1]}-pixel spectra, got {h.shape[-1]} pixels "
+                                 "(train.crop_length windows do not say where they are)")
+            h = torch.cat([h, self.position.to(h.dtype).expand(h.shape[0], -1, -1)], dim=1)
         eps = self.unet(h, t, context)
         return eps.squeeze(1) if squeeze else eps

@@ -1,6 +1,7 @@
 """Networks: shapes, parameter counts at the paper preset, attention behaviour, NT-Xent values."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -381,3 +382,35 @@ def test_load_model_every_kind_and_image_encoder_init(tmp_path):
     net.target_mean.fill_(2.0)
     bl = load_model(_fake_checkpoint(tmp_path / "b.pt", "baseline", "lr", b, net), "baseline")
     assert float(bl.model.target_mean[0]) == 2.0
+
+
+def test_position_features_see_where_each_pixel_is_and_leave_the_paper_model_alone():
+    import numpy as np
+
+    from models.unet1d import position_encoding
+    from utils.config import ConfigError, GenerativeConfig, load_config
+    wave = np.linspace(3800.0, 9200.0, 563)
+    enc = position_encoding(wave, 8)
+    assert enc.shape == (16, 563)
+    torch.testing.assert_close(enc[:8] ** 2 + enc[8:] ** 2, torch.ones(8, 563))
+    # the slowest pair turns by half a cycle over the grid: its cosine falls from 1 to -1 monotonically, so
+    # it alone tells every pixel's place
+    assert enc[8, 0] == 1 and abs(float(enc[8, -1]) + 1) < 1e-6 and (enc[8].diff() < 0).all()
+    # pixels are told apart: no two columns alike
+    assert torch.cdist(enc.T, enc.T).add(torch.eye(563) * 9).min() > 0.05
+    plain = ConditionalDenoiser(in_channels=1, **SMALL_UNET)
+    pos = ConditionalDenoiser(in_channels=1, position_features=4, wave=np.linspace(3800, 9200, 37),
+                              data_length=37, **SMALL_UNET)
+    # the paper's model is untouched: no extra input channel, no extra state
+    assert plain.unet.in_channels == 1 and plain.position is None and "position" not in plain.state_dict()
+    assert pos.unet.in_channels == 9 and pos.in_channels == 1 and "position" not in pos.state_dict()
+    assert n_params(pos) - n_params(plain) == 8 * 3 * 16
+    assert pos(torch.randn(2, 37), torch.tensor([0, 5]), images=torch.randn(2, 5, 64, 64)).shape == (2, 37)
+    with pytest.raises(ValueError, match="position_features.*37-pixel.*got 36"):
+        pos(torch.randn(2, 36), torch.tensor([0, 5]), images=torch.randn(2, 5, 64, 64))
+    root = Path(__file__).resolve().parents[1]
+    with pytest.raises(ConfigError, match="model.position_features: 4 needs whole spectra.*crop_length is 512"):
+        load_config(root / "params_generative.yml", GenerativeConfig, overrides=[
+            "model.position_features=4", "train.stage=sr", "train.crop_length=512"])
+    with pytest.raises(ConfigError, match="model.position_features: 20 must be in 0..16"):
+        load_config(root / "params_generative.yml", GenerativeConfig, overrides=["model.position_features=20"])

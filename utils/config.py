@@ -85,6 +85,8 @@ class DiffusionModelConfig:
     photometry_tokens: int = 4
     global_context: bool = False      # the mean of the context tokens is also added to the time embedding,
                                       # so every residual block sees the image (paper: cross-attention only)
+    position_features: int = 0        # > 0: the UNet also sees 2n sinusoids of each pixel's log wavelength
+                                      # (where lines sit at a given z; not in the paper: 0)
 
     def check(self, where):
         _choice(where, "model.image_encoder", self.image_encoder, ("resnet18", "resnet50"))
@@ -95,6 +97,8 @@ class DiffusionModelConfig:
         _positive(where, "model.image_width", self.image_width)
         _positive(where, "model.head_dim", self.head_dim)
         _positive(where, "model.photometry_tokens", self.photometry_tokens)
+        if not 0 <= self.position_features <= 16:
+            raise ConfigError(f"{where}: model.position_features: {self.position_features} must be in 0..16")
         _positive_list(where, "model.mults", self.mults)
         if self.base % 8:
             raise ConfigError(f"{where}: model.base: {self.base} must be a multiple of 8 (GroupNorm(8))")
@@ -286,6 +290,12 @@ class GenerativeConfig:
     run: RunConfig = field(default_factory=RunConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+
+    def check(self, where):
+        if self.model.position_features and self.train.stage == "sr" and self.train.crop_length is not None:
+            raise ConfigError(f"{where}: model.position_features: {self.model.position_features} needs whole "
+                              f"spectra, but train.crop_length is {self.train.crop_length} (windows do not "
+                              "say where they are): set one of them to 0 / null")
 
 
 @dataclass
