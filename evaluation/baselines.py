@@ -110,12 +110,30 @@ def cnn_predict(path, survey_path, rows: np.ndarray, device="cpu", batch: int = 
     return out
 
 
+def noiseless_lick(survey_path, rows: np.ndarray, z) -> dict:
+    """Lick indices ``lick_<Name>`` of survey rows' NOISELESS spectra (``/spectra/model``, mock surveys),
+    preprocessed and measured at the catalogue redshift ``z`` exactly as evaluate.py measures its Lick
+    reference (evaluation.run.noiseless_spectra -> evaluation.measure.measure_cheap); {} for a survey
+    without noiseless spectra or redshifts (a real one: its Lick truth is MPA-JHU's, evaluation.truth)."""
+    from datasets.preprocess import FULLRES_WAVE
+    from evaluation.measure import LICK_NAMES, measure_cheap
+    from evaluation.run import noiseless_spectra
+
+    with h5py.File(survey_path, "r") as f:
+        if "spectra/model" not in f or z is None or len(rows) == 0:
+            return {}
+    m = measure_cheap(FULLRES_WAVE, noiseless_spectra(survey_path, np.asarray(rows)), z=np.asarray(z, np.float64))
+    return {f"lick_{n}": m[f"lick_{n}"] for n in LICK_NAMES}
+
+
 def photometric_predict(survey_path, rows: np.ndarray, max_train: int = 5000, seed: int = 0) -> dict:
     """Gradient boosting on image aperture photometry (evaluation.photometric) for survey rows ``rows``.
 
     Fits on a seeded subset of at most ``max_train`` rows of the survey's TRAIN split (catalogue truth
     under evaluation.truth's standard names: regressors for whatever of z, dn4000, sigma_v, age_lw,
-    metallicity_lw, ebv, log_mstar the catalogue holds, a classifier for bpt_class) and predicts ``rows``.
+    metallicity_lw, ebv, log_mstar the catalogue holds, a classifier for bpt_class; regressors for the Lick
+    indices where the truth has them: MPA-JHU columns, or for a mock its noiseless spectra measured like
+    evaluate.py's reference, :func:`noiseless_lick`) and predicts ``rows``.
     Returns :func:`evaluation.photometric.predict`'s dict (native units; ``agn`` with a bpt_class) plus
     ``n_train``; ``z`` and ``dn4000`` are always present (NaN where not fitted).
     """
@@ -129,7 +147,10 @@ def photometric_predict(survey_path, rows: np.ndarray, max_train: int = 5000, se
         train = np.sort(np.random.default_rng(seed).choice(train, max_train, replace=False))
     rows = np.asarray(rows, dtype=np.int64)
     x, _ = survey_features(survey_path, np.concatenate([train, rows]))
-    model = fit_photometric(x[: len(train)], load_truth(survey_path, train), seed=seed)
+    targets = load_truth(survey_path, train)
+    for k, v in noiseless_lick(survey_path, train, targets.get("z")).items():
+        targets.setdefault(k, v)
+    model = fit_photometric(x[: len(train)], targets, seed=seed)
     out = predict(model, x[len(train):])
     for k in ("z", "dn4000"):
         out.setdefault(k, np.full(len(rows), np.nan))

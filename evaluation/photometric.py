@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from analysis.indices import READOUT_LICK
+
 from datasets.photometry import (  # noqa: F401  (the photometry lives in datasets/; re-exported here)
     APERTURE_RADII_ARCSEC,
     ASINH_SOFTENING_NMGY,
@@ -38,7 +40,8 @@ from datasets.photometry import (  # noqa: F401  (the photometry lives in datase
 )
 
 #: continuous truth columns (evaluation.truth standard names) the regressors learn when present
-REGRESSION_TARGETS = ("z", "dn4000", "sigma_v", "age_lw", "metallicity_lw", "ebv", "log_mstar")
+REGRESSION_TARGETS = ("z", "dn4000", "sigma_v", "age_lw", "metallicity_lw", "ebv", "log_mstar") + tuple(
+    f"lick_{n}" for n in READOUT_LICK)
 #: targets learned in log10 (strictly positive, spanning decades; evaluate.py scores them in dex)
 LOG_TARGETS = ("sigma_v", "age_lw")
 #: integer truth columns learned by the classifier

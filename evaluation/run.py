@@ -376,7 +376,8 @@ def measure_spectra(d: EvalData) -> None:
     if d.cnn is not None:
         d.meas["cnn"] = {"z": d.cnn["z"], "dn4000": d.cnn["dn4000"]}
     if d.phot is not None:
-        d.meas["photometric"] = {"z": d.phot["z"], "dn4000": d.phot["dn4000"]}
+        d.meas["photometric"] = {"z": d.phot["z"], "dn4000": d.phot["dn4000"]} | {
+            k: v for k, v in d.phot.items() if k.startswith("lick_")}
     if "predicted" in d.spectra and "z" in d.truth:
         # the predicted spectra's indices at the catalogue redshift (e.g. a photo-z in practice): separates
         # what the spectrum's shape says from whether its redshift can be read off it

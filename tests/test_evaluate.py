@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import h5py
 import numpy as np
@@ -195,6 +196,8 @@ def test_report_json_has_the_three_way_table(perfect_and_shuffled):
     assert row["train_mean"] > row["observed"]  # the constant baseline is worse than the ceiling
     assert "photometric" in rep["columns"] and row["photometric"] is not None
     assert rep["calibration"]["n_candidates"] == 3
+    # the photometric baseline also predicts the Lick indices (fitted on the noiseless truth's)
+    assert _row(rep, "indices", "lick_Hdelta_A", "pearson_rho")["photometric"] is not None
     main_table = (perfect_and_shuffled["dir"] / "rep_perfect.md").read_text().split("\n## ")[0]
     assert main_table.count("| redshift |") == 3
 
@@ -270,6 +273,29 @@ def test_photometric_baseline_learns_z_from_the_images(synthetic_survey):
     assert M.sigma_nmad(pred["z"], z[rows]) < 0.7 * M.sigma_nmad(median, z[rows])
     # a smaller --pool-size fits on a seeded subset of the training split
     assert photometric_predict(synthetic_survey, rows, max_train=20, seed=0)["n_train"] == 20
+
+
+def test_photometric_baseline_learns_lick_indices_from_the_images(synthetic_survey, tmp_path):
+    """Lick targets: a mock's noiseless spectra measured as evaluate.py measures its reference; the
+    synthetic continuum slope sets both the image colours and the indices, so held-out rows correlate."""
+    from evaluation.baselines import noiseless_lick, photometric_predict
+    from evaluation.measure import LICK_NAMES
+
+    with h5py.File(synthetic_survey) as f:
+        split, z = f["split"][:], f["catalog/z"][:]
+    rows = np.flatnonzero(split != 0)
+    pred = photometric_predict(synthetic_survey, rows, seed=0)
+    ref = noiseless_lick(synthetic_survey, rows, z[rows])
+    assert set(ref) == {f"lick_{n}" for n in LICK_NAMES}
+    for k in ("lick_Hdelta_A", "lick_Mgb"):
+        assert M.pearson(pred[k], ref[k]) > 0.5
+    # no noiseless spectra (a real survey without MPA-JHU Lick columns): no Lick targets, no predictions
+    bare = tmp_path / "bare.h5"
+    shutil.copy(synthetic_survey, bare)
+    with h5py.File(bare, "a") as f:
+        del f["spectra/model"]
+    assert noiseless_lick(bare, rows, z[rows]) == {}
+    assert not any(k.startswith("lick_") for k in photometric_predict(bare, rows, seed=0))
 
 
 def test_image_only_rows_score_the_photometric_column():
