@@ -122,7 +122,8 @@ def noiseless_lick(survey_path, rows: np.ndarray, z) -> dict:
     with h5py.File(survey_path, "r") as f:
         if "spectra/model" not in f or z is None or len(rows) == 0:
             return {}
-    m = measure_cheap(FULLRES_WAVE, noiseless_spectra(survey_path, np.asarray(rows)), z=np.asarray(z, np.float64))
+    flux = noiseless_spectra(survey_path, np.asarray(rows))
+    m = measure_cheap(FULLRES_WAVE, flux, z=np.asarray(z, np.float64))
     return {f"lick_{n}": m[f"lick_{n}"] for n in LICK_NAMES}
 
 

@@ -26,7 +26,6 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from analysis.indices import READOUT_LICK
-
 from datasets.photometry import (  # noqa: F401  (the photometry lives in datasets/; re-exported here)
     APERTURE_RADII_ARCSEC,
     ASINH_SOFTENING_NMGY,

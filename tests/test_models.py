@@ -409,8 +409,10 @@ def test_position_features_see_where_each_pixel_is_and_leave_the_paper_model_alo
     with pytest.raises(ValueError, match="position_features.*37-pixel.*got 36"):
         pos(torch.randn(2, 36), torch.tensor([0, 5]), images=torch.randn(2, 5, 64, 64))
     root = Path(__file__).resolve().parents[1]
-    with pytest.raises(ConfigError, match="model.position_features: 4 needs whole spectra.*crop_length is 512"):
+    msg = "model.position_features: 4 needs whole spectra.*crop_length is 512"
+    with pytest.raises(ConfigError, match=msg):
         load_config(root / "params_generative.yml", GenerativeConfig, overrides=[
             "model.position_features=4", "train.stage=sr", "train.crop_length=512"])
     with pytest.raises(ConfigError, match="model.position_features: 20 must be in 0..16"):
-        load_config(root / "params_generative.yml", GenerativeConfig, overrides=["model.position_features=20"])
+        load_config(root / "params_generative.yml", GenerativeConfig,
+                    overrides=["model.position_features=20"])
