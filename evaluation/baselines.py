@@ -95,8 +95,11 @@ def retrieve(
 def cnn_predict(path, survey_path, rows: np.ndarray, device="cpu", batch: int = 256) -> dict:
     """Predictions of the supervised CNN checkpoint ``path`` for survey rows ``rows``.
 
-    Returns dict of (N,) arrays: z, dn4000, sigma_v (km/s), agn_prob, bpt_agn (1 if agn_prob > 0.5).
+    Returns dict of (N,) arrays: z, dn4000, sigma_v (km/s), agn_prob, agn (1 if agn_prob exceeds the AGN
+    fraction of the survey's training split: training.baseline.agn_decision), and ``agn_threshold``.
     """
+    from training.baseline import agn_decision, agn_prevalence
+
     lm = load_model(path, "baseline", device=device)
     imgs = _raw_images(survey_path, rows)
     phot = getattr(lm.model, "photometry", None) is not None
@@ -106,7 +109,9 @@ def cnn_predict(path, survey_path, rows: np.ndarray, device="cpu", batch: int = 
         for s in range(0, len(rows), batch)
     ]
     out = {k: np.concatenate([p[k] for p in parts]).astype(np.float64) for k in parts[0]}
-    out["agn"] = (out["agn_prob"] > 0.5).astype(np.int64)
+    prevalence = agn_prevalence(survey_path)
+    out["agn"] = agn_decision(out["agn_prob"], prevalence)
+    out["agn_threshold"] = prevalence
     return out
 
 

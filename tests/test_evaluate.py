@@ -532,3 +532,26 @@ def test_lowres_line_prior_partial_sampling_returns_what_an_oracle_denoiser_know
         torch.testing.assert_close(sample, x0, atol=1e-4, rtol=1e-4)
         abar = diff.alphas_cumprod[t0]
         assert abs(float((noisy - x0).std() / ((1 - abar) / abar).sqrt()) - 1) < 0.05   # noised to t0
+
+
+def test_cnn_agn_decision_thresholds_at_the_training_prevalence(tmp_path):
+    """Balanced accuracy is maximised by p(AGN) > prevalence, not > 0.5: with 10 % AGN and a calibrated
+    probability of 0.3 for every AGN (0.05 for the rest) the 0.5 rule never says AGN."""
+    from training.baseline import agn_decision, agn_prevalence
+
+    prob = np.r_[np.full(10, 0.3), np.full(90, 0.05)]
+    truth = np.r_[np.ones(10, int), np.zeros(90, int)]
+    assert M.balanced_accuracy((prob > 0.5).astype(int), truth) == 0.5
+    assert M.balanced_accuracy(agn_decision(prob, 0.1), truth) == 1.0
+    assert np.array_equal(agn_decision(prob, float("nan")), (prob > 0.5).astype(int))  # unknown: 0.5
+    # the prevalence counts the TRAIN split only (bpt_class 2 = AGN)
+    from datasets.schema import SPLIT_CODES, write_column
+    from tests.synthetic import write_synthetic_survey
+
+    path = write_synthetic_survey(tmp_path / "s.h5", n=64, seed=0)
+    with h5py.File(path, "a") as f:
+        train = f["split"][:] == SPLIT_CODES["train"]
+        bpt = np.where(train, 0, 2)
+        bpt[np.flatnonzero(train)[:12]] = 2
+        write_column(f, "bpt_class", bpt.astype(np.int8), "", "BPT class")
+    assert agn_prevalence(path) == pytest.approx(12 / train.sum())
