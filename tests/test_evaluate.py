@@ -444,15 +444,21 @@ def test_compare_summarises_reports_side_by_side_with_exact_metric_names(tmp_pat
     assert compare_main(["no-equals-sign"]) == 2
 
 
-def test_lowres_candidates_power_ratio_sees_shallow_lines():
-    # benchmarks/lowres_candidates.py: the same spectra give 1; lines at half depth give ~1/4 (power);
-    # the smooth continuum, removed by the running median, does not count
+def _benchmark(name):
+    """benchmarks/<name>.py loaded as a module (benchmarks/ is not a package)."""
     import importlib.util
     from pathlib import Path
     spec = importlib.util.spec_from_file_location(
-        "lowres_candidates", Path(__file__).resolve().parents[1] / "benchmarks" / "lowres_candidates.py")
+        name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def test_lowres_candidates_power_ratio_sees_shallow_lines():
+    # benchmarks/lowres_candidates.py: the same spectra give 1; lines at half depth give ~1/4 (power);
+    # the smooth continuum, removed by the running median, does not count
+    mod = _benchmark("lowres_candidates")
     rng = np.random.default_rng(0)
     x = np.arange(563)
     lines = np.zeros((40, 563))
@@ -472,12 +478,7 @@ def test_lowres_candidates_power_ratio_sees_shallow_lines():
 def test_lowres_candidates_line_coherence_tells_lines_from_noise():
     # the truth's lines plus noise correlate with the truth; lines at random places (noise-like structure
     # of the same power) do not; a candidate whose fitted z is off is left out
-    import importlib.util
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location(
-        "lowres_candidates", Path(__file__).resolve().parents[1] / "benchmarks" / "lowres_candidates.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _benchmark("lowres_candidates")
     rng = np.random.default_rng(1)
     x = np.arange(563)
 
