@@ -4,7 +4,7 @@
 # the `reference` presets of the three YAML files, then slim the best checkpoints into models/reference/
 # with a manifest (config, mock version and seed, commit, training time, validation metrics, sha256).
 #
-# Variants: GALSPEC_REF_SETS="data.lowres=bin" (space-separated key=value, passed to every training as --set),
+# Variants: GALSPEC_REF_SETS="data.lowres=subsample" (space-separated key=value, passed to every training as --set),
 # with GALSPEC_REF_RUNS and GALSPEC_REF_OUT pointing elsewhere so the shipped models stay as they are.
 #
 # Resumable: re-running skips the mock if it exists and resumes every training from its last.pt (a killed
