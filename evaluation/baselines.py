@@ -96,9 +96,11 @@ def cnn_predict(path, survey_path, rows: np.ndarray, device="cpu", batch: int = 
     """Predictions of the supervised CNN checkpoint ``path`` for survey rows ``rows``.
 
     Returns dict of (N,) arrays: z, dn4000, sigma_v (km/s), agn_prob, agn (1 if agn_prob exceeds the AGN
-    fraction of the survey's training split: training.baseline.agn_decision), and ``agn_threshold``.
+    fraction of the survey's training split: evaluation.metrics.agn_decision), and ``agn_threshold``.
     """
-    from training.baseline import agn_decision, agn_prevalence
+    from datasets.schema import SPLIT_CODES, open_survey
+    from evaluation.metrics import agn_decision
+    from evaluation.truth import load_truth
 
     lm = load_model(path, "baseline", device=device)
     imgs = _raw_images(survey_path, rows)
@@ -109,7 +111,11 @@ def cnn_predict(path, survey_path, rows: np.ndarray, device="cpu", batch: int = 
         for s in range(0, len(rows), batch)
     ]
     out = {k: np.concatenate([p[k] for p in parts]).astype(np.float64) for k in parts[0]}
-    prevalence = agn_prevalence(survey_path)
+    with open_survey(survey_path) as f:
+        train = np.flatnonzero(f["split"][:] == SPLIT_CODES["train"])
+    bpt = load_truth(survey_path, train).get("bpt_class")  # the CNN's AGN target: BPT class 2
+    bpt = None if bpt is None else bpt[np.isfinite(bpt.astype(np.float64))]  # -1 counts as not AGN
+    prevalence = float(np.mean(bpt == 2)) if bpt is not None and bpt.size else float("nan")
     out["agn"] = agn_decision(out["agn_prob"], prevalence)
     out["agn_threshold"] = prevalence
     return out

@@ -538,7 +538,8 @@ def test_lowres_line_prior_partial_sampling_returns_what_an_oracle_denoiser_know
 def test_cnn_agn_decision_thresholds_at_the_training_prevalence(tmp_path):
     """Balanced accuracy is maximised by p(AGN) > prevalence, not > 0.5: with 10 % AGN and a calibrated
     probability of 0.3 for every AGN (0.05 for the rest) the 0.5 rule never says AGN."""
-    from training.baseline import agn_decision, agn_prevalence
+    from evaluation.metrics import agn_decision
+    from training.baseline import agn_prevalence
 
     prob = np.r_[np.full(10, 0.3), np.full(90, 0.05)]
     truth = np.r_[np.ones(10, int), np.zeros(90, int)]

@@ -70,21 +70,11 @@ def _targets_cached(path: str, mtime_ns: int) -> dict:
 
 def agn_prevalence(path) -> float:
     """Fraction of AGN among the TRAIN-split galaxies of survey ``path`` that have an AGN label (NaN if
-    none): the decision threshold of the CNN's ``agn_prob`` (see :func:`agn_decision`)."""
+    none): the decision threshold of the CNN's ``agn_prob`` (evaluation.metrics.agn_decision)."""
     t = baseline_targets(path)
     a = t["y"][t["split"] == SPLIT_CODES["train"], 3]
     a = a[np.isfinite(a)]
     return float(a.mean()) if a.size else float("nan")
-
-
-def agn_decision(prob, prevalence: float) -> np.ndarray:
-    """AGN yes/no from the CNN's probability: ``prob > prevalence`` (0.5 where the prevalence is unknown).
-
-    The evaluation scores AGN presence by balanced accuracy; for a calibrated probability the decision
-    that maximises it is p(AGN | image) > the training prevalence, not > 0.5 (AGN are ~8 % of the BPT
-    classes: at 0.5 the reference CNN never said AGN, balanced accuracy 0.50)."""
-    t = prevalence if np.isfinite(prevalence) and 0 < prevalence < 1 else 0.5
-    return (np.asarray(prob) > t).astype(np.int64)
 
 
 def baseline_targets(path) -> dict:
@@ -156,7 +146,7 @@ class BaselineTask:
 
     @torch.no_grad()
     def validate(self, model, val_ds, cfg, device, figure=None):
-        from evaluation.metrics import balanced_accuracy, robust_scatter, sigma_nmad
+        from evaluation.metrics import agn_decision, balanced_accuracy, robust_scatter, sigma_nmad
 
         rows = np.arange(min(cfg.validation.n_galaxies, len(val_ds)))
         model.eval()
