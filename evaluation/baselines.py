@@ -98,9 +98,8 @@ def cnn_predict(path, survey_path, rows: np.ndarray, device="cpu", batch: int = 
     Returns dict of (N,) arrays: z, dn4000, sigma_v (km/s), agn_prob, agn (1 if agn_prob exceeds the AGN
     fraction of the survey's training split: evaluation.metrics.agn_decision), and ``agn_threshold``.
     """
-    from datasets.schema import SPLIT_CODES, open_survey
     from evaluation.metrics import agn_decision
-    from evaluation.truth import load_truth
+    from evaluation.truth import train_agn_fraction
 
     lm = load_model(path, "baseline", device=device)
     imgs = _raw_images(survey_path, rows)
@@ -111,11 +110,7 @@ def cnn_predict(path, survey_path, rows: np.ndarray, device="cpu", batch: int = 
         for s in range(0, len(rows), batch)
     ]
     out = {k: np.concatenate([p[k] for p in parts]).astype(np.float64) for k in parts[0]}
-    with open_survey(survey_path) as f:
-        train = np.flatnonzero(f["split"][:] == SPLIT_CODES["train"])
-    bpt = load_truth(survey_path, train).get("bpt_class")  # the CNN's AGN target: BPT class 2
-    bpt = None if bpt is None else bpt[np.isfinite(bpt.astype(np.float64))]  # -1 counts as not AGN
-    prevalence = float(np.mean(bpt == 2)) if bpt is not None and bpt.size else float("nan")
+    prevalence = train_agn_fraction(survey_path)  # the CNN's AGN target: BPT class 2
     out["agn"] = agn_decision(out["agn_prob"], prevalence)
     out["agn_threshold"] = prevalence
     return out

@@ -77,3 +77,18 @@ def load_truth(survey_path, rows: np.ndarray) -> dict[str, np.ndarray]:
         if v.dtype.kind == "f":
             out[k] = np.where(v <= -9999.0, np.nan, v)  # MPA-JHU "not measured" sentinel
     return out
+
+
+def train_agn_fraction(survey_path) -> float:
+    """Fraction of AGN (``bpt_class == 2``; MPA-JHU BPTCLASS 4/5) among the TRAIN-split galaxies of a survey,
+    unclassifiable ones (-1) counting as not AGN; NaN without a BPT column. The supervised CNN's AGN target
+    is the same label, so this is the decision threshold of its ``agn_prob`` (``metrics.agn_decision``),
+    both in its validation (training.baseline) and in evaluate.py (evaluation.baselines.cnn_predict)."""
+    from datasets.schema import SPLIT_CODES, open_survey
+
+    with open_survey(survey_path) as f:
+        train = np.flatnonzero(f["split"][:] == SPLIT_CODES["train"])
+    bpt = load_truth(survey_path, train).get("bpt_class")
+    if bpt is None or not bpt.size:
+        return float("nan")
+    return float(np.mean(bpt == 2))

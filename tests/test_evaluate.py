@@ -539,7 +539,7 @@ def test_cnn_agn_decision_thresholds_at_the_training_prevalence(tmp_path):
     """Balanced accuracy is maximised by p(AGN) > prevalence, not > 0.5: with 10 % AGN and a calibrated
     probability of 0.3 for every AGN (0.05 for the rest) the 0.5 rule never says AGN."""
     from evaluation.metrics import agn_decision
-    from training.baseline import agn_prevalence
+    from evaluation.truth import train_agn_fraction
 
     prob = np.r_[np.full(10, 0.3), np.full(90, 0.05)]
     truth = np.r_[np.ones(10, int), np.zeros(90, int)]
@@ -555,5 +555,6 @@ def test_cnn_agn_decision_thresholds_at_the_training_prevalence(tmp_path):
         train = f["split"][:] == SPLIT_CODES["train"]
         bpt = np.where(train, 0, 2)
         bpt[np.flatnonzero(train)[:12]] = 2
+        bpt[np.flatnonzero(train)[12:15]] = -1           # unclassifiable: not AGN
         write_column(f, "bpt_class", bpt.astype(np.int8), "", "BPT class")
-    assert agn_prevalence(path) == pytest.approx(12 / train.sum())
+    assert train_agn_fraction(path) == pytest.approx(12 / train.sum())

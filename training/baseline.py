@@ -68,15 +68,6 @@ def _targets_cached(path: str, mtime_ns: int) -> dict:
     return {"y": y.astype(np.float32), "split": split}
 
 
-def agn_prevalence(path) -> float:
-    """Fraction of AGN among the TRAIN-split galaxies of survey ``path`` that have an AGN label (NaN if
-    none): the decision threshold of the CNN's ``agn_prob`` (evaluation.metrics.agn_decision)."""
-    t = baseline_targets(path)
-    a = t["y"][t["split"] == SPLIT_CODES["train"], 3]
-    a = a[np.isfinite(a)]
-    return float(a.mean()) if a.size else float("nan")
-
-
 def baseline_targets(path) -> dict:
     """``y`` (N, 4) float32 [z, Dn4000, log10 sigma_v, AGN 0/1] (NaN = unknown) and ``split`` (N,)."""
     import os
@@ -106,8 +97,10 @@ class BaselineTask:
     score_sign = -1.0
 
     def build_model(self, cfg):
+        from evaluation.truth import train_agn_fraction
+
         t = baseline_targets(cfg.data.path)
-        self.agn_prevalence = agn_prevalence(cfg.data.path)
+        self.agn_prevalence = train_agn_fraction(cfg.data.path)
         self._y = torch.from_numpy(t["y"])
         train = torch.from_numpy(t["split"] == SPLIT_CODES["train"])
         yt = self._y[train, :3].double()
