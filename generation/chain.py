@@ -13,6 +13,9 @@ others after them (nearest z first). The spectra are still the diffusion model's
 among them, so the chain's redshift is no longer independent of the image's photo-z (docs/MODELS.md).
 Optional, not in the paper (``generate.prediction: z_mean``): the prediction is the mean of the full-res
 candidates whose fitted redshift agrees with the top one's (``z_consistent_mean``) instead of the top one.
+Optional, not in the paper (``generate.keep_policy: sample``): step 2 keeps the best-ranked low-res candidate
+and k - 1 others drawn at random among the consistent ones (``spread_keep``) instead of the k best-ranked: the
+M full-res draws then spread as the diffusion model's own draws do, not only as its ranker's favourites do.
 
 Every model's image encoder runs ONCE per galaxy; the cross-attention context is reused across all
 sampling steps and all candidates, and all candidates of a batch of galaxies go through each network
@@ -82,6 +85,35 @@ def prior_rank_key(scores: torch.Tensor, z_cand: np.ndarray, z_prior: np.ndarray
     ok = (dz <= width) | np.isnan(z_prior)[:, None]
     key = np.where(ok, scores.float().cpu().numpy(), -10.0 - np.minimum(dz, 1e6))
     return torch.from_numpy(key.astype(np.float32)).to(scores.device)
+
+
+#: ranking keys above this are candidates ``prior_rank_key`` counts as consistent (their plain scores, in
+#: [-1, 1]); the inconsistent ones sit below -10
+CONSISTENT_KEY = -5.0
+
+
+def spread_keep(key: torch.Tensor, k: int, galaxy_seeds) -> torch.Tensor:
+    """Step 2 with ``generate.keep_policy: sample``: (B, k) kept candidate indices per galaxy.
+
+    Slot 0 is the galaxy's best-ranked candidate (highest ``key``, as with the paper's top-k); slots 1..k-1
+    are drawn at random without replacement among its other consistent candidates (key > CONSISTENT_KEY:
+    all of them without a redshift prior), seeded by the galaxy's seed alone (the same galaxy gets the same
+    draw in any batch); if there are fewer than k - 1 of those, the best-ranked of the rest fill the slots.
+    The top-k keeps the draws the ranker likes best, which agree with each other more than the model's
+    draws do (their spread under-states the uncertainty); this keeps one of them and a fair sample of
+    the rest.
+    """
+    kn = key.float().cpu().numpy()
+    out = np.empty((kn.shape[0], k), dtype=np.int64)
+    for b, (row, seed) in enumerate(zip(kn, galaxy_seeds)):
+        order = np.argsort(-row, kind="stable")
+        rest = order[1:]
+        ok = rest[row[rest] > CONSISTENT_KEY]
+        rng = np.random.default_rng([int(seed), 2])
+        pick = rng.choice(ok, size=min(k - 1, ok.size), replace=False) if ok.size else ok
+        fill = [i for i in rest if i not in set(pick.tolist())][:k - 1 - pick.size]
+        out[b] = np.concatenate([order[:1], pick, np.asarray(fill, dtype=np.int64)])
+    return torch.from_numpy(out).to(key.device)
 
 
 class GenerationError(ValueError):
@@ -202,7 +234,8 @@ class GenerationChain:
             zl = candidate_redshifts(lr_lin, LOWRES_WAVE, LOWRES_SIGMAS[self.lowres_mode])
             lr_key = prior_rank_key(lr_scores, zl, zp, self.g.z_prior_width)
             extra = {"z_prior": zp, "lowres_z": zl}
-        kept = lr_key.topk(k, dim=1).indices                                        # (B, k)
+        kept = (spread_keep(lr_key, k, gseeds) if g.keep_policy == "sample"
+                else lr_key.topk(k, dim=1).indices)                                 # (B, k)
         parent = torch.arange(M) % k                                                # (M,)
         chosen = torch.gather(lr.reshape(b, N, -1), 1,
                               kept[:, parent].unsqueeze(-1).expand(b, M, N_LOWRES))  # (B, M, 563)

@@ -308,6 +308,7 @@ def generate(gen_cfg, cfg_dict: dict, input_path, device=None, amp: str = "auto"
               "lowres_sampling": gen_cfg.stage_sampler("lr"), "prediction": gen_cfg.prediction,
               "prediction_width": gen_cfg.prediction_width, "precision": manifest["precision"], "amp": amp,
               "seed": gen_cfg.seed, "n_lowres": gen_cfg.n_lowres, "keep_lowres": gen_cfg.keep_lowres,
+              "keep_policy": gen_cfg.keep_policy,
               "n_fullres": gen_cfg.n_fullres, "input": str(input_path), "split": gen_cfg.split,
               "checkpoint_sha256": sha, "input_catalog_sha256": src.fingerprint,
               "preprocessing": chain.preprocessing, "lowres": chain.lowres_mode,

@@ -159,3 +159,36 @@ def test_stage_samplers_and_their_checks():
                        (["generate.lowres_alpha_bar_min=1.5"], "generate.lowres.alpha_bar_min")):
         with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
             load_config(params, GenerativeConfig, overrides=bad)
+
+
+def test_spread_keep_keeps_the_best_and_a_seeded_sample_of_the_consistent_rest():
+    import torch
+
+    from generation.chain import prior_rank_key, spread_keep
+    scores = torch.tensor([[0.1, 0.9, 0.2, 0.3, 0.4, 0.5, 0.6, 0.0],
+                           [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]])
+    # galaxy 0: candidates 0-5 consistent with the prior, 6-7 not; galaxy 1: only 0 and 7 consistent
+    z = np.array([[0.1] * 6 + [0.3, 0.31], [0.1, 0.3, 0.31, 0.32, 0.33, 0.34, 0.35, 0.1]])
+    key = prior_rank_key(scores, z, np.array([0.1, 0.1]), 0.02)
+    kept = spread_keep(key, 3, [11, 12]).numpy()
+    assert kept[0, 0] == 1 and kept[1, 0] == 0                    # slot 0: the best-ranked, as top-k has it
+    assert set(kept[0, 1:]) <= {0, 2, 3, 4, 5} and len(set(kept[0])) == 3   # a sample of the consistent rest
+    assert kept[1, 1] == 7 and kept[1, 2] == 1          # too few consistent: the best of the rest fill
+    # seeded per galaxy: the same galaxy keeps the same candidates in another batch, another seed differs
+    np.testing.assert_array_equal(spread_keep(key[:1], 3, [11]).numpy(), kept[:1])
+    draws = {tuple(spread_keep(key[:1], 3, [s]).numpy()[0, 1:]) for s in range(20)}
+    assert len(draws) > 3                                         # not the top-k in disguise
+    assert all(1 not in d and 6 not in d and 7 not in d for d in draws)
+
+
+def test_chain_keep_policy_sample(synthetic_survey, trained, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "gen.fits"
+    assert generate_main(_gen_args(synthetic_survey, trained, out, ["generate.keep_policy=sample"])) == 0
+    res = read_spectra_fits(out)
+    t = res["table"]
+    assert res["header"]["keep_policy"] == "sample"
+    np.testing.assert_array_equal(t["kept"][:, 0], np.argmax(t["lowres_scores"], axis=1))  # the best first
+    assert (t["kept"] >= 0).all() and all(len(set(r)) == r.size for r in t["kept"])
+    assert not generate_main(_gen_args(synthetic_survey, trained, tmp_path / "y.fits",
+                                       ["generate.keep_policy=random"])) == 0
+    assert "generate.keep_policy: 'random' is not one of ['top', 'sample']" in capsys.readouterr().err

@@ -203,6 +203,8 @@ class GenerateConfig:
         "baseline": "runs/baseline/best.pt"})    # baseline: read only with z_prior
     n_lowres: int = 3                 # N
     keep_lowres: int = 2              # k
+    keep_policy: str = "top"          # "top": the k best-ranked low-res candidates (paper); "sample": the
+                                      # best one + k-1 drawn at random among the consistent ones (chain.py)
     n_fullres: int = 3                # M
     sampler: str = "ancestral"
     steps: int = 250
@@ -244,6 +246,7 @@ class GenerateConfig:
         if self.keep_lowres > self.n_lowres:
             raise ConfigError(f"{where}: generate.keep_lowres: {self.keep_lowres} > n_lowres={self.n_lowres}")
         _choice(where, "generate.z_prior", self.z_prior, (None, "baseline"))
+        _choice(where, "generate.keep_policy", self.keep_policy, ("top", "sample"))
         _positive(where, "generate.z_prior_width", self.z_prior_width)
         _choice(where, "generate.prediction", self.prediction, ("top", "z_mean"))
         _positive(where, "generate.prediction_width", self.prediction_width)
