@@ -9,6 +9,7 @@ so a missing or damaged weight file is a one-line error naming it.
 
     python -m models.reference export --runs runs/reference --out models/reference   # after training
     python -m models.reference check                                                  # verify the files
+    python -m models.reference recalibrate --survey runs/reference/mock_ref.h5            # precise BatchNorm
 """
 from __future__ import annotations
 
@@ -163,6 +164,33 @@ def export(runs: Path, out: Path, extra: dict | None = None, roles=None) -> dict
     return manifest
 
 
+def recalibrate(survey, root: Path = REFERENCE_DIR, roles=None, n: int = 4096, seed: int = 0) -> dict:
+    """Re-estimate the BatchNorm statistics of the shipped files' image encoders on ``n`` training images of
+    ``survey`` (models.batchnorm: the EMA weights get statistics of their own activations) and rewrite the
+    files and their manifest entries (sha256, bytes, ``batchnorm``). Returns the manifest."""
+    from models.batchnorm import batchnorm_layers, recalibrate_batchnorm, survey_batches
+    from models.checkpoint import load_checkpoint, save_checkpoint
+    from models.loading import load_model
+
+    root = Path(root)
+    manifest = load_manifest(root)
+    for role in roles or ROLES:
+        path = Path(reference_path(role, root))
+        ck = load_checkpoint(path)
+        lm = load_model(path, ck["run"]["kind"], ck["run"].get("stage"), given_as=role)
+        if not batchnorm_layers(lm.model):
+            continue
+        phot = getattr(lm.model, "photometry", None) is not None
+        used = recalibrate_batchnorm(lm.model, survey_batches(survey, lm.band_mean, lm.band_std, phot, n=n,
+                                                              seed=seed))
+        save_checkpoint({"run": ck["run"], "model": slim_state(lm.model.state_dict())}, path)
+        manifest["files"][role].update(sha256=sha256(path), bytes=path.stat().st_size, batchnorm={
+            "recalibrated": "models.batchnorm.recalibrate_batchnorm", "images": used, "seed": seed,
+            "survey": Path(survey).name, "commit": _git_commit()})
+        write_text(root / MANIFEST, json.dumps(manifest, indent=1, default=str))   # after every file
+    return manifest
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m models.reference", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -173,6 +201,11 @@ def main(argv=None) -> int:
     e.add_argument("--roles", nargs="+", default=None, help="re-export only these roles (default: all)")
     c = sub.add_parser("check", help="verify every reference file against the manifest")
     c.add_argument("--dir", default=str(REFERENCE_DIR))
+    b = sub.add_parser("recalibrate", help="re-estimate the image encoders' BatchNorm statistics")
+    b.add_argument("--survey", required=True, help="the survey the models were trained on (its train split)")
+    b.add_argument("--dir", default=str(REFERENCE_DIR))
+    b.add_argument("--roles", nargs="+", default=None)
+    b.add_argument("--n", type=int, default=4096, help="training images (default 4096)")
     a = p.parse_args(argv)
     try:
         if a.cmd == "export":
@@ -180,6 +213,11 @@ def main(argv=None) -> int:
             m = export(Path(a.runs), Path(a.out), extra, a.roles)
             total = sum(f["bytes"] for f in m["files"].values())
             print(f"wrote {a.out}/{MANIFEST}: {len(m['files'])} files, {total / 1e6:.1f} MB")
+        elif a.cmd == "recalibrate":
+            m = recalibrate(a.survey, Path(a.dir), a.roles, a.n)
+            for role, f in m["files"].items():
+                bn = f.get("batchnorm")
+                print(f"{role}: " + (f"BatchNorm from {bn['images']} images" if bn else "no BatchNorm"))
         else:
             for role in ROLES:
                 print(f"{role}: {reference_path(role, Path(a.dir))} ok")

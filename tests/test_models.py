@@ -416,3 +416,37 @@ def test_position_features_see_where_each_pixel_is_and_leave_the_paper_model_alo
     with pytest.raises(ConfigError, match="model.position_features: 20 must be in 0..16"):
         load_config(root / "params_generative.yml", GenerativeConfig,
                     overrides=["model.position_features=20"])
+
+
+def test_recalibrate_batchnorm_gives_the_weights_their_own_statistics():
+    """Running statistics from other weights (EMA) or a few heavy-tailed batches shift eval-mode outputs;
+    after recalibration eval mode matches a training-mode forward over the same data, parameters untouched."""
+    from models.batchnorm import recalibrate_batchnorm
+    from models.resnet2d import resnet18
+
+    torch.manual_seed(0)
+    net = resnet18(in_channels=5, width=8)
+    for m in net.modules():                              # statistics that belong to other weights
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 2)
+            m.running_var.uniform_(0.1, 5)
+    x = torch.randn(256, 5, 32, 32) * torch.rand(256, 1, 1, 1) * 3      # heavy-ish tails across images
+    params = {k: v.clone() for k, v in net.named_parameters()}
+    net.train()
+    with torch.no_grad():
+        ref = net.forward_features(x)                    # every BatchNorm on the whole set's statistics
+    net.eval()
+    with torch.no_grad():
+        before = net.forward_features(x)
+    n = recalibrate_batchnorm(net, ((x[s:s + 64], None) for s in range(0, 256, 64)),
+                              forward=lambda im, ph: net.forward_features(im))
+    assert n == 256 and not net.training
+    with torch.no_grad():
+        after = net.forward_features(x)
+    err = lambda a: float((a - ref).abs().mean() / ref.abs().mean())  # noqa: E731
+    assert err(before) > 1.0 and err(after) < 0.1, (err(before), err(after))   # 2.5 -> 0.06
+    assert all(torch.equal(v, params[k]) for k, v in net.named_parameters())
+    assert all(m.momentum == 0.1 for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    # a network without BatchNorm is left alone
+    lin = torch.nn.Linear(3, 2)
+    assert recalibrate_batchnorm(lin, [(torch.randn(4, 3), None)], forward=lambda a, b: lin(a)) == 0

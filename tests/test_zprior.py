@@ -192,3 +192,28 @@ def test_chain_keep_policy_sample(synthetic_survey, trained, tmp_path, capsys): 
     assert not generate_main(_gen_args(synthetic_survey, trained, tmp_path / "y.fits",
                                        ["generate.keep_policy=random"])) == 0
     assert "generate.keep_policy: 'random' is not one of ['top', 'sample']" in capsys.readouterr().err
+
+
+def test_reference_recalibrate_rewrites_batchnorm_statistics(synthetic_survey, baseline_ck, tmp_path):
+    import json
+    import shutil
+
+    import torch
+
+    from models.loading import load_model
+    from models.reference import MANIFEST, load_manifest, main, reference_path, sha256
+    root = tmp_path / "ref"
+    root.mkdir()
+    shutil.copy(baseline_ck, root / "baseline.pt")
+    entry = {"file": "baseline.pt", "sha256": sha256(root / "baseline.pt")}
+    (root / MANIFEST).write_text(json.dumps({"files": {"baseline": entry}}))
+    before = load_model(root / "baseline.pt", "baseline").model.state_dict()
+    assert main(["recalibrate", "--survey", str(synthetic_survey), "--dir", str(root), "--roles", "baseline",
+                 "--n", "32"]) == 0
+    entry = load_manifest(root)["files"]["baseline"]
+    assert entry["batchnorm"]["images"] == 32 and entry["sha256"] == sha256(root / "baseline.pt")
+    after = load_model(reference_path("baseline", root), "baseline").model.state_dict()
+    stats = [k for k in before if k.endswith("running_mean") or k.endswith("running_var")]
+    assert stats and all(not torch.equal(before[k], after[k]) for k in stats)          # new statistics
+    weights = [k for k in before if k not in stats and not k.endswith("num_batches_tracked")]
+    assert all(torch.allclose(before[k].float(), after[k].float(), rtol=1e-3, atol=1e-3) for k in weights)
