@@ -4,7 +4,7 @@ The 2-D ResNets (models/resnet2d.py) normalise with BatchNorm. Two things make t
 poor match for the weights that are used:
 
 - the shipped and evaluated weights are the EMA of the trained ones (``train.ema_decay``), but the running
-  statistics are the trained model's, copied as they are: they describe the activations of other weights;
+  statistics are the trained model's (ignite's EMAHandler shares them): they describe other weights;
 - the running statistics are an exponential average (momentum 0.1) over the last ~10 training batches, and
   standardised nanomaggie images are heavy-tailed (a bright galaxy or star in a batch of 64 moves its
   statistics a lot), so they follow the last few batches rather than the training set.
@@ -52,6 +52,10 @@ def recalibrate_batchnorm(model: torch.nn.Module, batches: Iterable[tuple[torch.
     model.eval()
     momenta = [m.momentum for m in layers]
     for m in layers:
+        # own storage first: ignite's EMAHandler ASSIGNS the trained model's buffers to the EMA model
+        # (``ema_b.data = model_b.data``), so without this the trained model's statistics would change too
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            setattr(m, name, getattr(m, name).clone())
         m.reset_running_stats()
         m.momentum = None                                 # cumulative average over all batches
         m.train()
@@ -70,9 +74,11 @@ def recalibrate_batchnorm(model: torch.nn.Module, batches: Iterable[tuple[torch.
 
 
 def survey_batches(survey_path, band_mean, band_std, photometry: bool, n: int = 4096, batch: int = 64,
-                   seed: int = 0):
-    """Batches of ``n`` TRAIN-split images of a survey, standardised with the model's band statistics and
-    augmented as in training (seeded), with their photometry features when the model takes them."""
+                   seed: int = 0, augment: bool = True):
+    """Batches of ``n`` TRAIN-split images of a survey (a seeded random choice), standardised with the
+    model's band statistics and augmented as in training (seeded; ``augment=False``: not yet, for a caller
+    that keeps the batches and augments them itself), with their photometry features when the model takes
+    them."""
     import h5py
 
     from datasets.galaxy import ImageAugment
@@ -86,8 +92,10 @@ def survey_batches(survey_path, band_mean, band_std, photometry: bool, n: int = 
     mean = torch.tensor(np.asarray(band_mean, np.float32))[None, :, None, None]
     std = torch.tensor(np.asarray(band_std, np.float32))[None, :, None, None]
     gen = torch.Generator().manual_seed(seed)
-    augment = ImageAugment()
+    aug = ImageAugment()
     for s in range(0, len(rows), batch):
         raw = images[s:s + batch]
-        x = augment((torch.from_numpy(raw) - mean) / std, train=True, generator=gen)
+        x = (torch.from_numpy(raw) - mean) / std
+        if augment:
+            x = aug(x, train=True, generator=gen)
         yield x, (torch.from_numpy(image_features(raw)) if photometry else None)

@@ -2,7 +2,8 @@
 # Train the REFERENCE models (the ones shipped in models/reference/) from scratch, on ONE CPU core in under
 # ~2 hours: build the seeded reference mock, train the four networks of the chain and the CNN baseline with
 # the `reference` presets of the three YAML files, then slim the best checkpoints into models/reference/
-# with a manifest (config, mock version and seed, commit, training time, validation metrics, sha256).
+# with a manifest (config, mock version and seed, commit, training time, validation metrics, sha256), and
+# re-estimate their image encoders' BatchNorm statistics with the shipped (EMA) weights.
 #
 # Variants: GALSPEC_REF_SETS="data.lowres=subsample" (space-separated key=value, passed to every training as --set),
 # with GALSPEC_REF_RUNS and GALSPEC_REF_OUT pointing elsewhere so the shipped models stay as they are.
@@ -67,4 +68,6 @@ json.dump({"mock": {"n_galaxies": n, "seed": seed, "mock_version": version,
            "trained_by": "scripts/train_reference.sh"}, open(out, "w"), indent=1)
 EOF
 $PY -m models.reference export --runs "$ROOT" --out "$OUT" --info "$ROOT/info.json"
+# the image encoders' BatchNorm statistics re-estimated with the EMA weights (models/batchnorm.py)
+$PY -m models.reference recalibrate --survey "$DATA" --dir "$OUT"
 step "done"

@@ -217,3 +217,24 @@ def test_reference_recalibrate_rewrites_batchnorm_statistics(synthetic_survey, b
     assert stats and all(not torch.equal(before[k], after[k]) for k in stats)          # new statistics
     weights = [k for k in before if k not in stats and not k.endswith("num_batches_tracked")]
     assert all(torch.allclose(before[k].float(), after[k].float(), rtol=1e-3, atol=1e-3) for k in weights)
+
+
+def test_validation_recalibrates_the_ema_batchnorm_statistics_only(synthetic_survey, tmp_path):
+    """validation.batchnorm_images: the saved EMA model carries BatchNorm statistics of its own weights
+    (not the trained model's copied ones); the weights themselves are those of a run without it."""
+    from models.checkpoint import load_checkpoint
+    tiny = ["model.image_width=8", "model.photometry=true", "train.batch_size=16", "validation.n_galaxies=8",
+            "run.log_every=2", "train.ema_decay=0.9"]
+    ck = {}
+    for n in (0, 32):
+        out = tmp_path / f"bn{n}"
+        assert train_main("baseline", _args(synthetic_survey, out, tiny + [f"validation.batchnorm_images={n}"],
+                                            3)) == 0
+        ck[n] = load_checkpoint(out / "last.pt")
+    stats = [k for k in ck[0]["model"] if k.endswith(("running_mean", "running_var"))]
+    assert stats
+    for k, v in ck[0]["model"].items():
+        assert torch.equal(v, ck[32]["model"][k]), k                      # training unchanged
+    for k in stats:
+        assert torch.equal(ck[0]["ema_model"][k], ck[0]["model"][k])      # off: the copied statistics
+        assert not torch.equal(ck[32]["ema_model"][k], ck[32]["model"][k])  # on: the EMA weights' own

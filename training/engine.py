@@ -112,7 +112,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 # keys that do not change what the run computes (where and how often it logs and saves)
 RESUME_FREE_KEYS = ("run.resume", "run.log_every", "run.tensorboard", "run.n_saved", "run.checkpoint_every",
                     "run.validate_every", "run.out_dir", "data.cache_dir", "train.num_workers",
-                    "validation.figure_every")
+                    "validation.figure_every", "validation.batchnorm_images")
 # keys a resumed run cannot honour even when asked to: the weights and the data order depend on them
 RESUME_FIXED_PREFIXES = ("model.", "train.stage", "train.batch_size")
 
@@ -400,16 +400,18 @@ class ValidateCheckpointStop:
     at ``run.checkpoint_every`` and at the end, and stop at ``total`` or ``stop_iteration``."""
 
     def __init__(self, cfg, task, eval_model, val_ds, device, best: BestState, checkpointer: Checkpointer,
-                 out_dir: Path, rank: int, total: int, stop_iteration: int | None):
+                 out_dir: Path, rank: int, total: int, stop_iteration: int | None, recalibrate=None):
         self.cfg, self.task, self.eval_model, self.val_ds, self.device = cfg, task, eval_model, val_ds, device
         self.best, self.checkpointer, self.out_dir, self.rank = best, checkpointer, out_dir, rank
         self.total, self.stop_iteration = total, stop_iteration
+        self.recalibrate = recalibrate or (lambda: None)
 
     def validate(self, engine: Engine) -> bool:
         cfg, it = self.cfg, engine.state.iteration
         fig = None
         if self.rank == 0 and (it // cfg.run.validate_every) % max(cfg.validation.figure_every, 1) == 0:
             fig = self.out_dir / f"samples_{it:07d}.png"
+        self.recalibrate()   # the EMA weights' own BatchNorm statistics (kept in the checkpoint saved next)
         metrics = self.task.validate(self.eval_model, self.val_ds, cfg, self.device, figure=fig)
         engine.state.metrics = dict(metrics)
         engine.fire_event(TrainEvents.VALIDATION_COMPLETED)
@@ -428,6 +430,30 @@ class ValidateCheckpointStop:
             self.checkpointer.save(it, numbered=stop or it % cfg.run.checkpoint_every == 0, is_best=improved)
         if stop:
             engine.terminate()
+
+
+def batchnorm_recalibration(cfg, eval_model, meta: dict, device):
+    """A callable that re-estimates ``eval_model``'s BatchNorm statistics (models/batchnorm.py) on
+    ``validation.batchnorm_images`` training images before each validation: the EMA weights otherwise carry
+    the trained model's running statistics. The images are read once, on first use; every call draws the same
+    augmentation (seeded by train.seed), so it is deterministic and identical on every DDP rank. A no-op
+    for 0 or a model without BatchNorm."""
+    from models.batchnorm import batchnorm_layers, recalibrate_batchnorm, survey_batches
+
+    n = cfg.validation.batchnorm_images
+    if not n or not batchnorm_layers(eval_model):
+        return lambda: None
+    held = []
+    phot = getattr(eval_model, "photometry", None) is not None
+
+    def run():
+        if not held:
+            held.extend(survey_batches(cfg.data.path, meta["band_mean"], meta["band_std"], phot, n=n,
+                                       seed=cfg.train.seed, augment=False))
+        gen, aug = torch.Generator().manual_seed(cfg.train.seed), ImageAugment()
+        recalibrate_batchnorm(eval_model, ((aug(x, train=True, generator=gen).to(device),
+                                            None if p is None else p.to(device)) for x, p in held))
+    return run
 
 
 def attach_logging(trainer: Engine, cfg, rank: int, out_dir: Path, optimizer, total: int):
@@ -498,15 +524,17 @@ def train(local_rank: int, cfg, task, stop_iteration: int | None = None,
     # logging first: the rows of iteration k are in metrics.csv before the checkpoint of iteration k
     tb = attach_logging(trainer, cfg, rank, out_dir, optimizer, data.total)
     checkpointer = Checkpointer(to_save, out_dir, cfg.run.n_saved, rank)
+    recalibrate = batchnorm_recalibration(cfg, eval_model, meta, device)
     trainer.add_event_handler(Events.ITERATION_COMPLETED, ValidateCheckpointStop(
         cfg, task, eval_model, data.val_ds, device, best, checkpointer, out_dir, rank, data.total,
-        stop_iteration))
+        stop_iteration, recalibrate))
     if ckpt is not None:
         resume(ckpt, to_save, cfg, out_dir, best, trainer, data, rank)
     try:
         if trainer.state.iteration >= data.total:
             if rank == 0:
                 print(f"{out_dir}: already trained to iteration {trainer.state.iteration} (>= {data.total})")
+            recalibrate()
             metrics = task.validate(eval_model, data.val_ds, cfg, device, figure=None)
         else:
             trainer.run(data.loader, max_epochs=data.max_epochs, epoch_length=data.epoch_length)
