@@ -228,8 +228,8 @@ def test_validation_recalibrates_the_ema_batchnorm_statistics_only(synthetic_sur
     ck = {}
     for n in (0, 32):
         out = tmp_path / f"bn{n}"
-        assert train_main("baseline", _args(synthetic_survey, out, tiny + [f"validation.batchnorm_images={n}"],
-                                            3)) == 0
+        sets = tiny + [f"validation.batchnorm_images={n}"]
+        assert train_main("baseline", _args(synthetic_survey, out, sets, 3)) == 0
         ck[n] = load_checkpoint(out / "last.pt")
     stats = [k for k in ck[0]["model"] if k.endswith(("running_mean", "running_var"))]
     assert stats
