@@ -437,7 +437,7 @@ def batchnorm_recalibration(cfg, eval_model, meta: dict, device):
     ``validation.batchnorm_images`` training images before each validation: the EMA weights otherwise carry
     the trained model's running statistics. The images are read once, on first use; every call draws the same
     augmentation (seeded by train.seed), so it is deterministic and identical on every DDP rank. A no-op
-    for 0 or a model without BatchNorm."""
+    for 0 or a model without BatchNorm. Used for the EMA model only (``train.ema_decay`` set)."""
     from models.batchnorm import batchnorm_layers, recalibrate_batchnorm, survey_batches
 
     n = cfg.validation.batchnorm_images
@@ -524,7 +524,9 @@ def train(local_rank: int, cfg, task, stop_iteration: int | None = None,
     # logging first: the rows of iteration k are in metrics.csv before the checkpoint of iteration k
     tb = attach_logging(trainer, cfg, rank, out_dir, optimizer, data.total)
     checkpointer = Checkpointer(to_save, out_dir, cfg.run.n_saved, rank)
-    recalibrate = batchnorm_recalibration(cfg, eval_model, meta, device)
+    # only the EMA model: the trained one keeps its own statistics (and, under DDP, its buffer tensors)
+    recalibrate = batchnorm_recalibration(cfg, ema_model, meta, device) if ema_model is not None \
+        else (lambda: None)
     trainer.add_event_handler(Events.ITERATION_COMPLETED, ValidateCheckpointStop(
         cfg, task, eval_model, data.val_ds, device, best, checkpointer, out_dir, rank, data.total,
         stop_iteration, recalibrate))

@@ -183,8 +183,8 @@ class ValidationConfig:
     steps: int = 50
     alpha_bar_min: float = 0.0        # sample only the steps with alpha-bar >= this (0 = all T steps)
     figure_every: int = 1             # write the sample figure every N validations
-    batchnorm_images: int = 2048      # training images on which the validated (EMA) model's BatchNorm
-                                      # statistics are re-estimated first (models/batchnorm.py; 0 = off)
+    batchnorm_images: int = 2048      # training images on which the EMA model's BatchNorm statistics are
+                                      # re-estimated before validation (models/batchnorm.py; 0 = off)
 
     def check(self, where):
         _positive(where, "validation.n_galaxies", self.n_galaxies)
