@@ -111,8 +111,8 @@ def spread_keep(key: torch.Tensor, k: int, galaxy_seeds) -> torch.Tensor:
         ok = rest[row[rest] > CONSISTENT_KEY]
         rng = np.random.default_rng([int(seed), 2])
         pick = rng.choice(ok, size=min(k - 1, ok.size), replace=False) if ok.size else ok
-        fill = [i for i in rest if i not in set(pick.tolist())][:k - 1 - pick.size]
-        out[b] = np.concatenate([order[:1], pick, np.asarray(fill, dtype=np.int64)])
+        fill = rest[~np.isin(rest, pick)][:k - 1 - pick.size]
+        out[b] = np.concatenate([order[:1], pick, fill])
     return torch.from_numpy(out).to(key.device)
 
 

@@ -74,11 +74,11 @@ def recalibrate_batchnorm(model: torch.nn.Module, batches: Iterable[tuple[torch.
 
 
 def survey_batches(survey_path, band_mean, band_std, photometry: bool, n: int = 4096, batch: int = 64,
-                   seed: int = 0, augment: bool = True):
-    """Batches of ``n`` TRAIN-split images of a survey (a seeded random choice), standardised with the
-    model's band statistics and augmented as in training (seeded; ``augment=False``: not yet, for a caller
-    that keeps the batches and augments them itself), with their photometry features when the model takes
-    them."""
+                   seed: int = 0):
+    """Batches of ``n`` TRAIN-split images of a survey file (a seeded random choice), standardised with the
+    MODEL's band statistics (a shipped model meeting a survey: ``models.reference recalibrate``; training
+    uses its own survey cache instead, training/engine.py) and augmented as in training (seeded), with their
+    photometry features when the model takes them."""
     import h5py
 
     from datasets.galaxy import ImageAugment
@@ -95,7 +95,5 @@ def survey_batches(survey_path, band_mean, band_std, photometry: bool, n: int = 
     aug = ImageAugment()
     for s in range(0, len(rows), batch):
         raw = images[s:s + batch]
-        x = (torch.from_numpy(raw) - mean) / std
-        if augment:
-            x = aug(x, train=True, generator=gen)
+        x = aug((torch.from_numpy(raw) - mean) / std, train=True, generator=gen)
         yield x, (torch.from_numpy(image_features(raw)) if photometry else None)

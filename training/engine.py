@@ -432,13 +432,16 @@ class ValidateCheckpointStop:
             engine.terminate()
 
 
-def batchnorm_recalibration(cfg, eval_model, meta: dict, device):
+def batchnorm_recalibration(cfg, eval_model, cache, device):
     """A callable that re-estimates ``eval_model``'s BatchNorm statistics (models/batchnorm.py) on
     ``validation.batchnorm_images`` training images before each validation: the EMA weights otherwise carry
-    the trained model's running statistics. The images are read once, on first use; every call draws the same
-    augmentation (seeded by train.seed), so it is deterministic and identical on every DDP rank. A no-op
+    the trained model's running statistics. The images and photometry come from the survey cache the run
+    trains on (already standardised with its band statistics), read once on first use; every call draws the
+    same augmentation (seeded by train.seed), so it is deterministic and identical on every DDP rank. A no-op
     for 0 or a model without BatchNorm. Used for the EMA model only (``train.ema_decay`` set)."""
-    from models.batchnorm import batchnorm_layers, recalibrate_batchnorm, survey_batches
+    import numpy as np
+
+    from models.batchnorm import batchnorm_layers, recalibrate_batchnorm
 
     n = cfg.validation.batchnorm_images
     if not n or not batchnorm_layers(eval_model):
@@ -448,8 +451,13 @@ def batchnorm_recalibration(cfg, eval_model, meta: dict, device):
 
     def run():
         if not held:
-            held.extend(survey_batches(cfg.data.path, meta["band_mean"], meta["band_std"], phot, n=n,
-                                       seed=cfg.train.seed, augment=False))
+            train = cache.indices("train")
+            rng = np.random.default_rng(cfg.train.seed)
+            rows = np.sort(rng.choice(train, min(n, train.size), replace=False))
+            for s in range(0, rows.size, 64):
+                r = rows[s:s + 64]
+                ph = torch.from_numpy(np.asarray(cache.photometry[r], dtype=np.float32)) if phot else None
+                held.append((torch.from_numpy(np.asarray(cache.images[r], dtype=np.float32)), ph))
         gen, aug = torch.Generator().manual_seed(cfg.train.seed), ImageAugment()
         recalibrate_batchnorm(eval_model, ((aug(x, train=True, generator=gen).to(device),
                                             None if p is None else p.to(device)) for x, p in held))
@@ -525,7 +533,7 @@ def train(local_rank: int, cfg, task, stop_iteration: int | None = None,
     tb = attach_logging(trainer, cfg, rank, out_dir, optimizer, data.total)
     checkpointer = Checkpointer(to_save, out_dir, cfg.run.n_saved, rank)
     # only the EMA model: the trained one keeps its own statistics (and, under DDP, its buffer tensors)
-    recalibrate = batchnorm_recalibration(cfg, ema_model, meta, device) if ema_model is not None \
+    recalibrate = batchnorm_recalibration(cfg, ema_model, data.cache, device) if ema_model is not None \
         else (lambda: None)
     trainer.add_event_handler(Events.ITERATION_COMPLETED, ValidateCheckpointStop(
         cfg, task, eval_model, data.val_ds, device, best, checkpointer, out_dir, rank, data.total,
