@@ -19,6 +19,9 @@ from surveys.description import SURVEY
 __all__ = ["ContrastiveModel", "nt_xent", "score", "score_candidates", "IMAGE_ENCODERS"]
 
 IMAGE_ENCODERS = {"resnet18": resnet18, "resnet50": resnet50}
+# rows x pixels per spectrum-encoder call on a CPU (encode_spectrum): 3 full-res spectra, 8 training crops
+# of 2 048 px, 29 low-res spectra
+CPU_SLICE_PIXELS = 16384
 
 
 class ContrastiveModel(nn.Module):
@@ -75,8 +78,17 @@ class ContrastiveModel(nn.Module):
         return F.normalize(self.image_head(feat), dim=-1)
 
     def encode_spectrum(self, spec: torch.Tensor) -> torch.Tensor:
-        """Spectra (B, L) or (B, 1, L) -> unit-norm embeddings (B, latent_dim)."""
-        return F.normalize(self.spectrum_encoder(spec), dim=-1)
+        """Spectra (B, L) or (B, 1, L) -> unit-norm embeddings (B, latent_dim).
+
+        On a CPU the batch goes through the encoder in slices of at most ``CPU_SLICE_PIXELS`` rows x pixels
+        (the encoder normalises per spectrum, so a slice's embeddings are those of the whole batch to
+        rounding): a whole batch of full-res spectra overflows the caches, slices of a few spectra measured
+        ~3x faster in inference and ~1.4x in a training step (docs/BENCHMARKS.md)."""
+        rows = max(1, CPU_SLICE_PIXELS // spec.shape[-1]) if spec.device.type == "cpu" else spec.shape[0]
+        if spec.shape[0] <= rows:
+            return F.normalize(self.spectrum_encoder(spec), dim=-1)
+        return torch.cat([F.normalize(self.spectrum_encoder(spec[s:s + rows]), dim=-1)
+                          for s in range(0, spec.shape[0], rows)])
 
     def forward(self, img: torch.Tensor, spec: torch.Tensor,
                 photometry: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
