@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# The main job, end to end, on the embedded mock SDSS survey with the CPU preset (~20 min on 2 cores):
+# The main job, end to end, on the embedded mock SDSS survey with the CPU preset (~25 min on 2 cores):
 # build the mock -> train the 4 networks (+ the CNN baseline) -> generate spectra for test galaxies ->
-# read the science out of them; then the same with the shipped reference models. Every step resumes/skips work that is already done.
+# read the science out of them; then the same with the shipped reference models. Every step resumes/skips
+# work that is already done.
+#
+# Independent jobs run side by side in two lanes (prefixed [A] and [B]), each with half the cores: these
+# small networks gain little from a second thread (docs/BENCHMARKS.md), two jobs at once nearly twice.
+# GALSPEC_DEMO_LANES=1 runs everything one after the other with all cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -9,38 +14,84 @@ PY=.venv/bin/python
 N=${GALSPEC_DEMO_N:-6000}            # galaxies in the mock (the paper-scale run uses ~10^5 real ones)
 DATA=data/mock_sdss.h5
 LIMIT=${GALSPEC_DEMO_GENERATE:-120}  # test galaxies to generate spectra for
+CORES=$(nproc 2>/dev/null || echo 2)
+LANES=${GALSPEC_DEMO_LANES:-$([ "$CORES" -ge 2 ] && echo 2 || echo 1)}
+T=$(( CORES / LANES > 0 ? CORES / LANES : 1 ))  # torch threads per job in a lane
 t0=$(date +%s)
 step() { echo; echo "=== [$(( $(date +%s) - t0 )) s] $*"; }
+LANE_PIDS=""
+cleanup() { for p in $LANE_PIDS; do kill -- -"$p" 2>/dev/null || true; done; }  # a lane's whole process group
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
-step "1/7 mock survey ($N galaxies) and its figures"
+# two jobs side by side (LANES=2; output prefixed [A] / [B]) or one after the other; a failure in either
+# stops the demo and the other lane
+pair() {
+  if [ "$LANES" -ge 2 ]; then
+    set -m  # each lane in its own process group, so that cleanup can stop all of it
+    ( "$1" 2>&1 | sed -u 's/^/[A] /' ) &
+    local a=$!
+    ( "$2" 2>&1 | sed -u 's/^/[B] /' ) &
+    local b=$!
+    set +m
+    LANE_PIDS="$a $b"
+    wait -n || { echo "=== a lane failed: stopping"; exit 1; }
+    wait -n || { echo "=== a lane failed: stopping"; exit 1; }
+    LANE_PIDS=""
+  else
+    "$1"; "$2"
+  fi
+}
+
+contrastive_and_cnn() {
+  step "2/7 contrastive networks (low-res, full-res)"
+  $PY train_contrastive.py --preset cpu --stage lr --threads "$T"
+  $PY train_contrastive.py --preset cpu --stage sr --threads "$T"
+  step "4/7 baseline: direct CNN from images"
+  $PY train_baseline.py --preset cpu --threads "$T"
+}
+diffusion() {
+  step "3/7 diffusion models (low-res, super-resolution)"
+  $PY train_generative.py --preset cpu --stage lr --threads "$T"
+  $PY train_generative.py --preset cpu --stage sr --threads "$T"
+  for stage in lr sr; do  # the last validation figure of each model: EMA samples vs truth
+    last=$(ls runs/diffusion_$stage/samples_*.png 2>/dev/null | tail -1 || true)
+    [ -n "$last" ] && cp "$last" "figures/train_samples_$stage.png"
+  done
+  return 0
+}
+quick_chain() {
+  step "5/7 generate spectra for $LIMIT test galaxies"
+  # re-runs replace the last output; float32 for the small CPU-preset models (as their training)
+  $PY generate.py --preset cpu --set generate.limit="$LIMIT" --overwrite --amp off --threads "$T"
+  step "6/7 science read-out"
+  OMP_NUM_THREADS=$T $PY evaluate.py --results outputs/generated.fits --baselines runs/baseline/best.pt \
+    --overwrite --workers "$T"
+}
+HAVE_REFERENCE=0
+$PY -m models.reference check >/dev/null && HAVE_REFERENCE=1
+reference_generate() {
+  step "7/7 the shipped reference models (scripts/train_reference.sh; models/reference/) on the same $LIMIT galaxies"
+  if [ "$HAVE_REFERENCE" = 1 ]; then
+    $PY generate.py --preset reference --checkpoints reference --set generate.limit="$LIMIT" \
+      --set generate.output=outputs/generated_reference.fits --set generate.figure=figures/reference/generated_examples.png \
+      --overwrite --amp off --threads "$T"
+  else
+    echo "no reference models in models/reference/ (scripts/train_reference.sh makes them): skipped"
+  fi
+}
+
+step "1/7 mock survey ($N galaxies), its figures and its preprocessing cache"
 [ -f "$DATA" ] || $PY -m surveys.mock.make --n "$N" --out "$DATA" --seed 0
 $PY -m surveys.mock.figures "$DATA"
-step "2/7 contrastive networks (low-res, full-res)"
-$PY train_contrastive.py --preset cpu --stage lr
-$PY train_contrastive.py --preset cpu --stage sr
-step "3/7 diffusion models (low-res, super-resolution)"
-$PY train_generative.py --preset cpu --stage lr
-$PY train_generative.py --preset cpu --stage sr
-for stage in lr sr; do  # the last validation figure of each model: EMA samples vs truth
-  last=$(ls runs/diffusion_$stage/samples_*.png 2>/dev/null | tail -1 || true)
-  [ -n "$last" ] && cp "$last" "figures/train_samples_$stage.png"
-done
-step "4/7 baseline: direct CNN from images"
-$PY train_baseline.py --preset cpu
-step "5/7 generate spectra for $LIMIT test galaxies"
-$PY generate.py --preset cpu --set generate.limit="$LIMIT" --overwrite --amp off  # re-runs replace the last output; float32 for the small CPU-preset models (as their training)
-step "6/7 science read-out"
-$PY evaluate.py --results outputs/generated.fits --baselines runs/baseline/best.pt --overwrite
-step "7/7 the shipped reference models (scripts/train_reference.sh; models/reference/) on the same $LIMIT galaxies"
-if $PY -m models.reference check >/dev/null; then
-  $PY generate.py --preset reference --checkpoints reference --set generate.limit="$LIMIT" \
-    --set generate.output=outputs/generated_reference.fits --set generate.figure=figures/reference/generated_examples.png \
-    --overwrite --amp off
+$PY -c "from datasets.galaxy import build_cache; build_cache('$DATA')"  # once, before two lanes read it
+pair contrastive_and_cnn diffusion
+pair reference_generate quick_chain
+if [ "$HAVE_REFERENCE" = 1 ]; then
+  step "7/7 science read-out of the reference models"
   $PY evaluate.py --results outputs/generated_reference.fits --baselines reference --out-dir figures/reference \
     --report outputs/eval_report_reference --overwrite
   $PY -m evaluation.compare quick=outputs/eval_report.json reference=outputs/eval_report_reference.json \
     --out outputs/eval_summary.md
-else
-  echo "no reference models in models/reference/ (scripts/train_reference.sh makes them): skipped"
 fi
 step "done: figures/, outputs/eval_report.md, outputs/eval_summary.md (quick vs reference models)"
