@@ -43,7 +43,7 @@ from diffusion.samplers import SAMPLERS, Sampler  # noqa: E402
 from generation.chain import GenerationChain  # noqa: E402
 from models.build import build_contrastive, build_denoiser, build_diffusion  # noqa: E402
 from models.loading import LoadedModel  # noqa: E402
-from models.precision import autocast_context  # noqa: E402
+from models.precision import autocast_context, cpu_model_name  # noqa: E402
 from utils.config import ContrastiveConfig, GenerateConfig, GenerativeConfig, load_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -216,7 +216,7 @@ def unet_parts(batches: dict, repeats: int, profile: bool, compile_: bool) -> di
     if bf16:
         peaks["bf16"] = matmul_peak(torch.bfloat16)
     scale = RELEASED_FORWARD["fp32_matmul_peak_gflops"] / (peaks["fp32"] / 1e9)
-    out = {"cpu": _cpu_model(), "native_bf16": bf16,
+    out = {"cpu": cpu_model_name(), "native_bf16": bf16,
            "matmul_peak_gflops": {k: round(v / 1e9, 1) for k, v in peaks.items()},
            "released_code_time_scale": round(scale, 3), "repeats": repeats,
            "method": "min over repeats, variants interleaved; FLOPs counted at batch 1 x batch (linear)"}
@@ -278,16 +278,6 @@ def unet_parts(batches: dict, repeats: int, profile: bool, compile_: bool) -> di
     return out
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
-
-
 def chain_timing(a) -> dict:
     """The paper's sampler and the fast default, per galaxy, measured (``paper_and_fast``), against the
     released code's measured chain scaled to this CPU by the ratio of fp32 matmul peaks."""
@@ -305,7 +295,7 @@ def chain_timing(a) -> dict:
     scale = RELEASED_CHAIN["fp32_matmul_peak_gflops"] / peak
     released_here = {"ancestral_250_s": RELEASED_CHAIN["ancestral_250_s"] * scale,
                      "per_step_s": RELEASED_CHAIN["per_step_s"] * scale}
-    out = {"cpu": _cpu_model(), "threads": torch.get_num_threads(), "native_bf16": native_bf16("cpu"),
+    out = {"cpu": cpu_model_name(), "threads": torch.get_num_threads(), "native_bf16": native_bf16("cpu"),
            "fp32_matmul_peak_gflops": round(peak, 1), "galaxies_per_batch": a.galaxies,
            "setting": f"N/k/M {g.n_lowres}/{g.keep_lowres}/{g.n_fullres}, paper-size networks (random "
                       "weights: speed does not depend on them), z_prior none, seconds per galaxy",

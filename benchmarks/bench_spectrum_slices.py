@@ -21,15 +21,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import models.contrastive as C  # noqa: E402
-from models.precision import native_bf16  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown"
+from models.precision import cpu_model_name, native_bf16  # noqa: E402
 
 
 def best_time(fn, sliced: bool, repeats: int) -> float:
@@ -80,14 +72,15 @@ def main(argv=None) -> dict:
         model.zero_grad(set_to_none=True)
         model.encode_spectrum(crops).square().sum().backward()
 
-    out = {"cpu": cpu_name(), "bf16_native": native_bf16("cpu"), "threads": a.threads,
+    out = {"cpu": cpu_model_name(), "bf16_native": native_bf16("cpu"), "threads": a.threads,
            "slice_pixels": C.CPU_SLICE_PIXELS, "checkpoint": a.checkpoint or "cpu-preset architecture"}
     sliced = infer()
     C.CPU_SLICE_PIXELS, keep = 1 << 62, C.CPU_SLICE_PIXELS
     whole = infer()
     C.CPU_SLICE_PIXELS = keep
     out["inference_max_abs_difference"] = float((sliced - whole).abs().max())
-    for name, fn, n in (("inference_4500px", infer, a.batch), ("train_step_2048px", train_step, a.train_batch)):
+    cases = (("inference_4500px", infer, a.batch), ("train_step_2048px", train_step, a.train_batch))
+    for name, fn, n in cases:
         t_s, t_w = [], []
         for _ in range(a.repeats):  # interleaved: a loaded machine slows both alike
             t_s.append(best_time(fn, True, 1))

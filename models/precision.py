@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["BF16_CPU_FLAGS", "autocast_context", "cpu_flags", "native_bf16", "use_bf16"]
+__all__ = ["BF16_CPU_FLAGS", "autocast_context", "cpu_flags", "cpu_model_name", "native_bf16", "use_bf16"]
 
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -29,6 +29,17 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
         if line.startswith(("flags", "Features")):
             return frozenset(line.split(":", 1)[1].split())
     return frozenset()
+
+
+def cpu_model_name(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's ``model name`` in ``cpuinfo`` ("unknown" if unreadable): benchmarks name their machine."""
+    try:
+        for line in Path(cpuinfo).read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
 
 
 def native_bf16(device: torch.device | str) -> bool:

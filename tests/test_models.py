@@ -317,6 +317,8 @@ def test_bf16_auto_only_with_native_bf16(monkeypatch, tmp_path):
     info.write_text("processor\t: 0\nmodel name\t: X\nflags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n")
     assert "amx_bf16" in precision.cpu_flags(str(info))
     assert precision.cpu_flags(str(tmp_path / "missing")) == frozenset()
+    assert precision.cpu_model_name(str(info)) == "X"
+    assert precision.cpu_model_name(str(tmp_path / "missing")) == "unknown"
 
     cpu = torch.device("cpu")
     for flags, native in ((("avx2", "fma"), False), (("avx2", "avx512f", "avx512bw"), False),
