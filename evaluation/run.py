@@ -321,11 +321,13 @@ def load_eval_data(results, survey=None) -> EvalData:
         notes.append(f"generated with generate.z_prior={zp} (width {w}): candidates whose own redshift "
                      "disagrees with the CNN's photo-z were ranked last, so the predicted column's z is not "
                      "independent of the CNN's")
-    if res["header"].get("prediction", "top") == "z_mean":
+    pred = res["header"].get("prediction", "top")
+    if pred in ("z_mean", "z_aligned"):
         w = res["header"].get("prediction_width")
-        notes.append(f"generated with generate.prediction=z_mean (width {w}): the predicted column is the "
-                     "mean of the full-res candidates whose fitted z agrees with the top-ranked one's, not a "
-                     "single draw")
+        notes.append(f"generated with generate.prediction={pred} (width {w}): the predicted column is the "
+                     "mean of the full-res candidates whose fitted z agrees with the top-ranked one's"
+                     + (", each moved to the top one's z first" if pred == "z_aligned" else "")
+                     + ", not a single draw")
     if ivar_obs is None:
         notes.append("ivar_obs missing: chi2/N not computed, observed spectra measured without weights")
     if inp["has_model"]:

@@ -19,8 +19,9 @@ def generated_figure(results_path, out_path, input_path, n_show: int = 5):
         images = f["images"][np.sort(rows)][np.argsort(np.argsort(rows))]
     fig, axes = plt.subplots(len(ok), 2, figsize=(11, 2.2 * len(ok)), gridspec_kw={"width_ratios": [1, 5]})
     axes = np.atleast_2d(axes)
-    label = ("predicted (mean of the z-consistent candidates)" if res["header"].get("prediction") == "z_mean"
-             else "predicted (top-ranked)")
+    label = {"z_mean": "predicted (mean of the z-consistent candidates)",
+             "z_aligned": "predicted (mean of the z-consistent candidates, aligned in z)"}.get(
+        res["header"].get("prediction"), "predicted (top-ranked)")
     for j, i in enumerate(ok):
         axes[j, 0].imshow(rgb_image(images[j]), origin="lower")
         axes[j, 0].set_axis_off()

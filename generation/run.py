@@ -170,7 +170,7 @@ def process_chunk(chain: GenerationChain, src: ImageSource, sel: slice, batch: i
            "top": np.full(n, -1, np.int16), "flux_pred": np.full((n, N_FULLRES), np.nan, np.float32)}
     if chain.z_prior:
         out.update(z_prior=np.full(n, np.nan), lowres_z=np.full((n, g.n_lowres), np.nan))
-    if chain.z_prior or g.prediction == "z_mean":
+    if chain.z_prior or g.prediction != "top":
         out["fullres_z"] = np.full((n, g.n_fullres), np.nan)
     good = np.flatnonzero(finite)
     for s in range(0, good.size, batch):

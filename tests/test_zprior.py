@@ -107,23 +107,47 @@ def test_z_consistent_mean_averages_only_candidates_that_agree_with_the_top_one(
     assert out.shape == (3, 4) and out.dtype == np.float32
 
 
-def test_chain_prediction_z_mean_without_prior(synthetic_survey, trained, tmp_path, capsys):  # noqa: F811
-    from generation.chain import z_consistent_mean
+def test_z_aligned_mean_moves_candidates_to_the_top_ones_redshift():
+    from datasets.preprocess import FULLRES_WAVE
+    from generation.chain import z_aligned_mean, z_consistent_mean
+
+    def spectrum(z):  # one narrow absorption line (sigma 2 A) at 5000 A rest
+        return 1.0 - 0.5 * np.exp(-0.5 * ((FULLRES_WAVE - 5000.0 * (1 + z)) / 2.0) ** 2)
+    z = np.array([[0.1000, 0.1015, 0.0985, 0.2]])            # the last one disagrees: not averaged
+    cands = np.stack([spectrum(v) for v in z[0]])[None].astype(np.float32)
+    top = np.array([0])
+    aligned = z_aligned_mean(cands, z, top, width=0.003)
+    plain = z_consistent_mean(cands, z, top, width=0.003)
+    line = np.abs(FULLRES_WAVE - 5500.0) < 20
+    assert np.abs(aligned - cands[0, 0]).max() < 0.02          # the line where the top one has it, as deep
+    assert aligned[0, line].min() < 0.53                       # (linear interpolation: within 2 % of depth)
+    assert plain[0, line].min() > 0.75                          # unaligned: 7.5 A apart, the line smeared
+    assert aligned.shape == (1, 4500) and aligned.dtype == np.float32
+    # at the red end a candidate at higher z has nothing to give: the others are averaged there
+    flat = np.stack([np.full(4500, v, np.float32) for v in (1.0, 2.0, 4.0)])[None]
+    out = z_aligned_mean(flat, np.array([[0.1, 0.1029, 0.1]]), np.array([0]), width=0.003)
+    np.testing.assert_allclose(out[0, [0, -1]], [7 / 3, 2.5], rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["z_mean", "z_aligned"])
+def test_chain_prediction_z_mean_without_prior(synthetic_survey, trained, tmp_path, capsys, mode):  # noqa: F811
+    from generation.chain import z_aligned_mean, z_consistent_mean
     out = tmp_path / "gen.fits"
-    assert generate_main(_gen_args(synthetic_survey, trained, out, ["generate.prediction=z_mean",
+    assert generate_main(_gen_args(synthetic_survey, trained, out, [f"generate.prediction={mode}",
                                                                    "generate.prediction_width=0.01"])) == 0
     res = read_spectra_fits(out)
     t, cands = res["table"], res["cubes"]["FULLRES_CANDIDATES"][0]
-    assert res["header"]["prediction"] == "z_mean" and "z_prior" not in t
+    assert res["header"]["prediction"] == mode and "z_prior" not in t
     assert t["fullres_z"].shape == (10, 3)
-    np.testing.assert_allclose(res["spectra"]["flux_pred"], z_consistent_mean(cands, t["fullres_z"], t["top"],
-                                                                              0.01), rtol=1e-6)
+    average = z_aligned_mean if mode == "z_aligned" else z_consistent_mean
+    np.testing.assert_allclose(res["spectra"]["flux_pred"], average(cands, t["fullres_z"], t["top"], 0.01),
+                               rtol=1e-6)
     # some galaxies did average several draws (else this would only re-test "top")
     zt = t["fullres_z"][np.arange(10), t["top"]][:, None]
     assert ((np.abs(t["fullres_z"] - zt) <= 0.01 * (1 + zt)).sum(1) > 1).any()
     assert not generate_main(_gen_args(synthetic_survey, trained, tmp_path / "y.fits",
                                        ["generate.prediction=median"])) == 0
-    assert "generate.prediction: 'median' is not one of ['top', 'z_mean']" in capsys.readouterr().err
+    assert "generate.prediction: 'median' is not one of ['top', 'z_mean', 'z_aligned']" in capsys.readouterr().err
 
 
 def test_stage_samplers_and_their_checks():
