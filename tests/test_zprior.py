@@ -147,7 +147,8 @@ def test_chain_prediction_z_mean_without_prior(synthetic_survey, trained, tmp_pa
     assert ((np.abs(t["fullres_z"] - zt) <= 0.01 * (1 + zt)).sum(1) > 1).any()
     assert not generate_main(_gen_args(synthetic_survey, trained, tmp_path / "y.fits",
                                        ["generate.prediction=median"])) == 0
-    assert "generate.prediction: 'median' is not one of ['top', 'z_mean', 'z_aligned']" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "generate.prediction: 'median' is not one of ['top', 'z_mean', 'z_aligned']" in err
 
 
 def test_stage_samplers_and_their_checks():
