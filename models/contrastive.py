@@ -19,8 +19,9 @@ from surveys.description import SURVEY
 __all__ = ["ContrastiveModel", "nt_xent", "score", "score_candidates", "IMAGE_ENCODERS"]
 
 IMAGE_ENCODERS = {"resnet18": resnet18, "resnet50": resnet50}
-# rows x pixels per spectrum-encoder call on a CPU (encode_spectrum): 3 full-res spectra, 8 training crops
-# of 2 048 px, 29 low-res spectra
+# rows x pixels per spectrum-encoder call in CPU inference (encode_spectrum): 3 full-res spectra per call
+# measured 2.1x faster than a whole batch of 128 on 2 threads (benchmarks/bench_spectrum_slices.py); 8 192
+# and 32 768 were slower. A training step gained 1.01-1.06x at most, so training is not sliced.
 CPU_SLICE_PIXELS = 16384
 
 
@@ -80,11 +81,12 @@ class ContrastiveModel(nn.Module):
     def encode_spectrum(self, spec: torch.Tensor) -> torch.Tensor:
         """Spectra (B, L) or (B, 1, L) -> unit-norm embeddings (B, latent_dim).
 
-        On a CPU the batch goes through the encoder in slices of at most ``CPU_SLICE_PIXELS`` rows x pixels
-        (the encoder normalises per spectrum, so a slice's embeddings are those of the whole batch to
-        rounding): a whole batch of full-res spectra overflows the caches, slices of a few spectra measured
-        ~3x faster in inference and ~1.4x in a training step (docs/BENCHMARKS.md)."""
-        rows = max(1, CPU_SLICE_PIXELS // spec.shape[-1]) if spec.device.type == "cpu" else spec.shape[0]
+        In CPU inference (autograd off) the batch goes through the encoder in slices of at most
+        ``CPU_SLICE_PIXELS`` rows x pixels: the encoder normalises per spectrum, so a slice's embeddings are
+        those of the whole batch to rounding, and a whole batch of full-res spectra overflows the caches
+        (docs/BENCHMARKS.md)."""
+        sliced = spec.device.type == "cpu" and not torch.is_grad_enabled()
+        rows = max(1, CPU_SLICE_PIXELS // spec.shape[-1]) if sliced else spec.shape[0]
         if spec.shape[0] <= rows:
             return F.normalize(self.spectrum_encoder(spec), dim=-1)
         return torch.cat([F.normalize(self.spectrum_encoder(spec[s:s + rows]), dim=-1)

@@ -63,9 +63,9 @@ def test_contrastive_embeddings_unit_norm():
     torch.testing.assert_close(z_spec.norm(dim=-1), torch.ones(2))
 
 
-def test_spectrum_encoder_slices_cpu_batches(monkeypatch):
-    """On a CPU the spectrum encoder sees the batch in slices of CPU_SLICE_PIXELS rows x pixels; the
-    embeddings (and the gradients of a training step) are those of one call per spectrum."""
+def test_spectrum_encoder_slices_cpu_inference(monkeypatch):
+    """In CPU inference the spectrum encoder sees the batch in slices of CPU_SLICE_PIXELS rows x pixels,
+    with embeddings those of one call per spectrum; with autograd on (training) it sees the whole batch."""
     import models.contrastive as C
 
     torch.manual_seed(0)
@@ -74,21 +74,15 @@ def test_spectrum_encoder_slices_cpu_batches(monkeypatch):
     calls = []
     model.spectrum_encoder.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
     monkeypatch.setattr(C, "CPU_SLICE_PIXELS", 2 * 563 + 100)   # 2 spectra per call
-    model.train()
-    z = model.encode_spectrum(x)
-    assert calls == [2, 2, 2, 1]
-    z.square().sum(-1).mul(torch.arange(7.0)).sum().backward()
-    g_sliced = [p.grad.clone() for p in model.spectrum_encoder.parameters()]
-    model.zero_grad()
-    one = torch.cat([model.encode_spectrum(x[i:i + 1]) for i in range(7)])
+    with torch.no_grad():
+        z = model.encode_spectrum(x)
+        assert calls == [2, 2, 2, 1]
+        one = torch.cat([model.encode_spectrum(x[i:i + 1]) for i in range(7)])
     torch.testing.assert_close(z, one, rtol=0, atol=1e-6)
-    one.square().sum(-1).mul(torch.arange(7.0)).sum().backward()
-    for a, b in zip(g_sliced, [p.grad for p in model.spectrum_encoder.parameters()]):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     calls.clear()
-    monkeypatch.setattr(C, "CPU_SLICE_PIXELS", 7 * 563)         # the whole batch fits: one call
-    model.encode_spectrum(x)
-    assert calls == [7]
+    z_train = model.encode_spectrum(x)
+    assert calls == [7] and z_train.requires_grad
+    torch.testing.assert_close(z_train.detach(), z, rtol=0, atol=1e-6)
 
 
 def test_nt_xent_hand_computed():
