@@ -1,22 +1,23 @@
 #!/usr/bin/env bash
-# The main job, end to end, on the embedded mock SDSS survey with the CPU preset (~25 min on 2 cores):
+# The main job, end to end, on the embedded mock SDSS survey with the CPU preset (~25-30 min on 2 cores):
 # build the mock -> train the 4 networks (+ the CNN baseline) -> generate spectra for test galaxies ->
 # read the science out of them; then the same with the shipped reference models. Every step resumes/skips
 # work that is already done.
 #
-# Independent jobs run side by side in two lanes (prefixed [A] and [B]), each with half the cores: these
-# small networks gain little from a second thread (docs/BENCHMARKS.md), two jobs at once nearly twice.
-# GALSPEC_DEMO_LANES=1 runs everything one after the other with all cores.
+# Two lanes run side by side (output prefixed [A] and [B]), each with half the cores:
+#   A: contrastive networks -> CNN baseline -> reference models: generate, evaluate
+#   B: diffusion models -> (once A has trained its networks) quick chain: generate, evaluate
+# GALSPEC_DEMO_LANES=1 runs the same steps one after the other with all cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 PY=.venv/bin/python
 N=${GALSPEC_DEMO_N:-6000}            # galaxies in the mock (the paper-scale run uses ~10^5 real ones)
 DATA=data/mock_sdss.h5
-LIMIT=${GALSPEC_DEMO_GENERATE:-120}  # test galaxies to generate spectra for
+LIMIT=${GALSPEC_DEMO_GENERATE:-80}   # test galaxies to generate spectra for (quick and reference models)
 CORES=$(nproc 2>/dev/null || echo 2)
 LANES=${GALSPEC_DEMO_LANES:-$([ "$CORES" -ge 2 ] && echo 2 || echo 1)}
-T=$(( CORES / LANES > 0 ? CORES / LANES : 1 ))  # torch threads per job in a lane
+T=$(( CORES / LANES > 0 ? CORES / LANES : 1 ))  # torch threads (and pPXF workers) per job
 t0=$(date +%s)
 step() { echo; echo "=== [$(( $(date +%s) - t0 )) s] $*"; }
 LANE_PIDS=""
@@ -24,7 +25,7 @@ cleanup() { for p in $LANE_PIDS; do kill -- -"$p" 2>/dev/null || true; done; }  
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# two jobs side by side (LANES=2; output prefixed [A] / [B]) or one after the other; a failure in either
+# two lanes side by side (LANES=2; output prefixed [A] / [B]) or one after the other; a failure in either
 # stops the demo and the other lane
 pair() {
   if [ "$LANES" -ge 2 ]; then
@@ -42,15 +43,30 @@ pair() {
     "$1"; "$2"
   fi
 }
+TRAINED=runs/.demo_lane_a_trained  # lane A's networks are trained: lane B's quick chain may start
 
-contrastive_and_cnn() {
+HAVE_REFERENCE=0
+$PY -m models.reference check >/dev/null && HAVE_REFERENCE=1
+
+lane_a() {
   step "2/7 contrastive networks (low-res, full-res)"
   $PY train_contrastive.py --preset cpu --stage lr --threads "$T"
   $PY train_contrastive.py --preset cpu --stage sr --threads "$T"
   step "4/7 baseline: direct CNN from images"
   $PY train_baseline.py --preset cpu --threads "$T"
+  touch "$TRAINED"
+  step "7/7 the shipped reference models (scripts/train_reference.sh; models/reference/) on the same $LIMIT galaxies"
+  if [ "$HAVE_REFERENCE" = 1 ]; then
+    $PY generate.py --preset reference --checkpoints reference --set generate.limit="$LIMIT" \
+      --set generate.output=outputs/generated_reference.fits \
+      --set generate.figure=figures/reference/generated_examples.png --overwrite --amp off --threads "$T"
+    OMP_NUM_THREADS=$T $PY evaluate.py --results outputs/generated_reference.fits --baselines reference \
+      --out-dir figures/reference --report outputs/eval_report_reference --overwrite --workers "$T"
+  else
+    echo "no reference models in models/reference/ (scripts/train_reference.sh makes them): skipped"
+  fi
 }
-diffusion() {
+lane_b() {
   step "3/7 diffusion models (low-res, super-resolution)"
   $PY train_generative.py --preset cpu --stage lr --threads "$T"
   $PY train_generative.py --preset cpu --stage sr --threads "$T"
@@ -58,9 +74,7 @@ diffusion() {
     last=$(ls runs/diffusion_$stage/samples_*.png 2>/dev/null | tail -1 || true)
     [ -n "$last" ] && cp "$last" "figures/train_samples_$stage.png"
   done
-  return 0
-}
-quick_chain() {
+  until [ -f "$TRAINED" ]; do sleep 5; done  # the chain needs lane A's rankers and CNN
   step "5/7 generate spectra for $LIMIT test galaxies"
   # re-runs replace the last output; float32 for the small CPU-preset models (as their training)
   $PY generate.py --preset cpu --set generate.limit="$LIMIT" --overwrite --amp off --threads "$T"
@@ -68,29 +82,14 @@ quick_chain() {
   OMP_NUM_THREADS=$T $PY evaluate.py --results outputs/generated.fits --baselines runs/baseline/best.pt \
     --overwrite --workers "$T"
 }
-HAVE_REFERENCE=0
-$PY -m models.reference check >/dev/null && HAVE_REFERENCE=1
-reference_generate() {
-  step "7/7 the shipped reference models (scripts/train_reference.sh; models/reference/) on the same $LIMIT galaxies"
-  if [ "$HAVE_REFERENCE" = 1 ]; then
-    $PY generate.py --preset reference --checkpoints reference --set generate.limit="$LIMIT" \
-      --set generate.output=outputs/generated_reference.fits --set generate.figure=figures/reference/generated_examples.png \
-      --overwrite --amp off --threads "$T"
-  else
-    echo "no reference models in models/reference/ (scripts/train_reference.sh makes them): skipped"
-  fi
-}
 
 step "1/7 mock survey ($N galaxies), its figures and its preprocessing cache"
 [ -f "$DATA" ] || $PY -m surveys.mock.make --n "$N" --out "$DATA" --seed 0
 $PY -m surveys.mock.figures "$DATA"
 $PY -c "from datasets.galaxy import build_cache; build_cache('$DATA')"  # once, before two lanes read it
-pair contrastive_and_cnn diffusion
-pair reference_generate quick_chain
+mkdir -p runs && rm -f "$TRAINED"
+pair lane_a lane_b
 if [ "$HAVE_REFERENCE" = 1 ]; then
-  step "7/7 science read-out of the reference models"
-  $PY evaluate.py --results outputs/generated_reference.fits --baselines reference --out-dir figures/reference \
-    --report outputs/eval_report_reference --overwrite
   $PY -m evaluation.compare quick=outputs/eval_report.json reference=outputs/eval_report_reference.json \
     --out outputs/eval_summary.md
 fi
