@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 
 import torch
 
@@ -25,11 +26,20 @@ import models.contrastive as C  # noqa: E402
 from models.precision import cpu_model_name, native_bf16  # noqa: E402
 
 
-def best_time(fn, sliced: bool, repeats: int) -> float:
+@contextmanager
+def slicing(enabled: bool):
+    """The default slice limit, or (``enabled=False``) none: whole batches."""
     keep = C.CPU_SLICE_PIXELS
-    if not sliced:
+    if not enabled:
         C.CPU_SLICE_PIXELS = 1 << 62
     try:
+        yield
+    finally:
+        C.CPU_SLICE_PIXELS = keep
+
+
+def best_time(fn, sliced: bool, repeats: int) -> float:
+    with slicing(sliced):
         fn()  # warm-up
         best = float("inf")
         for _ in range(repeats):
@@ -37,8 +47,6 @@ def best_time(fn, sliced: bool, repeats: int) -> float:
             fn()
             best = min(best, time.perf_counter() - t0)
         return best
-    finally:
-        C.CPU_SLICE_PIXELS = keep
 
 
 def main(argv=None) -> dict:
@@ -79,9 +87,8 @@ def main(argv=None) -> dict:
     out = {"cpu": cpu_model_name(), "bf16_native": native_bf16("cpu"), "threads": a.threads,
            "slice_pixels": C.CPU_SLICE_PIXELS, "checkpoint": a.checkpoint or "cpu-preset architecture"}
     sliced = infer()
-    C.CPU_SLICE_PIXELS, keep = 1 << 62, C.CPU_SLICE_PIXELS
-    whole = infer()
-    C.CPU_SLICE_PIXELS = keep
+    with slicing(False):
+        whole = infer()
     out["inference_max_abs_difference"] = float((sliced - whole).abs().max())
     cases = (("inference_4500px", infer, a.batch), ("train_step_2048px", train_step, a.train_batch))
     for name, fn, n in cases:

@@ -265,15 +265,22 @@ class GenerationChain:
         }
 
 
+def _agree_with_top(z: np.ndarray, top: np.ndarray, width: float) -> tuple[np.ndarray, np.ndarray]:
+    """(B, 1) top candidate's z and (B, M) mask of the candidates within ``width`` x (1 + z_top) of it; the
+    top one always counts (alone where its z is NaN)."""
+    b = np.arange(len(top))
+    zt = z[b, top][:, None]
+    use = np.abs(z - zt) <= width * (1 + zt)       # NaN compares False
+    use[b, top] = True
+    return zt, use
+
+
 def z_consistent_mean(candidates: np.ndarray, z: np.ndarray, top: np.ndarray, width: float) -> np.ndarray:
     """(B, L) mean of each galaxy's candidates (B, M, L) whose fitted z (B, M) lies within ``width`` x
     (1 + z_top) of the top-ranked one's (``generate.prediction: z_mean``). The top candidate always counts
     (alone where its z is NaN). Averaging draws that agree on z estimates the posterior mean: it keeps
     the continuum and lines they share and averages away the noise-like structure of single draws."""
-    b = np.arange(len(top))
-    zt = z[b, top][:, None]
-    use = np.abs(z - zt) <= width * (1 + zt)       # NaN compares False
-    use[b, top] = True
+    zt, use = _agree_with_top(z, top, width)
     w = use.astype(np.float64)
     return ((candidates * w[..., None]).sum(1) / w.sum(1)[:, None]).astype(np.float32)
 
@@ -288,11 +295,9 @@ def z_aligned_mean(candidates: np.ndarray, z: np.ndarray, top: np.ndarray, width
     others (the top one covers all). The flux-density factor (1 + z_top) / (1 + z_m) (< 1 % here) is left
     out: the spectra are normalised."""
     cand = np.asarray(candidates, dtype=np.float64)
-    n_gal, n_cand, n_pix = cand.shape
-    b = np.arange(n_gal)
-    zt = z[b, top][:, None]
-    use = np.abs(z - zt) <= width * (1 + zt)       # NaN compares False
-    use[b, top] = True
+    n_pix = cand.shape[-1]
+    b = np.arange(len(top))
+    zt, use = _agree_with_top(z, top, width)
     ratio = np.where(use, (1 + np.nan_to_num(z, nan=0.0)) / (1 + np.nan_to_num(zt, nan=0.0)), 1.0)
     ratio[b, top] = 1.0                            # the top one stays exactly as drawn
     w0, dw = float(wave[0]), float(wave[1] - wave[0])
