@@ -75,9 +75,9 @@ def paper_chain(gen_cfg) -> GenerationChain:
 
 
 # the paper's sampling settings: GenerateConfig's defaults for the generate.* sampling keys
-PAPER = {k: getattr(GenerateConfig(), k) for k in ("sampler", "steps", "alpha_bar_min", "eta",
+PAPER = {k: getattr(GenerateConfig(), k) for k in ("sampler", "steps", "alpha_bar_min", "eta", "start",
                                                    "lowres_sampler", "lowres_steps", "lowres_alpha_bar_min",
-                                                   "lowres_eta")}
+                                                   "lowres_eta", "lowres_start")}
 
 
 def time_chain(chain, images, settings: dict, amp="off") -> float:

@@ -184,6 +184,7 @@ class GenerationChain:
         options = {"eta": sp["eta"]} if sp["eta"] else {}   # (0 = the sampler's default)
         return sample_conditional(lm.model, lm.diffusion, context, length, seeds, sp["sampler"],
                                   sp["steps"], lowres=lowres, alpha_bar_min=sp["alpha_bar_min"],
+                                  start=sp["start"],
                                   precision=lambda: autocast_context(self.device, self.amp), **options)
 
     def photometry_features(self, images_nmgy: torch.Tensor) -> torch.Tensor | None:

@@ -331,3 +331,48 @@ def test_truncated_process_keeps_the_schedule_up_to_alpha_bar_min():
     assert float(t.alphas_cumprod[-1]) >= 0.02 and float(d.alphas_cumprod[keep]) < 0.02
     with pytest.raises(ValueError, match="fewer than 2"):
         d.truncated(0.99999)
+
+
+class _GaussianDenoiser:
+    """A stand-in for ``ConditionalDenoiser`` in ``sample_conditional``: the exact epsilon of N(mu, s^2)."""
+
+    def __init__(self, diffusion, mu, s):
+        self.eps = gaussian_eps_model(diffusion, mu, s)
+
+    def precompute_context(self, context):
+        return context
+
+    def __call__(self, x, t, context=None, lowres=None):
+        return self.eps(x, t)
+
+    def clip_range(self):
+        return None
+
+    def denormalize(self, x):
+        return x
+
+
+def test_ancestral_start_removes_the_truncation_prior_mismatch(diffusion):
+    from diffusion.sampling import sample_conditional
+    mu, s = 0.8, 0.2
+    model = _GaussianDenoiser(diffusion, mu, s)
+    ctx = torch.zeros(400, 1, 1)
+
+    def draw(start, alpha_bar_min=0.3, seeds=range(400), sampler="dpmpp_2m"):
+        return sample_conditional(model, diffusion, ctx[:len(seeds)], 16, list(seeds), sampler, 10,
+                                  alpha_bar_min=alpha_bar_min, start=start)
+
+    # from N(0, I) at alpha-bar 0.3 the ODE maps the wrong marginal: mean mu - s a mu / sqrt(a^2 s^2 + 1 - a^2)
+    a = 0.3 ** 0.5
+    x = draw("noise")
+    assert x.mean().item() == pytest.approx(mu - s * a * mu / (a * a * s * s + 1 - a * a) ** 0.5, abs=0.02)
+    # the 100+ skipped steps taken as exact ancestral steps first: the data distribution
+    x = draw("ancestral")
+    assert x.mean().item() == pytest.approx(mu, abs=0.02)
+    assert x.std().item() == pytest.approx(s, abs=0.02)
+    # still one noise stream per item (batch composition does not matter), and nothing skipped = no head
+    torch.testing.assert_close(draw("ancestral", seeds=[5, 7])[1:], draw("ancestral", seeds=[7]), rtol=0,
+                               atol=0)
+    assert torch.equal(draw("ancestral", 0.0, [3, 4]), draw("noise", 0.0, [3, 4]))
+    with pytest.raises(ValueError, match="start='exact'"):
+        draw("exact", seeds=[1])

@@ -161,8 +161,14 @@ def test_stage_samplers_and_their_checks():
     # the low-res stage: its own sampler, the shared steps (ancestral visits all T anyway), no ddim eta
     # ancestral visits all T steps: the results header must not say "steps: 10" (it did)
     assert cfg.stage_sampler("lr") == {"sampler": "ancestral", "steps": None, "alpha_bar_min": 0.0,
-                                       "eta": 0.0}
-    assert cfg.stage_sampler("sr") == {"sampler": "ddim", "steps": 10, "alpha_bar_min": 0.02, "eta": 1.0}
+                                       "eta": 0.0, "start": "noise"}
+    assert cfg.stage_sampler("sr") == {"sampler": "ddim", "steps": 10, "alpha_bar_min": 0.02, "eta": 1.0,
+                                       "start": "noise"}
+    # the low-res stage's own start (the skipped steps taken exactly), or the shared one
+    g = load_config(params, GenerativeConfig, overrides=["generate.lowres_start=ancestral"]).generate
+    assert (g.stage_sampler("lr")["start"], g.stage_sampler("sr")["start"]) == ("ancestral", "noise")
+    g = load_config(params, GenerativeConfig, overrides=["generate.start=ancestral"]).generate
+    assert (g.stage_sampler("lr")["start"], g.stage_sampler("sr")["start"]) == ("ancestral", "ancestral")
     plain = load_config(params, GenerativeConfig).generate
     assert plain.stage_sampler("lr") == plain.stage_sampler("sr")
     # alpha_bar_min null = each sampler's own start: the few-step ones skip the near-pure-noise end
@@ -181,7 +187,9 @@ def test_stage_samplers_and_their_checks():
     for bad, words in ((["generate.lowres_sampler=bogus"], "generate.lowres.sampler"),
                        (["generate.lowres_eta=0.5"], "generate.lowres.eta"),
                        (["generate.lowres_steps=0", "generate.lowres_sampler=ddim"], "generate.lowres.steps"),
-                       (["generate.lowres_alpha_bar_min=1.5"], "generate.lowres.alpha_bar_min")):
+                       (["generate.lowres_alpha_bar_min=1.5"], "generate.lowres.alpha_bar_min"),
+                       (["generate.start=exact"], "generate.start: 'exact'"),
+                       (["generate.lowres_start=exact"], "generate.lowres_start: 'exact'")):
         with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
             load_config(params, GenerativeConfig, overrides=bad)
 

@@ -214,11 +214,15 @@ class GenerateConfig:
     alpha_bar_min: float | None = 0.0  # start where alpha-bar >= this (0 = at T-1, the paper; None = the
                                        # sampler's own: 0 for ancestral, 0.02 for ddim / dpmpp_2m)
     eta: float = 0.0                  # ddim only: 0 = deterministic, 1 = DDPM-like noise at every step
+    start: str = "noise"              # with alpha_bar_min > 0: "noise" = begin at the first kept step from
+                                      # N(0, I); "ancestral" = take the skipped steps as exact ancestral steps
+                                      # from T-1 first (diffusion/sampling.py)
     lowres_sampler: str | None = None  # the low-res stage's own sampler (None: generate.sampler) ...
     lowres_steps: int | None = None    # ... steps (None: generate.steps)
     lowres_alpha_bar_min: float | None = None  # ... and alpha_bar_min (None: generate.alpha_bar_min)
     lowres_eta: float | None = None    # ... and eta (None: generate.eta when the low-res stage uses
                                        # generate.sampler, else 0, the other sampler's default)
+    lowres_start: str | None = None   # ... and start (None: generate.start)
     batch_galaxies: int = 16
     chunk_galaxies: int = 256         # streaming / resume granularity
     seed: int = 0
@@ -249,6 +253,10 @@ class GenerateConfig:
                               "['train', 'val', 'test', 'all']")
         if self.keep_lowres > self.n_lowres:
             raise ConfigError(f"{where}: generate.keep_lowres: {self.keep_lowres} > n_lowres={self.n_lowres}")
+        from diffusion.sampling import START_MODES
+        for key in ("start", "lowres_start"):
+            if key == "start" or self.lowres_start is not None:
+                _choice(where, f"generate.{key}", getattr(self, key), START_MODES)
         _choice(where, "generate.z_prior", self.z_prior, (None, "baseline"))
         _choice(where, "generate.keep_policy", self.keep_policy, ("top", "sample"))
         _positive(where, "generate.z_prior_width", self.z_prior_width)
@@ -266,9 +274,10 @@ class GenerateConfig:
         """Sampler, steps, alpha_bar_min and eta of one stage ("lr" or "sr"): the lowres_* fields override
         the shared ones for the low-res stage where set."""
         own = {"sampler": self.lowres_sampler, "steps": self.lowres_steps,
-               "alpha_bar_min": self.lowres_alpha_bar_min, "eta": self.lowres_eta} if stage == "lr" else {}
+               "alpha_bar_min": self.lowres_alpha_bar_min, "eta": self.lowres_eta,
+               "start": self.lowres_start} if stage == "lr" else {}
         out = {"sampler": self.sampler, "steps": self.steps, "alpha_bar_min": self.alpha_bar_min,
-               "eta": self.eta if own.get("sampler") in (None, self.sampler) else 0.0,
+               "start": self.start, "eta": self.eta if own.get("sampler") in (None, self.sampler) else 0.0,
                **{k: v for k, v in own.items() if v is not None}}
         sampler = _samplers().get(out["sampler"])  # (an unknown name is check()'s one-line error)
         if out["alpha_bar_min"] is None:
