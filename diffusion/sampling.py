@@ -42,7 +42,8 @@ def item_seeds(galaxy_seeds: Sequence[int], n: int, stride: int = 1, offset: int
 def sample_conditional(model, diffusion: GaussianDiffusion, context: torch.Tensor, length: int,
                        seeds: Sequence[int], sampler: str = "ancestral", steps: int | None = None, *,
                        lowres: torch.Tensor | None = None, alpha_bar_min: float = 0.0,
-                       start: str = "noise", precision: Callable[[], object] = nullcontext, **options) -> torch.Tensor:
+                       start: str = "noise", precision: Callable[[], object] = nullcontext,
+                       **options) -> torch.Tensor:
     """Draw ``len(seeds)`` spectra, n = len(seeds) / B per galaxy, from a conditional denoiser.
 
     Parameters
