@@ -362,8 +362,8 @@ def test_ancestral_start_removes_the_truncation_prior_mismatch(diffusion):
         return sample_conditional(model, diffusion, ctx[:len(seeds)], 16, list(seeds), sampler, 10,
                                   alpha_bar_min=alpha_bar_min, start=start)
 
-    # from N(0, I) at alpha-bar 0.3 the ODE maps the wrong marginal: mean mu - s a mu / sqrt(a^2 s^2 + 1 - a^2),
-    # a = sqrt(0.3)
+    # from N(0, I) at alpha-bar a^2 = 0.3 the ODE maps the wrong marginal:
+    # mean mu - s a mu / sqrt(a^2 s^2 + 1 - a^2)
     a = 0.3 ** 0.5
     x = draw("noise")
     assert x.mean().item() == pytest.approx(mu - s * a * mu / (a * a * s * s + 1 - a * a) ** 0.5, abs=0.02)
