@@ -16,7 +16,8 @@ against the catalogue z:
 Each setting is a list of ``generate.*`` overrides (KEY=VALUE, without the ``generate.`` prefix) applied to
 the low-res stage, e.g.::
 
-    python benchmarks/lowres_sampler_screen.py --checkpoints reference --survey mock.h5 --galaxies 200 --n 4 \\
+    python benchmarks/lowres_sampler_screen.py --checkpoints reference --survey mock.h5 --galaxies 200 \\
+        --n 4 \\
         --setting sampler=ancestral \\
         --setting sampler=dpmpp_2m steps=10 alpha_bar_min=0.02 \\
         --setting sampler=dpmpp_2m steps=10 alpha_bar_min=0.02 start=ancestral
