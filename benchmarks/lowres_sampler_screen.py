@@ -50,6 +50,8 @@ from models.precision import cpu_model_name  # noqa: E402
 from utils.config import GenerativeConfig, load_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+#: the low-res stage's sampling fields (``generate.lowres_<key>``) a setting may set
+STAGE_KEYS = ("sampler", "steps", "alpha_bar_min", "eta", "start")
 
 
 def head_alpha_bar_min(alphas_cumprod: torch.Tensor, k: int) -> float:
@@ -71,10 +73,9 @@ def apply_setting(g, setting: list[str], alphas_cumprod) -> dict:
                         head=int(value))
             continue
         done[key] = value
-    for key in ("sampler", "steps", "alpha_bar_min", "eta", "start"):
-        if key in done:
-            setattr(g, f"lowres_{key}", done[key])
-    unknown = set(done) - {"sampler", "steps", "alpha_bar_min", "eta", "start", "head"}
+    for key in STAGE_KEYS:
+        setattr(g, f"lowres_{key}", done.get(key))
+    unknown = set(done) - {*STAGE_KEYS, "head"}
     if unknown:
         raise SystemExit(f"error: --setting: unknown keys {sorted(unknown)}")
     return done
@@ -88,17 +89,13 @@ def model_calls(sp: dict, diffusion) -> int:
     return calls + (T - kept if sp["start"] == "ancestral" else 0)
 
 
-def screen(chain, src: ImageSource, z_true: np.ndarray, n: int, batch: int) -> dict:
-    """Draw ``n`` low-res candidates per galaxy of ``src`` with ``chain``'s low-res stage settings."""
+def screen(chain, batches: list, z_true: np.ndarray, n: int) -> dict:
+    """Draw ``n`` low-res candidates per galaxy of ``batches`` (``prepare``) with ``chain``'s low-res stage
+    settings."""
     g = chain.g
     zs, sel_z = [], []
     t0 = time.perf_counter()
-    for b0 in range(0, len(src), batch):
-        sel = slice(b0, min(b0 + batch, len(src)))
-        imgs = torch.from_numpy(src.read(sel)["images"])
-        images = chain.prepare_images(imgs)
-        phot = chain.photometry_features(imgs)
-        gseeds = [galaxy_seed(g.seed, int(i)) for i in src.ids[sel]]
+    for images, phot, gseeds in batches:
         with torch.no_grad():
             lr = chain._sample("diffusion_lr", images, item_seeds(gseeds, n), photometry=phot)
             key = chain._rank("contrastive_lr", images, lr, n, phot)
@@ -117,6 +114,18 @@ def screen(chain, src: ImageSource, z_true: np.ndarray, n: int, batch: int) -> d
             "candidate_sigma_nmad": sigma_nmad(zl.ravel(), zrep),
             "selected_outlier_frac": outlier_fraction(zsel, z_true),
             "selected_sigma_nmad": sigma_nmad(zsel, z_true), "seconds": round(seconds, 1)}
+
+
+def prepare(chain, src: ImageSource, batch: int) -> list:
+    """The galaxies of ``src`` read and prepared once for every setting: (images, photometry, seeds) per
+    batch."""
+    out = []
+    for b0 in range(0, len(src), batch):
+        sel = slice(b0, min(b0 + batch, len(src)))
+        imgs = torch.from_numpy(src.read(sel)["images"])
+        out.append((chain.prepare_images(imgs), chain.photometry_features(imgs),
+                    [galaxy_seed(chain.g.seed, int(i)) for i in src.ids[sel]]))
+    return out
 
 
 def main(argv=None) -> int:
@@ -144,13 +153,12 @@ def main(argv=None) -> int:
     out = {"cpu": cpu_model_name(), "threads": a.threads, "checkpoints": a.checkpoints, "preset": a.preset,
            "survey": str(a.survey), "galaxies": len(src), "candidates_per_galaxy": a.n,
            "z_prior": g.z_prior or "none", "settings": []}
+    batches = prepare(chain, src, a.batch)
     for setting in a.setting:
-        for key in ("sampler", "steps", "alpha_bar_min", "eta", "start"):
-            setattr(g, f"lowres_{key}", None)
         asked = apply_setting(g, setting, diffusion.alphas_cumprod)
         sp = g.stage_sampler("lr")
         row = {"setting": asked, "stage_sampler": sp, "model_calls": model_calls(sp, diffusion),
-               **screen(chain, src, z_true, a.n, a.batch)}
+               **screen(chain, batches, z_true, a.n)}
         out["settings"].append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     text = json.dumps(out, indent=1)
