@@ -44,7 +44,7 @@ from generation.chain import GenerationChain  # noqa: E402
 from models.build import build_contrastive, build_denoiser, build_diffusion  # noqa: E402
 from models.loading import LoadedModel  # noqa: E402
 from models.precision import autocast_context, cpu_model_name  # noqa: E402
-from utils.config import ContrastiveConfig, GenerateConfig, GenerativeConfig, load_config  # noqa: E402
+from utils.config import SAMPLING_KEYS, ContrastiveConfig, GenerateConfig, GenerativeConfig, load_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # The released code's whole chain, MEASURED in issue #13 (not by this script; never an imitation):
@@ -75,9 +75,7 @@ def paper_chain(gen_cfg) -> GenerationChain:
 
 
 # the paper's sampling settings: GenerateConfig's defaults for the generate.* sampling keys
-PAPER = {k: getattr(GenerateConfig(), k) for k in ("sampler", "steps", "alpha_bar_min", "eta", "start",
-                                                   "lowres_sampler", "lowres_steps", "lowres_alpha_bar_min",
-                                                   "lowres_eta", "lowres_start")}
+PAPER = {k: getattr(GenerateConfig(), k) for k in (*SAMPLING_KEYS, *(f"lowres_{k}" for k in SAMPLING_KEYS))}
 
 
 def time_chain(chain, images, settings: dict, amp="off") -> float:

@@ -47,11 +47,10 @@ from generation.chain import LOWRES_SIGMAS, candidate_redshifts, load_chain, pri
 from generation.cli import resolve_checkpoints  # noqa: E402
 from generation.run import ImageSource  # noqa: E402
 from models.precision import cpu_model_name  # noqa: E402
+from utils.config import SAMPLING_KEYS as STAGE_KEYS  # noqa: E402  (generate.lowres_<key> a setting may set)
 from utils.config import GenerativeConfig, load_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-#: the low-res stage's sampling fields (``generate.lowres_<key>``) a setting may set
-STAGE_KEYS = ("sampler", "steps", "alpha_bar_min", "eta", "start")
 
 
 def head_alpha_bar_min(alphas_cumprod: torch.Tensor, k: int) -> float:

@@ -194,6 +194,10 @@ class ValidationConfig:
         _sampler(where, "validation", self.sampler, self.steps, self.alpha_bar_min)
 
 
+#: the per-stage sampling fields of ``generate``: each has a ``lowres_<key>`` twin for the low-res stage
+SAMPLING_KEYS = ("sampler", "steps", "alpha_bar_min", "eta", "start")
+
+
 @dataclass
 class GenerateConfig:
     input: str | None = None          # survey HDF5; default: data.path
@@ -273,12 +277,11 @@ class GenerateConfig:
     def stage_sampler(self, stage: str) -> dict:
         """Sampler, steps, alpha_bar_min and eta of one stage ("lr" or "sr"): the lowres_* fields override
         the shared ones for the low-res stage where set."""
-        own = {"sampler": self.lowres_sampler, "steps": self.lowres_steps,
-               "alpha_bar_min": self.lowres_alpha_bar_min, "eta": self.lowres_eta,
-               "start": self.lowres_start} if stage == "lr" else {}
-        out = {"sampler": self.sampler, "steps": self.steps, "alpha_bar_min": self.alpha_bar_min,
-               "start": self.start, "eta": self.eta if own.get("sampler") in (None, self.sampler) else 0.0,
-               **{k: v for k, v in own.items() if v is not None}}
+        own = {k: getattr(self, f"lowres_{k}") for k in SAMPLING_KEYS} if stage == "lr" else {}
+        out = {k: getattr(self, k) for k in SAMPLING_KEYS}
+        if own.get("sampler") not in (None, self.sampler):
+            out["eta"] = 0.0   # the shared eta belongs to the shared sampler
+        out.update({k: v for k, v in own.items() if v is not None})
         sampler = _samplers().get(out["sampler"])  # (an unknown name is check()'s one-line error)
         if out["alpha_bar_min"] is None:
             out["alpha_bar_min"] = sampler.alpha_bar_min if sampler else 0.0
