@@ -328,6 +328,11 @@ def load_eval_data(results, survey=None) -> EvalData:
                      "mean of the full-res candidates whose fitted z agrees with the top-ranked one's"
                      + (", each moved to the top one's z first" if pred == "z_aligned" else "")
                      + ", not a single draw")
+    elif pred == "consensus":
+        w = res["header"].get("prediction_width")
+        notes.append(f"generated with generate.prediction=consensus (width {w}): the predicted column is the "
+                     "mean of the full-res candidates near the median redshift of the low-res candidates, "
+                     "each moved to that redshift, not a single draw")
     if ivar_obs is None:
         notes.append("ivar_obs missing: chi2/N not computed, observed spectra measured without weights")
     if inp["has_model"]:

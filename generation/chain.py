@@ -13,7 +13,10 @@ others after them (nearest z first). The spectra are still the diffusion model's
 among them, so the chain's redshift is no longer independent of the image's photo-z (docs/MODELS.md).
 Optional, not in the paper (``generate.prediction: z_mean``): the prediction is the mean of the full-res
 candidates whose fitted redshift agrees with the top one's (``z_consistent_mean``) instead of the top one;
-``z_aligned`` moves each of them to the top one's redshift before averaging (``z_aligned_mean``).
+``z_aligned`` moves each of them to the top one's redshift before averaging (``z_aligned_mean``);
+``consensus`` moves the full-res candidates to the low-res candidates' consensus redshift (the median of the
+N fitted redshifts, of the prior-consistent ones with a prior: ``consensus_z``) and averages those within
+``generate.prediction_width`` of it (``z_target_mean``): the N cheap draws vote on the redshift.
 Optional, not in the paper (``generate.keep_policy: sample``): step 2 keeps the best-ranked low-res candidate
 and k - 1 others drawn at random among the consistent ones (``spread_keep``) instead of the k best-ranked: the
 M full-res draws then spread as the diffusion model's own draws do, not only as its ranker's favourites do.
@@ -216,7 +219,8 @@ class GenerationChain:
         ``fullres_candidates`` (B, M, 4500), ``fullres_parent`` (M,) kept-slot of each full-res sample,
         ``fullres_scores`` (B, M), ``top`` (B,) index of the winner, ``flux_pred`` (B, 4500); with
         ``generate.z_prior`` also ``z_prior`` (B,), ``lowres_z`` (B, N) and ``fullres_z`` (B, M), the
-        candidates' fitted redshifts.
+        candidates' fitted redshifts; with ``generate.prediction: consensus`` ``lowres_z``, ``fullres_z``
+        and ``z_consensus`` (B,).
         """
         g = self.g
         b = images_nmgy.shape[0]
@@ -230,12 +234,13 @@ class GenerationChain:
         lr_lin = to_linear(lr.reshape(b, N, N_LOWRES), pre).cpu().numpy()   # output, and the z fits
         extra = {}
         lr_key = lr_scores
+        if self.z_prior or g.prediction == "consensus":
+            extra["lowres_z"] = candidate_redshifts(lr_lin, LOWRES_WAVE, LOWRES_SIGMAS[self.lowres_mode])
         if self.z_prior:
             with autocast_context(self.device, self.amp):
                 zp = self.m["baseline"].model.predict(images, phot)["z"].astype(np.float64)
-            zl = candidate_redshifts(lr_lin, LOWRES_WAVE, LOWRES_SIGMAS[self.lowres_mode])
-            lr_key = prior_rank_key(lr_scores, zl, zp, self.g.z_prior_width)
-            extra = {"z_prior": zp, "lowres_z": zl}
+            lr_key = prior_rank_key(lr_scores, extra["lowres_z"], zp, self.g.z_prior_width)
+            extra["z_prior"] = zp
         kept = (spread_keep(lr_key, k, gseeds) if g.keep_policy == "sample"
                 else lr_key.topk(k, dim=1).indices)                                 # (B, k)
         parent = torch.arange(M) % k                                                # (M,)
@@ -252,6 +257,10 @@ class GenerationChain:
         top = sr_key.argmax(dim=1).cpu().numpy()
         if g.prediction == "top":
             flux_pred = sr_lin[np.arange(b), top]
+        elif g.prediction == "consensus":
+            extra["z_consensus"] = consensus_z(extra["lowres_z"], extra.get("z_prior"), g.z_prior_width)
+            flux_pred = z_target_mean(sr_lin, extra["fullres_z"], extra["z_consensus"], top,
+                                      g.prediction_width)
         else:
             average = z_aligned_mean if g.prediction == "z_aligned" else z_consistent_mean
             flux_pred = average(sr_lin, extra["fullres_z"], top, g.prediction_width)
@@ -295,12 +304,57 @@ def z_aligned_mean(candidates: np.ndarray, z: np.ndarray, top: np.ndarray, width
     broadens every line by that spread. Pixels a shifted candidate does not cover are averaged over the
     others (the top one covers all). The flux-density factor (1 + z_top) / (1 + z_m) (< 1 % here) is left
     out: the spectra are normalised."""
-    cand = np.asarray(candidates, dtype=np.float64)
-    n_pix = cand.shape[-1]
     b = np.arange(len(top))
     zt, use = _agree_with_top(z, top, width)
     ratio = np.where(use, (1 + np.nan_to_num(z, nan=0.0)) / (1 + np.nan_to_num(zt, nan=0.0)), 1.0)
     ratio[b, top] = 1.0                            # the top one stays exactly as drawn
+    return _shifted_mean(candidates, ratio, use, wave)
+
+
+def consensus_z(lowres_z: np.ndarray, z_prior: np.ndarray | None = None, width: float = 0.02) -> np.ndarray:
+    """(B,) the consensus redshift of each galaxy's N low-res candidates (B, N): the median of their fitted
+    redshifts; with a prior (B,), of those within ``width`` x (1 + z_prior) of it (all of them where none
+    is). NaN where no candidate has a redshift. The N draws are cheap, and their median is a steadier
+    estimate than any single ranked draw's (docs/MODELS.md)."""
+    zl = np.asarray(lowres_z, dtype=np.float64)
+    ok = np.isfinite(zl)
+    if z_prior is not None:
+        zp = np.asarray(z_prior, dtype=np.float64)[:, None]
+        near = ok & (np.abs(zl - zp) <= width * (1 + zp))
+        ok = np.where(near.any(1, keepdims=True), near, ok)
+    masked = np.where(ok, zl, np.nan)
+    out = np.full(len(zl), np.nan)
+    has = ok.any(1)
+    out[has] = np.nanmedian(masked[has], axis=1)
+    return out
+
+
+def z_target_mean(candidates: np.ndarray, z: np.ndarray, target: np.ndarray, top: np.ndarray, width: float,
+                  wave: np.ndarray = FULLRES_WAVE) -> np.ndarray:
+    """(B, L) mean of each galaxy's candidates (B, M, L) whose fitted z (B, M) lies within ``width`` x
+    (1 + target) of ``target`` (B,), each moved to ``target`` first as in ``z_aligned_mean``
+    (``generate.prediction: consensus``). Where none lies that close, the nearest one alone, moved; where
+    the target or every candidate's z is NaN, the ``top`` (B,) candidate as drawn."""
+    zc = np.asarray(z, dtype=np.float64)
+    tg = np.asarray(target, dtype=np.float64)[:, None]
+    dz = np.abs(zc - tg) / (1 + tg)
+    dz = np.where(np.isnan(dz), np.inf, dz)        # NaN z or target: never near
+    use = dz <= width
+    lone = ~use.any(1) & np.isfinite(dz).any(1)
+    use[lone, np.argmin(dz[lone], axis=1)] = True
+    none = ~use.any(1)
+    use[none, top[none]] = True
+    ratio = np.where(use & np.isfinite(dz), (1 + np.nan_to_num(zc)) / (1 + np.nan_to_num(tg)), 1.0)
+    ratio[none] = 1.0
+    return _shifted_mean(candidates, ratio, use, wave)
+
+
+def _shifted_mean(candidates: np.ndarray, ratio: np.ndarray, use: np.ndarray, wave: np.ndarray) -> np.ndarray:
+    """(B, L) mean over the ``use`` (B, M) candidates (B, M, L) of candidate m read at w x ratio (B, M)
+    (linear interpolation on the uniform grid ``wave``). A pixel is averaged over the used candidates that
+    cover it; one that none covers (all shifted past the grid's end) takes their edge-extended values."""
+    cand = np.asarray(candidates, dtype=np.float64)
+    n_pix = cand.shape[-1]
     w0, dw = float(wave[0]), float(wave[1] - wave[0])
     pos = (wave[None, None, :] * ratio[..., None] - w0) / dw   # (B, M, L) fractional source pixel
     inside = (pos >= 0) & (pos <= n_pix - 1)
@@ -310,7 +364,10 @@ def z_aligned_mean(candidates: np.ndarray, z: np.ndarray, top: np.ndarray, width
     hi = np.take_along_axis(cand, i0 + 1, axis=-1)
     shifted = lo + frac * (hi - lo)
     wgt = (use[..., None] & inside).astype(np.float64)
-    return ((shifted * wgt).sum(1) / wgt.sum(1)).astype(np.float32)
+    n = wgt.sum(1)
+    edge = (shifted * use[..., None]).sum(1) / use.sum(1)[:, None]
+    out = np.where(n > 0, (shifted * wgt).sum(1) / np.maximum(n, 1), edge)
+    return out.astype(np.float32)
 
 
 def chain_roles(gen_cfg) -> dict[str, tuple[str, str | None]]:

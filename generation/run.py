@@ -168,8 +168,12 @@ def process_chunk(chain: GenerationChain, src: ImageSource, sel: slice, batch: i
            "fullres_parent": np.full((n, g.n_fullres), -1, np.int16),
            "fullres_scores": np.full((n, g.n_fullres), np.nan, np.float32),
            "top": np.full(n, -1, np.int16), "flux_pred": np.full((n, N_FULLRES), np.nan, np.float32)}
+    if chain.z_prior or g.prediction == "consensus":
+        out["lowres_z"] = np.full((n, g.n_lowres), np.nan)
     if chain.z_prior:
-        out.update(z_prior=np.full(n, np.nan), lowres_z=np.full((n, g.n_lowres), np.nan))
+        out["z_prior"] = np.full(n, np.nan)
+    if g.prediction == "consensus":
+        out["z_consensus"] = np.full(n, np.nan)
     if chain.z_prior or g.prediction != "top":
         out["fullres_z"] = np.full((n, g.n_fullres), np.nan)
     good = np.flatnonzero(finite)
@@ -268,9 +272,10 @@ def generate(gen_cfg, cfg_dict: dict, input_path, device=None, amp: str = "auto"
         mpath.write_text(json.dumps(manifest, indent=1))
     idist.barrier()
     mine = [c for c in range(n_chunks) if c % world == rank and not _part_path(parts, c).exists()]
-    bar = tqdm(total=len(src), desc=f"generating (rank {rank})", unit="gal", disable=not progress,
-               initial=len(src) - sum(min(gen_cfg.chunk_galaxies, len(src) - c * gen_cfg.chunk_galaxies)
-                                      for c in mine) if world == 1 else 0)
+    todo = sum(min(gen_cfg.chunk_galaxies, len(src) - c * gen_cfg.chunk_galaxies) for c in mine)
+    # one process counts the whole run (resumed chunks as done); with several, each counts its own share
+    bar = tqdm(total=len(src) if world == 1 else todo, initial=len(src) - todo if world == 1 else 0,
+               desc=f"generating (rank {rank})", unit="gal", disable=not progress)
     t0 = time.perf_counter()
     done = 0
     for i, c in enumerate(mine):
@@ -294,7 +299,7 @@ def generate(gen_cfg, cfg_dict: dict, input_path, device=None, amp: str = "auto"
     table["score_top"] = np.take_along_axis(scores, top, 1)[:, 0]
     table["top"] = merged.pop("top")
     for k in ("lowres_scores", "kept", "fullres_scores", "fullres_parent",
-              "z_prior", "lowres_z", "fullres_z"):                          # the last three with z_prior
+              "z_prior", "lowres_z", "fullres_z", "z_consensus"):   # with z_prior / prediction options
         if k in merged:
             table[k] = merged.pop(k)
     spectra = {"flux_pred": merged.pop("flux_pred"),

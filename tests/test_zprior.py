@@ -129,9 +129,44 @@ def test_z_aligned_mean_moves_candidates_to_the_top_ones_redshift():
     np.testing.assert_allclose(out[0, [0, -1]], [7 / 3, 2.5], rtol=1e-6)
 
 
-@pytest.mark.parametrize("mode", ["z_mean", "z_aligned"])
+def test_consensus_z_is_the_median_of_the_candidates_the_prior_allows():
+    from generation.chain import consensus_z
+    zl = np.array([[0.10, 0.11, 0.12, 0.30, np.nan],       # prior 0.11: 0.30 is not consistent
+                   [0.50, 0.52, 0.54, np.nan, np.nan],     # prior 0.10: none consistent -> all finite ones
+                   [np.nan] * 5])                          # no redshift at all
+    out = consensus_z(zl, np.array([0.11, 0.10, 0.2]), width=0.02)
+    np.testing.assert_allclose(out[:2], [0.11, 0.52])
+    assert np.isnan(out[2])
+    np.testing.assert_allclose(consensus_z(zl[:1]), [0.115])  # no prior: all four
+
+
+def test_z_target_mean_moves_the_draws_near_the_target_onto_it():
+    from datasets.preprocess import FULLRES_WAVE
+    from generation.chain import z_target_mean
+
+    def spectrum(z):  # one narrow absorption line (sigma 2 A) at 5000 A rest
+        return 1.0 - 0.5 * np.exp(-0.5 * ((FULLRES_WAVE - 5000.0 * (1 + z)) / 2.0) ** 2)
+    z = np.array([[0.1000, 0.1015, 0.0985, 0.2]])           # the last one is far from the target
+    cands = np.stack([spectrum(v) for v in z[0]])[None].astype(np.float32)
+    out = z_target_mean(cands, z, np.array([0.1008]), np.array([3]), width=0.01)
+    line = np.abs(FULLRES_WAVE - 5000.0 * 1.1008) < 1.5
+    assert out[0, line].min() < 0.53                          # all three near ones land on 5504 A, as deep
+    assert np.abs(out[0] - spectrum(0.1008)).max() < 0.02
+    # none within the width: the nearest one alone, moved; no target: the top one as drawn
+    np.testing.assert_allclose(z_target_mean(cands, z, np.array([0.19]), np.array([0]), 0.001)[0],
+                               spectrum(0.19), atol=0.02)
+    np.testing.assert_array_equal(z_target_mean(cands, z, np.array([np.nan]), np.array([2]), 0.01)[0],
+                                  cands[0, 2])
+    # a flat spectrum moved past the grid's end: covered pixels keep their value, the uncovered edge too
+    flat = np.stack([np.full(4500, v, np.float32) for v in (1.0, 2.0)])[None]
+    out = z_target_mean(flat, np.array([[0.1, 0.105]]), np.array([0.09]), np.array([0]), width=0.02)
+    np.testing.assert_allclose(out[0, [0, 2000]], [1.5, 1.5], rtol=1e-6)
+    np.testing.assert_allclose(out[0, -1], 1.5, rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["z_mean", "z_aligned", "consensus"])
 def test_chain_prediction_z_mean_without_prior(synthetic_survey, trained, tmp_path, capsys, mode):  # noqa: F811
-    from generation.chain import z_aligned_mean, z_consistent_mean
+    from generation.chain import consensus_z, z_aligned_mean, z_consistent_mean, z_target_mean
     out = tmp_path / "gen.fits"
     assert generate_main(_gen_args(synthetic_survey, trained, out, [f"generate.prediction={mode}",
                                                                    "generate.prediction_width=0.01"])) == 0
@@ -139,16 +174,23 @@ def test_chain_prediction_z_mean_without_prior(synthetic_survey, trained, tmp_pa
     t, cands = res["table"], res["cubes"]["FULLRES_CANDIDATES"][0]
     assert res["header"]["prediction"] == mode and "z_prior" not in t
     assert t["fullres_z"].shape == (10, 3)
-    average = z_aligned_mean if mode == "z_aligned" else z_consistent_mean
-    np.testing.assert_allclose(res["spectra"]["flux_pred"], average(cands, t["fullres_z"], t["top"], 0.01),
-                               rtol=1e-6)
+    if mode == "consensus":
+        assert t["lowres_z"].shape == (10, 3)
+        np.testing.assert_allclose(t["z_consensus"], consensus_z(t["lowres_z"]))
+        zt = t["z_consensus"][:, None]
+        expect = z_target_mean(cands, t["fullres_z"], t["z_consensus"], t["top"], 0.01)
+    else:
+        assert "lowres_z" not in t
+        zt = t["fullres_z"][np.arange(10), t["top"]][:, None]
+        average = z_aligned_mean if mode == "z_aligned" else z_consistent_mean
+        expect = average(cands, t["fullres_z"], t["top"], 0.01)
+    np.testing.assert_allclose(res["spectra"]["flux_pred"], expect, rtol=1e-6)
     # some galaxies did average several draws (else this would only re-test "top")
-    zt = t["fullres_z"][np.arange(10), t["top"]][:, None]
     assert ((np.abs(t["fullres_z"] - zt) <= 0.01 * (1 + zt)).sum(1) > 1).any()
     assert not generate_main(_gen_args(synthetic_survey, trained, tmp_path / "y.fits",
                                        ["generate.prediction=median"])) == 0
     err = capsys.readouterr().err
-    assert "generate.prediction: 'median' is not one of ['top', 'z_mean', 'z_aligned']" in err
+    assert "generate.prediction: 'median' is not one of ['top', 'z_mean', 'z_aligned', 'consensus']" in err
 
 
 def test_stage_samplers_and_their_checks():

@@ -235,8 +235,10 @@ class GenerateConfig:
     z_prior_width: float = 0.02       # |z_cand - z_prior| / (1 + z_prior) counted as consistent
     prediction: str = "top"           # flux_pred: "top" = the top-ranked candidate (paper); "z_mean" = mean
                                       # of the full-res candidates whose fitted z is near the top one's;
-                                      # "z_aligned" = the same, each first moved to the top one's z
+                                      # "z_aligned" = the same, each first moved to the top one's z;
+                                      # "consensus" = those near the low-res candidates' median z, moved there
     prediction_width: float = 0.003   # |z_cand - z_top| / (1 + z_top) averaged by "z_mean" / "z_aligned"
+                                      # (z_consensus in place of z_top for "consensus")
 
     def check(self, where):
         for k in ("n_lowres", "keep_lowres", "n_fullres", "steps", "batch_galaxies", "chunk_galaxies"):
@@ -264,7 +266,7 @@ class GenerateConfig:
         _choice(where, "generate.z_prior", self.z_prior, (None, "baseline"))
         _choice(where, "generate.keep_policy", self.keep_policy, ("top", "sample"))
         _positive(where, "generate.z_prior_width", self.z_prior_width)
-        _choice(where, "generate.prediction", self.prediction, ("top", "z_mean", "z_aligned"))
+        _choice(where, "generate.prediction", self.prediction, ("top", "z_mean", "z_aligned", "consensus"))
         _positive(where, "generate.prediction_width", self.prediction_width)
         need = {"diffusion_lr", "diffusion_sr", "contrastive_lr", "contrastive_sr"}
         if not need <= set(self.checkpoints) <= need | {"baseline"}:
