@@ -1,5 +1,7 @@
 """generate.py: the chain end to end, batch/seed invariance, resume after SIGKILL, sharding, bad input."""
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -190,7 +192,15 @@ def test_two_gloo_processes_give_the_single_process_result(synthetic_survey, tra
     assert generate_main(_gen_args(synthetic_survey, trained, one)) == 0
     cmd = [sys.executable, str(ROOT / "generate.py"), "--nproc", "2", "--backend", "gloo"]
     cmd += _gen_args(synthetic_survey, trained, two)[2:] + ["--threads", "1"]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    env = {k: v for k, v in os.environ.items() if k != "MASTER_PORT"}
+    with socket.socket() as busy:   # ignite's default rendezvous port taken, as by a second run
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            busy.bind(("127.0.0.1", 2222))
+            busy.listen()
+        except OSError:
+            pass                        # already taken by something else: the same situation
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     # each rank runs 1 thread here (2 in the single-process run): equal up to BLAS rounding
     _assert_equal_up_to_rounding(read_spectra_fits(one), read_spectra_fits(two))

@@ -10,6 +10,7 @@ import torch
 
 from training.cli import main
 from utils.config import ConfigError, ContrastiveConfig, GenerativeConfig, load_config
+from utils.launch import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -114,22 +115,15 @@ def identical_image_survey(synthetic_survey, tmp_path_factory):
     return path
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:  # a free rendezvous port: ignite's default (2222) may be taken
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_gloo(run, cleanup=lambda: None):
     """``run(port)`` a 2-process gloo job; once more (fresh port, ``cleanup()`` first) if a child died of
     SIGABRT inside gloo's TCP transport before doing anything wrong: a known, rare abort of the transport
     (pytorch/gloo#514; seen once in ~20 CI runs here, "terminate called without an active exception" right
     after DDP wrapped the model). A real failure fails both times."""
-    r = run(_free_port())
+    r = run(free_port())
     if r.returncode != 0 and "terminated with signal SIGABRT" in r.stderr:
         cleanup()
-        r = run(_free_port())
+        r = run(free_port())
     return r
 
 

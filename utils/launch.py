@@ -81,6 +81,14 @@ def threads_per_process(nproc: int, threads: int | None = None) -> int:
     return threads or max(1, available_cores() // max(nproc, 1))
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the OS picks it)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def launch(worker, args: tuple, nproc: int = 1, backend: str | None = None) -> int:
     """Run ``worker(local_rank, *args)``: in this process for ``nproc == 1`` without a backend, else
     spawned over ``nproc`` processes (nccl on CUDA, gloo on CPU unless ``backend`` says otherwise)."""
@@ -93,6 +101,10 @@ def launch(worker, args: tuple, nproc: int = 1, backend: str | None = None) -> i
         if backend is None:  # one process, no process group: what idist.Parallel would do, minus its logging
             worker(0, *args)
             return 0
+        if nproc > 1 and "MASTER_PORT" not in os.environ:
+            # the spawned processes meet on a free local port, not ignite's fixed default (2222), which a
+            # second run on the same machine would find taken (EADDRINUSE); MASTER_PORT still decides
+            os.environ["MASTER_PORT"] = str(free_port())
         with idist.Parallel(backend=backend, nproc_per_node=nproc if backend else None) as parallel:
             parallel.run(worker, *args)
     except ValueError as e:
