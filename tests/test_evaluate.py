@@ -455,6 +455,20 @@ def _benchmark(name):
     return mod
 
 
+def test_chain_vs_prior_z_paired_bootstrap():
+    paired = _benchmark("chain_vs_prior_z").paired
+    rng = np.random.default_rng(3)
+    zt = rng.uniform(0.05, 0.25, 400)
+    sharp = zt + 0.01 * (1 + zt) * rng.standard_normal(400)
+    broad = zt + 0.02 * (1 + zt) * rng.standard_normal(400)
+    r = paired(sharp, broad, zt, boot=300)
+    lo, hi = r["sigma_nmad_chain_vs_cnn"]["ci95"]
+    assert -0.65 < lo < r["sigma_nmad_chain_vs_cnn"]["ratio_minus_1"] < hi < -0.3    # ~ -0.5, resolved
+    same = paired(broad, broad, zt, boot=50)
+    assert same["sigma_nmad_chain_vs_cnn"]["ci95"] == [0.0, 0.0]
+    assert same["outlier_frac_chain_minus_cnn"]["difference"] == 0.0
+
+
 def test_lowres_candidates_power_ratio_sees_shallow_lines():
     # benchmarks/lowres_candidates.py: the same spectra give 1; lines at half depth give ~1/4 (power);
     # the smooth continuum, removed by the running median, does not count

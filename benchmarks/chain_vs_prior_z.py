@@ -1,0 +1,76 @@
+"""Does the chain read redshifts better than the CNN whose photo-z it was given? A paired bootstrap (JSON).
+
+A generate.py run with ``generate.z_prior: baseline`` stores the CNN's photo-z of every galaxy (``z_prior``)
+beside the generated spectra. Per galaxy, the redshift read from the prediction (``flux_pred``, fitted as
+evaluate.py does: ``analysis.fit_redshifts``) and the CNN's are compared with the catalogue's; the galaxies
+are resampled with replacement (the same draw for both) for the relative difference chain/CNN - 1 of
+sigma_NMAD and the difference of the outlier fractions, each with a 95 % interval.
+
+    python benchmarks/chain_vs_prior_z.py outputs/generated.fits [--survey mock.h5] [--boot 2000]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from datasets.preprocess import FULLRES_WAVE, SMOOTH_SIGMA  # noqa: E402
+from datasets.schema import open_survey  # noqa: E402
+from evaluation.metrics import outlier_fraction, sigma_nmad  # noqa: E402
+from generation.chain import candidate_redshifts  # noqa: E402
+from utils.results_fits import read_spectra_fits  # noqa: E402
+
+
+def paired(z_chain, z_cnn, z_true, boot: int = 2000, seed: int = 0) -> dict:
+    """Point values and 95 % paired-bootstrap intervals of sigma_NMAD(chain)/sigma_NMAD(CNN) - 1 and of
+    the outlier-fraction difference chain - CNN."""
+    zc, zp, zt = (np.asarray(a, dtype=np.float64) for a in (z_chain, z_cnn, z_true))
+    rng = np.random.default_rng(seed)
+    n = len(zt)
+    ratio, dout = np.empty(boot), np.empty(boot)
+    for b in range(boot):
+        i = rng.integers(0, n, n)
+        ratio[b] = sigma_nmad(zc[i], zt[i]) / sigma_nmad(zp[i], zt[i]) - 1
+        dout[b] = outlier_fraction(zc[i], zt[i]) - outlier_fraction(zp[i], zt[i])
+    ci = lambda x: [float(v) for v in np.percentile(x, [2.5, 97.5])]  # noqa: E731
+    return {"n_galaxies": int(n),
+            "chain": {"sigma_nmad": sigma_nmad(zc, zt), "outlier_frac": outlier_fraction(zc, zt)},
+            "cnn": {"sigma_nmad": sigma_nmad(zp, zt), "outlier_frac": outlier_fraction(zp, zt)},
+            "sigma_nmad_chain_vs_cnn": {"ratio_minus_1": sigma_nmad(zc, zt) / sigma_nmad(zp, zt) - 1,
+                                        "ci95": ci(ratio)},
+            "outlier_frac_chain_minus_cnn": {
+                "difference": outlier_fraction(zc, zt) - outlier_fraction(zp, zt), "ci95": ci(dout)},
+            "boot": boot}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("results")
+    p.add_argument("--survey", default=None, help="default: the results header's input")
+    p.add_argument("--boot", type=int, default=2000)
+    p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    a = p.parse_args(argv)
+    res = read_spectra_fits(a.results)
+    t = res["table"]
+    if "z_prior" not in t:
+        raise SystemExit(f"error: {a.results}: z_prior: no such column (generated without generate.z_prior)")
+    ok = (np.char.strip(np.asarray(t["status"]).astype(str)) == "ok") & np.isfinite(t["z_prior"])
+    with open_survey(a.survey or res["header"]["input"]) as f:
+        zt = f["catalog/z"][:][np.asarray(t["row"])[ok]].astype(np.float64)
+    zc = candidate_redshifts(res["spectra"]["flux_pred"][ok], FULLRES_WAVE, SMOOTH_SIGMA)
+    out = {"results": str(a.results), "prediction": res["header"].get("prediction", "top"),
+           **paired(zc, np.asarray(t["z_prior"])[ok], zt, a.boot)}
+    text = json.dumps(out, indent=1)
+    print(text)
+    if a.out:
+        a.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
