@@ -14,7 +14,9 @@ bash scripts/setup.sh
 PY=.venv/bin/python
 N=${GALSPEC_DEMO_N:-6000}            # galaxies in the mock (the paper-scale run uses ~10^5 real ones)
 DATA=data/mock_sdss.h5
-LIMIT=${GALSPEC_DEMO_GENERATE:-80}   # test galaxies to generate spectra for (quick and reference models)
+LIMIT=${GALSPEC_DEMO_GENERATE:-80}   # test galaxies to generate spectra for with the quick models
+REF_LIMIT=${GALSPEC_DEMO_REFERENCE:-40}  # ... and with the reference models (the first of the same galaxies;
+                                     # their preset samples 32 low-res and 8 full-res candidates per galaxy)
 CORES=$(nproc 2>/dev/null || echo 2)
 LANES=${GALSPEC_DEMO_LANES:-$([ "$CORES" -ge 2 ] && echo 2 || echo 1)}
 T=$(( CORES / LANES > 0 ? CORES / LANES : 1 ))  # torch threads (and pPXF workers) per job
@@ -55,9 +57,9 @@ lane_a() {
   step "4/7 baseline: direct CNN from images"
   $PY train_baseline.py --preset cpu --threads "$T"
   touch "$TRAINED"
-  step "7/7 the shipped reference models (scripts/train_reference.sh; models/reference/) on the same $LIMIT galaxies"
+  step "7/7 the shipped reference models (scripts/train_reference.sh; models/reference/) on the first $REF_LIMIT of those galaxies"
   if [ "$HAVE_REFERENCE" = 1 ]; then
-    $PY generate.py --preset reference --checkpoints reference --set generate.limit="$LIMIT" \
+    $PY generate.py --preset reference --checkpoints reference --set generate.limit="$REF_LIMIT" \
       --set generate.output=outputs/generated_reference.fits \
       --set generate.figure=figures/reference/generated_examples.png --overwrite --amp off --threads "$T"
     OMP_NUM_THREADS=$T $PY evaluate.py --results outputs/generated_reference.fits --baselines reference \

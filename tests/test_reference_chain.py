@@ -51,7 +51,7 @@ def test_reference_chain_beats_training_mean_and_retrieval_on_redshift(report):
     s, o = _row(report, "z", "sigma_nmad"), _row(report, "z", "outlier_frac")
     for other in ("train_mean", "retrieval"):
         assert s["predicted"] < s[other] and o["predicted"] <= o[other], (s, o)
-    assert o["predicted"] < 0.2, o      # the redshift-consistent selection (generate.z_prior) is on
+    assert o["predicted"] < 0.2, o      # the 32 low-res candidates' consensus redshift (generate.prediction)
 
 
 if __name__ == "__main__":
