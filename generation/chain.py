@@ -19,7 +19,8 @@ N fitted redshifts, of the prior-consistent ones with a prior: ``consensus_z``) 
 ``generate.prediction_width`` of it (``z_target_mean``): the N cheap draws vote on the redshift.
 Optional, not in the paper (``generate.keep_policy: sample``): step 2 keeps the best-ranked low-res candidate
 and k - 1 others drawn at random among the consistent ones (``spread_keep``) instead of the k best-ranked: the
-M full-res draws then spread as the diffusion model's own draws do, not only as its ranker's favourites do.
+M full-res draws then spread as the diffusion model's own draws do, not only as its ranker's favourites do;
+``sample_all`` draws the k - 1 among all the other candidates, whatever the redshift prior says of them.
 
 Every model's image encoder runs ONCE per galaxy; the cross-attention context is reused across all
 sampling steps and all candidates, and all candidates of a batch of galaxies go through each network
@@ -96,8 +97,9 @@ def prior_rank_key(scores: torch.Tensor, z_cand: np.ndarray, z_prior: np.ndarray
 CONSISTENT_KEY = -5.0
 
 
-def spread_keep(key: torch.Tensor, k: int, galaxy_seeds) -> torch.Tensor:
-    """Step 2 with ``generate.keep_policy: sample``: (B, k) kept candidate indices per galaxy.
+def spread_keep(key: torch.Tensor, k: int, galaxy_seeds, among_all: bool = False) -> torch.Tensor:
+    """Step 2 with ``generate.keep_policy: sample`` (or ``sample_all``: ``among_all``): (B, k) kept candidate
+    indices per galaxy.
 
     Slot 0 is the galaxy's best-ranked candidate (highest ``key``, as with the paper's top-k); slots 1..k-1
     are drawn at random without replacement among its other consistent candidates (key > CONSISTENT_KEY:
@@ -112,7 +114,7 @@ def spread_keep(key: torch.Tensor, k: int, galaxy_seeds) -> torch.Tensor:
     for b, (row, seed) in enumerate(zip(kn, galaxy_seeds)):
         order = np.argsort(-row, kind="stable")
         rest = order[1:]
-        ok = rest[row[rest] > CONSISTENT_KEY]
+        ok = rest if among_all else rest[row[rest] > CONSISTENT_KEY]
         rng = np.random.default_rng([int(seed), 2])
         pick = rng.choice(ok, size=min(k - 1, ok.size), replace=False) if ok.size else ok
         fill = rest[~np.isin(rest, pick)][:k - 1 - pick.size]
@@ -241,8 +243,8 @@ class GenerationChain:
                 zp = self.m["baseline"].model.predict(images, phot)["z"].astype(np.float64)
             lr_key = prior_rank_key(lr_scores, extra["lowres_z"], zp, self.g.z_prior_width)
             extra["z_prior"] = zp
-        kept = (spread_keep(lr_key, k, gseeds) if g.keep_policy == "sample"
-                else lr_key.topk(k, dim=1).indices)                                 # (B, k)
+        kept = (spread_keep(lr_key, k, gseeds, among_all=g.keep_policy == "sample_all")
+                if g.keep_policy in ("sample", "sample_all") else lr_key.topk(k, dim=1).indices)  # (B, k)
         parent = torch.arange(M) % k                                                # (M,)
         chosen = torch.gather(lr.reshape(b, N, -1), 1,
                               kept[:, parent].unsqueeze(-1).expand(b, M, N_LOWRES))  # (B, M, 563)

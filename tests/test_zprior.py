@@ -263,6 +263,10 @@ def test_spread_keep_keeps_the_best_and_a_seeded_sample_of_the_consistent_rest()
     draws = {tuple(spread_keep(key[:1], 3, [s]).numpy()[0, 1:]) for s in range(20)}
     assert len(draws) > 3                                         # not the top-k in disguise
     assert all(1 not in d and 6 not in d and 7 not in d for d in draws)
+    # sample_all: the same best one, the others drawn among ALL the rest (the prior's outcasts too)
+    wide = {tuple(spread_keep(key[:1], 3, [s], among_all=True).numpy()[0]) for s in range(40)}
+    assert all(d[0] == 1 and 1 not in d[1:] for d in wide)
+    assert any(6 in d or 7 in d for d in wide)
 
 
 def test_chain_keep_policy_sample(synthetic_survey, trained, tmp_path, capsys):  # noqa: F811
@@ -275,7 +279,8 @@ def test_chain_keep_policy_sample(synthetic_survey, trained, tmp_path, capsys): 
     assert (t["kept"] >= 0).all() and all(len(set(r)) == r.size for r in t["kept"])
     assert not generate_main(_gen_args(synthetic_survey, trained, tmp_path / "y.fits",
                                        ["generate.keep_policy=random"])) == 0
-    assert "generate.keep_policy: 'random' is not one of ['top', 'sample']" in capsys.readouterr().err
+    assert ("generate.keep_policy: 'random' is not one of ['top', 'sample', 'sample_all']"
+            in capsys.readouterr().err)
 
 
 def test_reference_recalibrate_rewrites_batchnorm_statistics(synthetic_survey, baseline_ck, tmp_path):

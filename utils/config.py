@@ -211,7 +211,8 @@ class GenerateConfig:
     n_lowres: int = 3                 # N
     keep_lowres: int = 2              # k
     keep_policy: str = "top"          # "top": the k best-ranked low-res candidates (paper); "sample": the
-                                      # best one + k-1 drawn at random among the consistent ones (chain.py)
+                                      # best one + k-1 drawn at random among the consistent ones (chain.py);
+                                      # "sample_all": ... among all the others
     n_fullres: int = 3                # M
     sampler: str = "ancestral"
     steps: int = 250
@@ -264,7 +265,7 @@ class GenerateConfig:
             if key == "start" or self.lowres_start is not None:
                 _choice(where, f"generate.{key}", getattr(self, key), START_MODES)
         _choice(where, "generate.z_prior", self.z_prior, (None, "baseline"))
-        _choice(where, "generate.keep_policy", self.keep_policy, ("top", "sample"))
+        _choice(where, "generate.keep_policy", self.keep_policy, ("top", "sample", "sample_all"))
         _positive(where, "generate.z_prior_width", self.z_prior_width)
         _choice(where, "generate.prediction", self.prediction, ("top", "z_mean", "z_aligned", "consensus"))
         _positive(where, "generate.prediction_width", self.prediction_width)
