@@ -20,7 +20,8 @@ def generated_figure(results_path, out_path, input_path, n_show: int = 5):
     fig, axes = plt.subplots(len(ok), 2, figsize=(11, 2.2 * len(ok)), gridspec_kw={"width_ratios": [1, 5]})
     axes = np.atleast_2d(axes)
     label = {"z_mean": "predicted (mean of the z-consistent candidates)",
-             "z_aligned": "predicted (mean of the z-consistent candidates, aligned in z)"}.get(
+             "z_aligned": "predicted (mean of the z-consistent candidates, aligned in z)",
+             "consensus": "predicted (mean of the candidates at the consensus z)"}.get(
         res["header"].get("prediction"), "predicted (top-ranked)")
     for j, i in enumerate(ok):
         axes[j, 0].imshow(rgb_image(images[j]), origin="lower")
@@ -32,8 +33,12 @@ def generated_figure(results_path, out_path, input_path, n_show: int = 5):
             ax.plot(wave, spec["flux_obs"][i], color="k", lw=0.6, label="observed")
         ax.plot(wave, spec["flux_pred"][i], color="C3", lw=0.7, label=label)
         z = f"z = {t['z'][i]:.3f}  " if "z" in t else ""
-        if "z_prior" in t:   # generate.z_prior: the CNN's photo-z and the prediction's own fitted z
-            z += f"photo-z {t['z_prior'][i]:.3f}  z of prediction {t['fullres_z'][i, t['top'][i]]:.3f}  "
+        if "z_prior" in t:   # generate.z_prior: the CNN's photo-z
+            z += f"photo-z {t['z_prior'][i]:.3f}  "
+        if "z_consensus" in t:   # the prediction sits at the low-res candidates' median z
+            z += f"z of prediction (consensus) {t['z_consensus'][i]:.3f}  "
+        elif "z_prior" in t:     # the top candidate's own fitted z
+            z += f"z of prediction {t['fullres_z'][i, t['top'][i]]:.3f}  "
         ax.text(0.01, 0.93, f"id {t['id'][i]}  {z}score {t['score_top'][i]:.2f}", transform=ax.transAxes,
                 fontsize=8, va="top")
         ref = spec["flux_obs"][i] if "flux_obs" in spec else spec["flux_pred"][i]
