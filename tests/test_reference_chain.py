@@ -13,7 +13,7 @@ import pytest
 from evaluate import main as evaluate_main
 from generation.cli import main as generate_main
 
-pytestmark = pytest.mark.slow  # ~2-3 minutes on 2 cores
+pytestmark = pytest.mark.slow  # ~5 minutes on 2 cores (291 s alone, 2026-12-02, AMD EPYC)
 
 
 @pytest.fixture(scope="module")
