@@ -20,17 +20,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets.preprocess import FULLRES_WAVE, LOWRES_WAVE, SMOOTH_SIGMA  # noqa: E402
-from generation.chain import (  # noqa: E402
-    LOWRES_SIGMAS,
-    candidate_redshifts,
-    consensus_z,
-    z_aligned_mean,
-    z_consistent_mean,
-    z_target_mean,
-)
+from generation.chain import LOWRES_SIGMAS, PREDICTIONS, candidate_redshifts, predict  # noqa: E402
 from utils.results_fits import read_spectra_fits, write_spectra_fits  # noqa: E402
-
-PREDICTIONS = ("top", "z_mean", "z_aligned", "consensus")
 
 
 def repredict(res: dict, prediction: str, width: float) -> dict:
@@ -40,18 +31,14 @@ def repredict(res: dict, prediction: str, width: float) -> dict:
     top = np.maximum(np.asarray(t["top"]), 0).astype(int)
     if prediction != "top" and "fullres_z" not in t:
         t["fullres_z"] = candidate_redshifts(sr, FULLRES_WAVE, SMOOTH_SIGMA)
-    if prediction == "top":
-        pred = sr[np.arange(len(top)), top]
-    elif prediction == "consensus":
-        if "lowres_z" not in t:
-            lr = res["cubes"]["LOWRES_CANDIDATES"][0].astype(np.float32)
-            t["lowres_z"] = candidate_redshifts(lr, LOWRES_WAVE, LOWRES_SIGMAS[h.get("lowres", "subsample")])
-        prior_width = ((h.get("config") or {}).get("generate") or {}).get("z_prior_width", 0.02)
-        t["z_consensus"] = consensus_z(t["lowres_z"], t.get("z_prior"), prior_width)
-        pred = z_target_mean(sr, t["fullres_z"], t["z_consensus"], top, width)
-    else:
-        average = z_aligned_mean if prediction == "z_aligned" else z_consistent_mean
-        pred = average(sr, t["fullres_z"], top, width)
+    if prediction == "consensus" and "lowres_z" not in t:
+        lr = res["cubes"]["LOWRES_CANDIDATES"][0].astype(np.float32)
+        t["lowres_z"] = candidate_redshifts(lr, LOWRES_WAVE, LOWRES_SIGMAS[h.get("lowres", "subsample")])
+    prior_width = ((h.get("config") or {}).get("generate") or {}).get("z_prior_width", 0.02)
+    pred, zc = predict(prediction, sr, top, t.get("fullres_z"), width, t.get("lowres_z"), t.get("z_prior"),
+                       prior_width)
+    if zc is not None:
+        t["z_consensus"] = zc
     bad = np.char.strip(np.asarray(t["status"]).astype(str)) != "ok"
     pred[bad] = np.nan                          # rows generate.py could not run keep no prediction
     res["spectra"]["flux_pred"] = pred.astype(np.float32)

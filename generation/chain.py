@@ -257,15 +257,10 @@ class GenerationChain:
         if self.z_prior:
             sr_key = prior_rank_key(sr_scores, extra["fullres_z"], extra["z_prior"], self.g.z_prior_width)
         top = sr_key.argmax(dim=1).cpu().numpy()
-        if g.prediction == "top":
-            flux_pred = sr_lin[np.arange(b), top]
-        elif g.prediction == "consensus":
-            extra["z_consensus"] = consensus_z(extra["lowres_z"], extra.get("z_prior"), g.z_prior_width)
-            flux_pred = z_target_mean(sr_lin, extra["fullres_z"], extra["z_consensus"], top,
-                                      g.prediction_width)
-        else:
-            average = z_aligned_mean if g.prediction == "z_aligned" else z_consistent_mean
-            flux_pred = average(sr_lin, extra["fullres_z"], top, g.prediction_width)
+        flux_pred, zc = predict(g.prediction, sr_lin, top, extra.get("fullres_z"), g.prediction_width,
+                                extra.get("lowres_z"), extra.get("z_prior"), g.z_prior_width)
+        if zc is not None:
+            extra["z_consensus"] = zc
         return {
             "lowres_candidates": lr_lin,
             "lowres_scores": lr_scores.cpu().numpy(), "kept": kept.cpu().numpy(),
@@ -275,6 +270,24 @@ class GenerationChain:
             "flux_pred": flux_pred,
             **extra,
         }
+
+
+#: the values of ``generate.prediction`` (``predict``)
+PREDICTIONS = ("top", "z_mean", "z_aligned", "consensus")
+
+
+def predict(prediction: str, fullres: np.ndarray, top: np.ndarray, fullres_z=None, width: float = 0.003,
+            lowres_z=None, z_prior=None, prior_width: float = 0.02):
+    """The chain's prediction (B, L) from the full-res candidates (B, M, L) under ``generate.prediction``,
+    and the consensus redshift (B,) (None unless ``consensus``). ``fullres_z`` (B, M) is needed by every rule
+    but "top", ``lowres_z`` (B, N) by "consensus" (with ``z_prior`` (B,) when the run had one)."""
+    if prediction == "top":
+        return fullres[np.arange(len(top)), top], None
+    if prediction == "consensus":
+        zc = consensus_z(lowres_z, z_prior, prior_width)
+        return z_target_mean(fullres, fullres_z, zc, top, width), zc
+    average = z_aligned_mean if prediction == "z_aligned" else z_consistent_mean
+    return average(fullres, fullres_z, top, width), None
 
 
 def _agree_with_top(z: np.ndarray, top: np.ndarray, width: float) -> tuple[np.ndarray, np.ndarray]:
