@@ -43,7 +43,7 @@ def sample_conditional(model, diffusion: GaussianDiffusion, context: torch.Tenso
                        seeds: Sequence[int], sampler: str = "ancestral", steps: int | None = None, *,
                        lowres: torch.Tensor | None = None, alpha_bar_min: float = 0.0,
                        start: str = "noise", precision: Callable[[], object] = nullcontext,
-                       **options) -> torch.Tensor:
+                       guidance: float = 1.0, **options) -> torch.Tensor:
     """Draw ``len(seeds)`` spectra, n = len(seeds) / B per galaxy, from a conditional denoiser.
 
     Parameters
@@ -77,6 +77,11 @@ def sample_conditional(model, diffusion: GaussianDiffusion, context: torch.Tenso
         step: 23 of 250 for the cosine schedule at 0.02). Ignored when nothing is skipped.
     precision : callable
         Returns the context manager every network call runs in (e.g. bf16 autocast); default none.
+    guidance : float
+        Classifier-free guidance weight w: epsilon = eps_null + w (eps - eps_null), eps_null the model's
+        prediction under the null condition (``model.null_context``); 1 = the conditional model alone (one
+        call per step), otherwise two calls per step. Meaningful only for a model trained with
+        ``train.cond_dropout`` > 0.
     **options
         The sampler's own options (e.g. ``eta`` for ddim), checked by ``Sampler.check_options``.
 
@@ -92,13 +97,19 @@ def sample_conditional(model, diffusion: GaussianDiffusion, context: torch.Tenso
         raise ValueError(f"{len(seeds)} seeds for {context.shape[0]} galaxies: not a whole number per galaxy")
     with precision():
         # cross-attention keys/values once per item, not at every step
-        kv = model.precompute_context(context.repeat_interleave(n, dim=0))
+        tokens = context.repeat_interleave(n, dim=0)
+        kv = model.precompute_context(tokens)
+        kv_null = model.precompute_context(model.null_context(tokens)) if guidance != 1.0 else None
     if lowres is not None:
         lowres = model.normalize_lowres(lowres)
 
     def model_fn(x, t):
         with precision():
-            return model(x, t, context=kv, lowres=lowres).float()
+            eps = model(x, t, context=kv, lowres=lowres).float()
+            if kv_null is None:
+                return eps
+            eps_null = model(x, t, context=kv_null, lowres=lowres).float()
+        return eps_null + guidance * (eps - eps_null)
     if start not in START_MODES:
         raise ValueError(f"start={start!r}: expected one of {list(START_MODES)}")
     process = diffusion.truncated(alpha_bar_min)

@@ -160,6 +160,13 @@ class GenerationChain:
 
     def __init__(self, models: dict[str, LoadedModel], gen_cfg, device: torch.device, amp: str = "auto"):
         check_compatible(models)
+        for role in ("diffusion_lr", "diffusion_sr"):
+            w = gen_cfg.stage_sampler(ROLES[role][1])["guidance"]
+            if w != 1.0 and not models[role].cfg.train.cond_dropout:
+                key = ("generate.lowres_guidance" if role == "diffusion_lr" and gen_cfg.lowres_guidance is not None
+                       else "generate.guidance")
+                raise GenerationError(f"{models[role].path}: train.cond_dropout: 0, but {key} is {w} "
+                                      "(classifier-free guidance needs a model trained with a null condition)")
         self.m = models
         self.g = gen_cfg
         self.device = device
@@ -189,7 +196,7 @@ class GenerationChain:
         options = {"eta": sp["eta"]} if sp["eta"] else {}   # (0 = the sampler's default)
         return sample_conditional(lm.model, lm.diffusion, context, length, seeds, sp["sampler"],
                                   sp["steps"], lowres=lowres, alpha_bar_min=sp["alpha_bar_min"],
-                                  start=sp["start"],
+                                  start=sp["start"], guidance=sp["guidance"],
                                   precision=lambda: autocast_context(self.device, self.amp), **options)
 
     def photometry_features(self, images_nmgy: torch.Tensor) -> torch.Tensor | None:

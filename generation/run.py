@@ -310,7 +310,7 @@ def generate(gen_cfg, cfg_dict: dict, input_path, device=None, amp: str = "auto"
     header = {"checkpoints": {r: gen_cfg.checkpoints[r] for r in chain_roles(gen_cfg)},
               "z_prior": gen_cfg.z_prior or "none", "sampler": gen_cfg.sampler, "steps": gen_cfg.steps,
               "alpha_bar_min": gen_cfg.stage_sampler("sr")["alpha_bar_min"], "start": gen_cfg.start,
-              "eta": gen_cfg.eta,
+              "eta": gen_cfg.eta, "guidance": gen_cfg.stage_sampler("sr")["guidance"],
               "lowres_sampling": gen_cfg.stage_sampler("lr"), "prediction": gen_cfg.prediction,
               "prediction_width": gen_cfg.prediction_width, "precision": manifest["precision"], "amp": amp,
               "seed": gen_cfg.seed, "n_lowres": gen_cfg.n_lowres, "keep_lowres": gen_cfg.keep_lowres,

@@ -591,6 +591,12 @@ class ConditionalDenoiser(nn.Module):
                              "pass photometry=")
         return torch.cat([tokens, self.photometry(photometry).to(tokens.dtype)], dim=1)
 
+    @staticmethod
+    def null_context(context: torch.Tensor) -> torch.Tensor:
+        """The null condition of classifier-free guidance for tokens like ``context``: all zeros (what
+        ``drop_context`` trains; the pooled token of ``global_context`` is then zero too)."""
+        return torch.zeros_like(context)
+
     def precompute_context(self, context: torch.Tensor) -> ContextKV:
         """Cross-attention keys/values of ``encode_context``'s tokens, for every sampling step (see
         ``UNet1d.precompute_context``)."""
@@ -604,6 +610,7 @@ class ConditionalDenoiser(nn.Module):
         images: torch.Tensor | None = None,
         lowres: torch.Tensor | None = None,
         photometry: torch.Tensor | None = None,
+        drop_context: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict epsilon for noisy spectra ``x``.
 
@@ -622,11 +629,19 @@ class ConditionalDenoiser(nn.Module):
             (B, L_low) or (B, 1, L_low) low-res spectra; required when ``in_channels == 2``.
         photometry : torch.Tensor, optional
             (B, F) photometric features, with ``images`` for a photometry-conditioned model.
+        drop_context : torch.Tensor, optional
+            (B,) bool: these samples get the null condition (all tokens zero; ``null_context``) instead of
+            their image's tokens (``train.cond_dropout``: classifier-free guidance training). Needs
+            ``context`` as tokens or ``images``.
         """
         squeeze = x.ndim == 2
         h = x.unsqueeze(1) if squeeze else x
         if context is None and images is not None:
             context = self.encode_context(images, photometry)
+        if drop_context is not None:
+            if context is None or isinstance(context, ContextKV):
+                raise ValueError("drop_context needs the image tokens (images= or context= as tokens)")
+            context = context * (~drop_context).to(context.dtype)[:, None, None]
         if self.in_channels == 2:
             if lowres is None:
                 raise ValueError("super-resolution denoiser (in_channels=2) needs lowres=")

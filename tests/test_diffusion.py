@@ -377,3 +377,37 @@ def test_ancestral_start_removes_the_truncation_prior_mismatch(diffusion):
     assert torch.equal(draw("ancestral", 0.0, [3, 4]), draw("noise", 0.0, [3, 4]))
     with pytest.raises(ValueError, match="start='exact'"):
         draw("exact", seeds=[1])
+
+
+class _TokenGaussianDenoiser(_GaussianDenoiser):
+    """Each item's data ~ N(mu, s^2) with mu its (single, scalar) context token: the null condition (zero
+    token) is N(0, s^2)."""
+
+    def __init__(self, diffusion, s):
+        self.diffusion, self.s = diffusion, s
+
+    def null_context(self, context):
+        return torch.zeros_like(context)
+
+    def __call__(self, x, t, context=None, lowres=None):
+        return gaussian_eps_model(self.diffusion, context.reshape(-1, 1), self.s)(x, t)
+
+
+@pytest.mark.parametrize("sampler", ["ancestral", "dpmpp_2m"])
+def test_classifier_free_guidance_extrapolates_from_the_null_condition(diffusion, sampler):
+    """eps = eps_null + w (eps - eps_null): for Gaussians of one width the guided process samples the mean
+    mu_null + w (mu - mu_null); w = 1 is the plain conditional model, w = 0 the null condition."""
+    from diffusion.sampling import sample_conditional
+    model = _TokenGaussianDenoiser(diffusion, 0.2)
+    ctx = torch.full((300, 1, 1), 0.8)
+    seeds = list(range(300))
+
+    def draw(context, **kw):
+        return sample_conditional(model, diffusion, context, 16, seeds, sampler, 10, **kw)
+    plain = draw(ctx)
+    assert plain.mean().item() == pytest.approx(0.8, abs=0.02)
+    assert torch.equal(draw(ctx, guidance=1.0), plain)           # w = 1: one call per step, no change
+    guided = draw(ctx, guidance=2.5)
+    assert guided.mean().item() == pytest.approx(2.0, abs=0.03)    # 0 + 2.5 (0.8 - 0)
+    assert guided.std().item() == pytest.approx(0.2, abs=0.02)
+    torch.testing.assert_close(draw(ctx, guidance=0.0), draw(torch.zeros_like(ctx)), rtol=0, atol=1e-6)

@@ -474,3 +474,43 @@ def test_recalibrate_batchnorm_gives_the_weights_their_own_statistics():
     # a network without BatchNorm is left alone
     lin = torch.nn.Linear(3, 2)
     assert recalibrate_batchnorm(lin, [(torch.randn(4, 3), None)], forward=lambda a, b: lin(a)) == 0
+
+
+def test_null_condition_and_init_weights(tmp_path):
+    """train.cond_dropout's null condition: the dropped samples see all-zero tokens (and a zero pooled token),
+    the others their own; model.init_weights starts a run from a trained denoiser's EMA weights and buffers."""
+    from models.build import build_model
+    from models.checkpoint import CheckpointError
+    from training.tasks import init_weights
+    from utils.config import GenerativeConfig
+
+    torch.manual_seed(0)
+    g = GenerativeConfig()
+    g.model.image_encoder, g.model.image_width, g.model.base, g.model.timesteps = "resnet18", 8, 8, 10
+    g.model.global_context = True
+    den = build_model("diffusion", g.model, "lr").eval()
+    with torch.no_grad():   # cond_proj starts at zero: give the pooled token a say
+        den.unet.cond_proj.weight.normal_()
+    x, t, images = torch.randn(3, 563), torch.tensor([1, 5, 9]), torch.randn(3, 5, 64, 64)
+    with torch.no_grad():
+        tokens = den.encode_context(images)
+        plain = den(x, t, context=tokens)
+        null = den(x, t, context=den.null_context(tokens))
+        mixed = den(x, t, images=images, drop_context=torch.tensor([False, True, False]))
+    assert (null - plain).abs().amax(-1).min() > 1e-3     # the condition matters for every row
+    torch.testing.assert_close(mixed[[0, 2]], plain[[0, 2]], rtol=0, atol=1e-5)
+    torch.testing.assert_close(mixed[1], null[1], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="drop_context needs the image tokens"):
+        den(x, t, context=den.precompute_context(tokens), drop_context=torch.tensor([True] * 3))
+
+    den.data_mean.fill_(0.25)          # buffers (the data scaling) come along
+    path = _fake_checkpoint(tmp_path / "d.pt", "diffusion", "lr", g, den, ema=den)
+    fresh = build_model("diffusion", g.model, "lr")
+    init_weights(fresh, path, "lr")
+    for k, v in den.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[k], v, rtol=0, atol=0)
+    with pytest.raises(CheckpointError, match=r"d\.pt: run\.stage: 'lr', but it is given as model\.init_weights"):
+        init_weights(fresh, path, "sr")
+    g.model.base = 16
+    with pytest.raises(CheckpointError, match=r"d\.pt: model\.init_weights: does not fit model\.\*"):
+        init_weights(build_model("diffusion", g.model, "lr"), path, "lr")

@@ -1,4 +1,6 @@
 """generate.z_prior: the redshift-consistent selection (generation/chain.py) and the photometry-fed CNN."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -212,9 +214,12 @@ def test_stage_samplers_and_their_checks():
     # the low-res stage: its own sampler, the shared steps (ancestral visits all T anyway), no ddim eta
     # ancestral visits all T steps: the results header must not say "steps: 10" (it did)
     assert cfg.stage_sampler("lr") == {"sampler": "ancestral", "steps": None, "alpha_bar_min": 0.0,
-                                       "eta": 0.0, "start": "noise"}
+                                       "eta": 0.0, "start": "noise", "guidance": 1.0}
     assert cfg.stage_sampler("sr") == {"sampler": "ddim", "steps": 10, "alpha_bar_min": 0.02, "eta": 1.0,
-                                       "start": "noise"}
+                                       "start": "noise", "guidance": 1.0}
+    # classifier-free guidance: the low-res stage's own weight, or the shared one
+    g = load_config(params, GenerativeConfig, overrides=["generate.lowres_guidance=2.0"]).generate
+    assert (g.stage_sampler("lr")["guidance"], g.stage_sampler("sr")["guidance"]) == (2.0, 1.0)
     # the low-res stage's own start (the skipped steps taken exactly), or the shared one
     g = load_config(params, GenerativeConfig, overrides=["generate.lowres_start=ancestral"]).generate
     assert (g.stage_sampler("lr")["start"], g.stage_sampler("sr")["start"]) == ("ancestral", "noise")
@@ -240,8 +245,10 @@ def test_stage_samplers_and_their_checks():
                        (["generate.lowres_steps=0", "generate.lowres_sampler=ddim"], "generate.lowres.steps"),
                        (["generate.lowres_alpha_bar_min=1.5"], "generate.lowres.alpha_bar_min"),
                        (["generate.start=exact"], "generate.start: 'exact'"),
-                       (["generate.lowres_start=exact"], "generate.lowres_start: 'exact'")):
-        with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
+                       (["generate.lowres_start=exact"], "generate.lowres_start: 'exact'"),
+                       (["generate.lowres_guidance=-1"], "generate.lowres_guidance: -1.0 must be in [0, 20]"),
+                       (["generate.guidance=50"], "generate.guidance: 50.0 must be in [0, 20]")):
+        with pytest.raises(ConfigError, match=re.escape(words)):
             load_config(params, GenerativeConfig, overrides=bad)
 
 
@@ -281,6 +288,28 @@ def test_chain_keep_policy_sample(synthetic_survey, trained, tmp_path, capsys): 
                                        ["generate.keep_policy=random"])) == 0
     assert ("generate.keep_policy: 'random' is not one of ['top', 'sample', 'sample_all']"
             in capsys.readouterr().err)
+
+
+def test_chain_guidance_needs_a_model_trained_with_a_null_condition(synthetic_survey, trained, tmp_path,  # noqa: F811
+                                                                     capsys):
+    assert generate_main(_gen_args(synthetic_survey, trained, tmp_path / "g.fits",
+                                   ["generate.lowres_guidance=2.0"])) != 0
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "generative_lr/best.pt: train.cond_dropout: 0, but generate.lowres_guidance is 2.0" in err
+    # a low-res model fine-tuned from the tiny one with a null condition (model.init_weights): guided
+    from tests.test_generate import TINY_DIFFUSION
+    out = tmp_path / "cfg_lr"
+    assert train_main("generative", _args(synthetic_survey, out, TINY_DIFFUSION, 2, [
+        "train.stage=lr", "model.standardize=true", "train.cond_dropout=0.5",
+        f"model.init_weights={trained['diffusion_lr']}"])) == 0
+    ck = {**trained, "diffusion_lr": str(out / "best.pt")}
+    for w in (1.0, 2.0):
+        assert generate_main(_gen_args(synthetic_survey, ck, tmp_path / f"g{w}.fits",
+                                       [f"generate.lowres_guidance={w}"])) == 0
+    one, two = (read_spectra_fits(tmp_path / f"g{w}.fits") for w in (1.0, 2.0))
+    assert two["header"]["lowres_sampling"]["guidance"] == 2.0 and two["header"]["guidance"] == 1.0
+    a, b = (r["cubes"]["LOWRES_CANDIDATES"][0] for r in (one, two))
+    assert a.shape == b.shape and np.abs(a - b).max() > 1e-4   # the guided low-res candidates differ
 
 
 def test_reference_recalibrate_rewrites_batchnorm_statistics(synthetic_survey, baseline_ck, tmp_path):

@@ -41,6 +41,17 @@ def init_image_encoder(model, path) -> None:
                               f"({str(e).splitlines()[0][:100]})") from None
 
 
+def init_weights(model, path, stage: str) -> None:
+    """Start a denoiser from a trained one's EMA weights and buffers (``model.init_weights``: a fine-tune):
+    same stage and architecture, or a one-line error naming the checkpoint."""
+    src = load_model(path, "diffusion", stage, given_as="model.init_weights").model
+    try:
+        model.load_state_dict(src.state_dict())
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: model.init_weights: does not fit model.* of this run "
+                              f"({str(e).splitlines()[0][:100]})") from None
+
+
 # ----------------------------------------------------------------------------------------------------------
 # contrastive
 # ----------------------------------------------------------------------------------------------------------
@@ -142,16 +153,21 @@ class DiffusionTask:
         self.diffusion = build_diffusion(model_cfg)
         self._mean_spectrum = None
         self.loss_kwargs = {}
+        self.cond_dropout = 0.0
 
     def build_model(self, cfg):
         self.loss_kwargs = dict(weighting=cfg.train.loss_weighting, min_snr_gamma=cfg.train.min_snr_gamma)
+        self.cond_dropout = cfg.train.cond_dropout
         return build_denoiser(cfg.model, self.stage)
 
     def init_model(self, model, train_ds, cfg):
         """Optional initialisations: the image encoder from a contrastive checkpoint
         (``model.image_encoder_init``), the photometry standardisation and, with ``model.standardize``, the
-        per-pixel data scaling."""
+        per-pixel data scaling; or all of them from a trained denoiser (``model.init_weights``)."""
         init_photometry(model, train_ds)
+        if cfg.model.init_weights:
+            init_weights(model, cfg.model.init_weights, self.stage)
+            return
         if cfg.model.image_encoder_init:
             init_image_encoder(model, cfg.model.image_encoder_init)
         if not cfg.model.standardize:
@@ -185,8 +201,15 @@ class DiffusionTask:
             x0, lowres = random_windows(x0, lowres, self.crop_length, generator)
         # images go through forward() (not a precomputed context) so DDP sees the encoder's gradients
 
+        drop = None
+        if self.cond_dropout > 0:   # classifier-free guidance: some samples see the null condition
+            gen_device = generator.device if generator is not None else x0.device
+            drop = (torch.rand(x0.shape[0], generator=generator, device=gen_device)
+                    < self.cond_dropout).to(x0.device)
+
         def model_fn(x, t):
-            return model(x, t, images=batch["image"], lowres=lowres, photometry=batch.get("photometry"))
+            return model(x, t, images=batch["image"], lowres=lowres, photometry=batch.get("photometry"),
+                         drop_context=drop)
         return self.diffusion.training_loss(model_fn, x0, generator=generator, **self.loss_kwargs)
 
     @torch.no_grad()

@@ -81,6 +81,9 @@ class DiffusionModelConfig:
                                       # model); false = the paper's raw log flux
     image_encoder_init: str | None = None  # start the image encoder from a trained contrastive checkpoint's
                                       # image trunk (same architecture); null = from scratch (paper)
+    init_weights: str | None = None   # start every weight (and the data scaling) from a trained diffusion
+                                      # checkpoint of this stage and architecture (EMA weights): a fine-tune,
+                                      # not a resume (new optimiser, schedule, iteration 0); null = from scratch
     photometry: bool = False          # aperture-photometry tokens beside the ResNet's (conditioning.py)
     photometry_tokens: int = 4
     global_context: bool = False      # the mean of the context tokens is also added to the time embedding,
@@ -125,6 +128,10 @@ class TrainConfig:
     num_workers: int = 0
     loss_weighting: str = "uniform"   # diffusion: "uniform" epsilon MSE (paper) or "min_snr" (Min-SNR-gamma)
     min_snr_gamma: float = 5.0
+    cond_dropout: float = 0.0         # diffusion: probability that a sample's image (and photometry) tokens are
+                                      # replaced by the null condition (zeros), so the model also learns the
+                                      # unconditional spectrum for classifier-free guidance (generate.guidance);
+                                      # 0 = the paper
     crop_length: int | None = None    # train on random windows of this many spectral pixels (null = whole
                                       # spectrum, paper); the networks are convolutional and are applied to
                                       # whole spectra at validation and generation
@@ -144,6 +151,8 @@ class TrainConfig:
         if self.max_iterations is not None:
             _positive(where, "train.max_iterations", self.max_iterations)
         _non_negative(where, "train.weight_decay", self.weight_decay)
+        if not 0.0 <= self.cond_dropout < 1.0:
+            raise ConfigError(f"{where}: train.cond_dropout: {self.cond_dropout} must be in [0, 1)")
         _non_negative(where, "train.ema_warmup", self.ema_warmup)
         _non_negative(where, "train.num_workers", self.num_workers)
         if self.grad_clip is not None:
@@ -195,7 +204,7 @@ class ValidationConfig:
 
 
 #: the per-stage sampling fields of ``generate``: each has a ``lowres_<key>`` twin for the low-res stage
-SAMPLING_KEYS = ("sampler", "steps", "alpha_bar_min", "eta", "start")
+SAMPLING_KEYS = ("sampler", "steps", "alpha_bar_min", "eta", "start", "guidance")
 
 
 @dataclass
@@ -228,6 +237,10 @@ class GenerateConfig:
     lowres_eta: float | None = None    # ... and eta (None: generate.eta when the low-res stage uses
                                        # generate.sampler, else 0, the other sampler's default)
     lowres_start: str | None = None   # ... and start (None: generate.start)
+    guidance: float = 1.0             # classifier-free guidance weight w: eps = eps_null + w (eps_image -
+                                      # eps_null); 1 = none (the paper); needs a model trained with
+                                      # train.cond_dropout > 0
+    lowres_guidance: float | None = None  # ... the low-res stage's own w (None: generate.guidance)
     batch_galaxies: int = 16
     chunk_galaxies: int = 256         # streaming / resume granularity
     seed: int = 0
@@ -260,6 +273,9 @@ class GenerateConfig:
                               "['train', 'val', 'test', 'all']")
         if self.keep_lowres > self.n_lowres:
             raise ConfigError(f"{where}: generate.keep_lowres: {self.keep_lowres} > n_lowres={self.n_lowres}")
+        for key in ("guidance", "lowres_guidance"):
+            if getattr(self, key) is not None and not 0.0 <= getattr(self, key) <= 20.0:
+                raise ConfigError(f"{where}: generate.{key}: {getattr(self, key)} must be in [0, 20]")
         from diffusion.sampling import START_MODES
         for key in ("start", "lowres_start"):
             if key == "start" or self.lowres_start is not None:
@@ -278,7 +294,7 @@ class GenerateConfig:
                               "baseline needs")
 
     def stage_sampler(self, stage: str) -> dict:
-        """Sampler, steps, alpha_bar_min and eta of one stage ("lr" or "sr"): the lowres_* fields override
+        """Sampler, steps, alpha_bar_min, eta, start and guidance of one stage ("lr" or "sr"): the lowres_* fields override
         the shared ones for the low-res stage where set."""
         own = {k: getattr(self, f"lowres_{k}") for k in SAMPLING_KEYS} if stage == "lr" else {}
         out = {k: getattr(self, k) for k in SAMPLING_KEYS}
