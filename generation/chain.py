@@ -163,10 +163,11 @@ class GenerationChain:
         for role in ("diffusion_lr", "diffusion_sr"):
             w = gen_cfg.stage_sampler(ROLES[role][1])["guidance"]
             if w != 1.0 and not models[role].cfg.train.cond_dropout:
-                key = ("generate.lowres_guidance" if role == "diffusion_lr" and gen_cfg.lowres_guidance is not None
-                       else "generate.guidance")
+                own = role == "diffusion_lr" and gen_cfg.lowres_guidance is not None
+                key = "generate.lowres_guidance" if own else "generate.guidance"
                 raise GenerationError(f"{models[role].path}: train.cond_dropout: 0, but {key} is {w} "
-                                      "(classifier-free guidance needs a model trained with a null condition)")
+                                      "(classifier-free guidance needs a model trained with a null "
+                                      "condition)")
         self.m = models
         self.g = gen_cfg
         self.device = device

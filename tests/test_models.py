@@ -477,8 +477,9 @@ def test_recalibrate_batchnorm_gives_the_weights_their_own_statistics():
 
 
 def test_null_condition_and_init_weights(tmp_path):
-    """train.cond_dropout's null condition: the dropped samples see all-zero tokens (and a zero pooled token),
-    the others their own; model.init_weights starts a run from a trained denoiser's EMA weights and buffers."""
+    """train.cond_dropout's null condition: the dropped samples see all-zero tokens (and a zero pooled
+    token), the others their own; model.init_weights starts a run from a trained denoiser's EMA weights and
+    buffers."""
     from models.build import build_model
     from models.checkpoint import CheckpointError
     from training.tasks import init_weights
@@ -509,7 +510,7 @@ def test_null_condition_and_init_weights(tmp_path):
     init_weights(fresh, path, "lr")
     for k, v in den.state_dict().items():
         torch.testing.assert_close(fresh.state_dict()[k], v, rtol=0, atol=0)
-    with pytest.raises(CheckpointError, match=r"d\.pt: run\.stage: 'lr', but it is given as model\.init_weights"):
+    with pytest.raises(CheckpointError, match=r"run\.stage: 'lr', but it is given as model\.init_weights"):
         init_weights(fresh, path, "sr")
     g.model.base = 16
     with pytest.raises(CheckpointError, match=r"d\.pt: model\.init_weights: does not fit model\.\*"):

@@ -82,8 +82,8 @@ class DiffusionModelConfig:
     image_encoder_init: str | None = None  # start the image encoder from a trained contrastive checkpoint's
                                       # image trunk (same architecture); null = from scratch (paper)
     init_weights: str | None = None   # start every weight (and the data scaling) from a trained diffusion
-                                      # checkpoint of this stage and architecture (EMA weights): a fine-tune,
-                                      # not a resume (new optimiser, schedule, iteration 0); null = from scratch
+                                      # checkpoint of this stage and architecture (EMA weights): a
+                                      # fine-tune, not a resume (new optimiser, schedule, iteration 0)
     photometry: bool = False          # aperture-photometry tokens beside the ResNet's (conditioning.py)
     photometry_tokens: int = 4
     global_context: bool = False      # the mean of the context tokens is also added to the time embedding,
@@ -128,10 +128,10 @@ class TrainConfig:
     num_workers: int = 0
     loss_weighting: str = "uniform"   # diffusion: "uniform" epsilon MSE (paper) or "min_snr" (Min-SNR-gamma)
     min_snr_gamma: float = 5.0
-    cond_dropout: float = 0.0         # diffusion: probability that a sample's image (and photometry) tokens are
-                                      # replaced by the null condition (zeros), so the model also learns the
-                                      # unconditional spectrum for classifier-free guidance (generate.guidance);
-                                      # 0 = the paper
+    cond_dropout: float = 0.0         # diffusion: probability that a sample's image (and photometry)
+                                      # tokens are replaced by the null condition (zeros), so the model also
+                                      # learns the unconditional spectrum for classifier-free guidance
+                                      # (generate.guidance); 0 = the paper
     crop_length: int | None = None    # train on random windows of this many spectral pixels (null = whole
                                       # spectrum, paper); the networks are convolutional and are applied to
                                       # whole spectra at validation and generation
@@ -294,8 +294,8 @@ class GenerateConfig:
                               "baseline needs")
 
     def stage_sampler(self, stage: str) -> dict:
-        """Sampler, steps, alpha_bar_min, eta, start and guidance of one stage ("lr" or "sr"): the lowres_* fields override
-        the shared ones for the low-res stage where set."""
+        """Sampler, steps, alpha_bar_min, eta, start and guidance of one stage ("lr" or "sr"): the lowres_*
+        fields override the shared ones for the low-res stage where set."""
         own = {k: getattr(self, f"lowres_{k}") for k in SAMPLING_KEYS} if stage == "lr" else {}
         out = {k: getattr(self, k) for k in SAMPLING_KEYS}
         if own.get("sampler") not in (None, self.sampler):
