@@ -118,11 +118,12 @@ def validation_at(metrics_csv: Path, iteration) -> dict:
     return {}
 
 
-def export(runs: Path, out: Path, extra: dict | None = None, roles=None) -> dict:
+def export(runs: Path, out: Path, extra: dict | None = None, roles=None, sources: dict | None = None) -> dict:
     """Slim each role's best checkpoint under ``runs/<role>/best.pt`` into ``out`` and write the manifest.
 
     ``roles``: re-export only these (e.g. one retrained network); the other entries of the existing
-    manifest are kept as they are. Every file entry records the commit it was exported at."""
+    manifest are kept as they are. ``sources``: role -> run directory where a role's run is not
+    ``runs/<role>`` (e.g. a fine-tune of it). Every file entry records the commit it was exported at."""
     from models.checkpoint import load_checkpoint, save_checkpoint
 
     runs, out = Path(runs), Path(out)
@@ -138,7 +139,7 @@ def export(runs: Path, out: Path, extra: dict | None = None, roles=None) -> dict
     for role in ROLES:
         if roles is not None and role not in roles:
             continue
-        src = runs / role / "best.pt"
+        src = Path((sources or {}).get(role, runs / role)) / "best.pt"
         ck = load_checkpoint(src)
         state = ck.get("ema_model") or ck["model"]
         dst = out / f"{role}.pt"
@@ -199,6 +200,8 @@ def main(argv=None) -> int:
     e.add_argument("--out", default=str(REFERENCE_DIR))
     e.add_argument("--info", default=None, help="JSON file merged into the manifest (mock, timings)")
     e.add_argument("--roles", nargs="+", default=None, help="re-export only these roles (default: all)")
+    e.add_argument("--source", nargs="+", default=[], metavar="ROLE=DIR",
+                   help="a role's run directory where it is not RUNS/<role> (e.g. a fine-tune)")
     c = sub.add_parser("check", help="verify every reference file against the manifest")
     c.add_argument("--dir", default=str(REFERENCE_DIR))
     b = sub.add_parser("recalibrate", help="re-estimate the image encoders' BatchNorm statistics")
@@ -210,8 +213,12 @@ def main(argv=None) -> int:
     try:
         if a.cmd == "export":
             extra = json.loads(Path(a.info).read_text()) if a.info else None
-            m = export(Path(a.runs), Path(a.out), extra, a.roles)
-            total = sum(f["bytes"] for f in m["files"].values())
+            sources = dict(kv.split("=", 1) for kv in a.source if "=" in kv)
+            if len(sources) != len(a.source) or not set(sources) <= set(ROLES):
+                raise ReferenceError(f"--source: {a.source}: expected ROLE=DIR with ROLE among "
+                                     f"{sorted(ROLES)}")
+            m = export(Path(a.runs), Path(a.out), extra, a.roles, sources)
+            total = sum(f.get("bytes", 0) for f in m["files"].values())
             print(f"wrote {a.out}/{MANIFEST}: {len(m['files'])} files, {total / 1e6:.1f} MB")
         elif a.cmd == "recalibrate":
             m = recalibrate(a.survey, Path(a.dir), a.roles, a.n)

@@ -166,6 +166,16 @@ def test_export_of_one_role_keeps_the_other_entries(tmp_path):
     reference_checkpoints(root)        # every file verifies against the rewritten manifest
     with pytest.raises(ReferenceError, match=r"--roles: \['cnn'\] not among"):
         export(tmp_path / "runs", root, roles=["cnn"])
+    # a role's run elsewhere (a fine-tune): --source ROLE=DIR
+    tuned = tmp_path / "runs" / "baseline_tuned"
+    tuned.mkdir()
+    save_checkpoint({"run": {"format": 1, "config": {"name": "baseline"}, "survey_version": "mock-sdss/v2"},
+                     "model": {"w": torch.full((5000,), 2.0)}}, tuned / "best.pt")
+    from models.reference import main
+    assert main(["export", "--runs", str(tmp_path / "runs"), "--out", str(root), "--roles", "baseline",
+                 "--source", f"baseline={tuned}"]) == 0
+    assert load_manifest(root)["files"]["baseline"]["sha256"] != m["files"]["baseline"]["sha256"]
+    assert main(["export", "--runs", str(tmp_path / "runs"), "--out", str(root), "--source", "cnn=x"]) == 2
 
 
 def test_slim_state_halves_only_large_float_tensors():
