@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -314,3 +315,59 @@ def test_threads_follow_the_cpu_affinity_not_the_machine():
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["1", "1", "3"]
+
+
+def _sleeper(rank, pid_dir):
+    """A spawned rank that records its pid and computes for up to 2 minutes, as a generating rank does
+    (test_killed_launcher_takes_its_ranks_along)."""
+    torch.set_num_threads(1)
+    (Path(pid_dir) / f"rank{rank}").write_text(str(os.getpid()))
+    a, t0 = torch.randn(256, 256), time.time()
+    while time.time() - t0 < 120:
+        a = torch.tanh(a @ a)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+def test_killed_launcher_takes_its_ranks_along(tmp_path):
+    """A --nproc 2 launcher killed while its ranks start up: the ranks must not go on as orphans and run the
+    job (they did, for an hour, writing into the output of the restarted run)."""
+    import signal
+    code = ("from utils.launch import launch; from tests.test_training import _sleeper; "
+            f"launch(_sleeper, ({str(tmp_path)!r},), nproc=2, backend='gloo')")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+    def ranks():
+        r = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        out = []
+        for pid in r:
+            try:
+                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    out.append(int(pid))
+            except OSError:
+                pass
+        return out
+
+    def alive(pid):
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        except OSError:
+            return False
+        return state != "Z"      # exited but not reaped: gone
+    deadline, pids = time.time() + 60, []
+    while len(pids) < 2 and time.time() < deadline and proc.poll() is None:
+        pids = ranks()
+        time.sleep(0.05)
+    assert len(pids) == 2, "the launcher did not spawn its two ranks"
+    proc.kill()
+    proc.wait(timeout=10)
+    try:
+        deadline = time.time() + 60
+        while any(alive(p) for p in pids) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(alive(p) for p in pids)
+        assert not list(tmp_path.glob("rank*"))     # the worker never ran
+    finally:
+        for p in pids:
+            if alive(p):
+                os.kill(p, signal.SIGKILL)
