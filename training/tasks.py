@@ -34,22 +34,22 @@ def init_image_encoder(model, path) -> None:
     """Start a denoiser's image encoder from the image trunk of a trained contrastive checkpoint (its trained,
     not EMA, weights; ``model.image_encoder_init``)."""
     trunk = load_model(path, "contrastive", ema=False, given_as="model.image_encoder_init").model.image_trunk
+    _load_into(model.image_encoder, trunk, f"{path}: image_trunk: does not fit model.image_encoder")
+
+
+def _load_into(dst, src, what: str) -> None:
+    """``dst.load_state_dict(src.state_dict())``, a mismatch as a one-line CheckpointError ``what (...)``."""
     try:
-        model.image_encoder.load_state_dict(trunk.state_dict())
+        dst.load_state_dict(src.state_dict())
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: image_trunk: does not fit model.image_encoder "
-                              f"({str(e).splitlines()[0][:100]})") from None
+        raise CheckpointError(f"{what} ({str(e).splitlines()[0][:100]})") from None
 
 
 def init_weights(model, path, stage: str) -> None:
     """Start a denoiser from a trained one's EMA weights and buffers (``model.init_weights``: a fine-tune):
     same stage and architecture, or a one-line error naming the checkpoint."""
     src = load_model(path, "diffusion", stage, given_as="model.init_weights").model
-    try:
-        model.load_state_dict(src.state_dict())
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: model.init_weights: does not fit model.* of this run "
-                              f"({str(e).splitlines()[0][:100]})") from None
+    _load_into(model, src, f"{path}: model.init_weights: does not fit model.* of this run")
 
 
 # ----------------------------------------------------------------------------------------------------------

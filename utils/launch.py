@@ -89,11 +89,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def die_with_parent(parent_pid: int | None = None) -> None:
+def die_with_parent(parent_pid: int) -> None:
     """Linux: have the kernel send this process SIGTERM when its parent dies, so the spawned ranks of a
     killed run stop instead of writing on, as orphans, into outputs a restarted run is writing (seen: a
     generate.py --nproc 2 killed while its ranks started up left both running for an hour). If the parent
-    (``parent_pid``, default: the current one) is already gone, terminate now. Elsewhere a no-op."""
+    (``parent_pid``) is already gone, terminate now. Elsewhere a no-op."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
@@ -103,7 +103,7 @@ def die_with_parent(parent_pid: int | None = None) -> None:
         libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
-    if os.getppid() != (parent_pid or os.getppid()):  # the launcher died before the call above
+    if os.getppid() != parent_pid:  # the launcher died before the call above
         os.kill(os.getpid(), signal.SIGTERM)
 
 
