@@ -16,15 +16,41 @@ import hashlib
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 
+import numpy as np
 import torch
 
 from diffusion.process import GaussianDiffusion
-from diffusion.samplers import NoiseSource, ancestral, get_sampler
+from diffusion.samplers import NoiseSource, _draw, _start, _tvec, ancestral, ddim_step, get_sampler
 
-__all__ = ["START_MODES", "galaxy_seed", "item_seeds", "sample_conditional"]
+__all__ = ["START_MODES", "galaxy_seed", "item_seeds", "parse_start", "sample_conditional"]
 
-#: how a sampler that skips the near-pure-noise steps (``alpha_bar_min > 0``) begins: ``sample_conditional``
-START_MODES = ("noise", "ancestral")
+#: how a sampler that skips the near-pure-noise steps (``alpha_bar_min > 0``) begins: ``sample_conditional``;
+#: "ancestral:K" (K >= 1) is the ancestral start in K respaced posterior steps
+START_MODES = ("noise", "ancestral", "ancestral:K")
+
+
+def parse_start(start: str) -> tuple[str, int | None]:
+    """``"noise"`` -> ("noise", None); ``"ancestral"`` -> ("ancestral", None) (every skipped step);
+    ``"ancestral:K"`` -> ("ancestral", K). ValueError for anything else."""
+    if start in ("noise", "ancestral"):
+        return start, None
+    head, _, k = str(start).partition(":")
+    if head == "ancestral" and k.isdigit() and int(k) >= 1:
+        return "ancestral", int(k)
+    raise ValueError(f"start={start!r}: expected one of {list(START_MODES)} (K an integer >= 1)")
+
+
+def _respaced_start(model_fn, x, diffusion: GaussianDiffusion, first_kept: int, k: int, noise, clip_x0):
+    """From x_{T-1} ~ N(0, I) to x at step ``first_kept`` in ``k`` model calls: DDPM posterior steps on a
+    respaced schedule (DDIM with eta = 1) over k timesteps spread evenly from T - 1 down to first_kept + 1."""
+    top = diffusion.num_timesteps - 1
+    ts = sorted({int(round(t)) for t in np.linspace(top, first_kept + 1, min(k, top - first_kept))},
+                reverse=True)
+    x = _start(x, noise, diffusion)
+    for t, t_prev in zip(ts, ts[1:] + [first_kept]):
+        mean, sigma = ddim_step(diffusion, x, t, t_prev, model_fn(x, _tvec(t, x)), 1.0, clip_x0)
+        x = mean + sigma * _draw(noise, x)
+    return x
 
 
 def galaxy_seed(seed: int, galaxy_id: int) -> int:
@@ -74,7 +100,10 @@ def sample_conditional(model, diffusion: GaussianDiffusion, context: torch.Tenso
         N(0, I) (a prior mismatch: x there holds sqrt(alpha-bar) of signal); "ancestral" = the skipped
         near-pure-noise steps are taken first, one exact ancestral (posterior) step each from T - 1, and
         the sampler goes on from the sample they reach (no mismatch; costs one model call per skipped
-        step: 23 of 250 for the cosine schedule at 0.02). Ignored when nothing is skipped.
+        step: 23 of 250 for the cosine schedule at 0.02); "ancestral:K" = the same start in K model calls,
+        posterior steps on a respaced schedule (DDIM, eta = 1) from T - 1 to the first kept step (K >= the
+        skipped steps: one per step, with the posterior variance instead of beta). Ignored when nothing is
+        skipped.
     precision : callable
         Returns the context manager every network call runs in (e.g. bf16 autocast); default none.
     guidance : float
@@ -110,13 +139,15 @@ def sample_conditional(model, diffusion: GaussianDiffusion, context: torch.Tenso
                 return eps
             eps_null = model(x, t, context=kv_null, lowres=lowres).float()
         return eps_null + guidance * (eps - eps_null)
-    if start not in START_MODES:
-        raise ValueError(f"start={start!r}: expected one of {list(START_MODES)}")
+    start, start_calls = parse_start(start)
     process = diffusion.truncated(alpha_bar_min)
     noise = NoiseSource(seeds, device=diffusion.betas.device)
     x = (len(seeds), length)
     skipped = diffusion.num_timesteps - process.num_timesteps
-    if start == "ancestral" and skipped > 0:
+    if start == "ancestral" and skipped > 0 and start_calls is not None:
+        x = _respaced_start(model_fn, x, diffusion, process.num_timesteps - 1, start_calls, noise,
+                            model.clip_range())
+    elif start == "ancestral" and skipped > 0:
         head = list(range(diffusion.num_timesteps - 1, process.num_timesteps - 1, -1))
         x = ancestral(model_fn, x, diffusion, head, noise=noise, clip_x0=model.clip_range())
     x = spec(model_fn, x, process, spec.timesteps(process, steps), noise=noise, clip_x0=model.clip_range(),

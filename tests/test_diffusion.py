@@ -379,6 +379,32 @@ def test_ancestral_start_removes_the_truncation_prior_mismatch(diffusion):
         draw("exact", seeds=[1])
 
 
+def test_respaced_ancestral_start_takes_k_calls_and_keeps_the_data_mean(diffusion):
+    """start="ancestral:K": the skipped steps in K posterior steps (DDIM eta = 1) on a respaced schedule."""
+    from diffusion.sampling import parse_start, sample_conditional
+    mu, s = 0.8, 0.2
+    model = _GaussianDenoiser(diffusion, mu, s)
+    calls = []
+    eps = model.eps
+    model.eps = lambda x, t: calls.append(int(t[0])) or eps(x, t)
+    ctx = torch.zeros(400, 1, 1)
+    skipped = diffusion.num_timesteps - diffusion.truncated(0.3).num_timesteps
+    for k in (1, 4, 12):
+        calls.clear()
+        x = sample_conditional(model, diffusion, ctx, 16, list(range(400)), "dpmpp_2m", 10, alpha_bar_min=0.3,
+                               start=f"ancestral:{k}")
+        head = [t for t in calls if t >= diffusion.num_timesteps - skipped]
+        assert len(head) == k and head[0] == diffusion.num_timesteps - 1
+        assert head == sorted(set(head), reverse=True)
+        # the mean is exact for any K (E[x0 | x_t] is linear here); the noise start misses it by ~0.1
+        assert x.mean().item() == pytest.approx(mu, abs=0.02)
+        assert x.std().item() == pytest.approx(s, abs=0.03)
+    assert parse_start("ancestral:23") == ("ancestral", 23) and parse_start("noise") == ("noise", None)
+    for bad in ("ancestral:0", "ancestral:", "ancestral:x", "noise:3"):
+        with pytest.raises(ValueError, match="start="):
+            parse_start(bad)
+
+
 class _TokenGaussianDenoiser(_GaussianDenoiser):
     """Each item's data ~ N(mu, s^2) with mu its (single, scalar) context token: the null condition (zero
     token) is N(0, s^2)."""

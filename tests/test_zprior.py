@@ -225,6 +225,8 @@ def test_stage_samplers_and_their_checks():
     assert (g.stage_sampler("lr")["start"], g.stage_sampler("sr")["start"]) == ("ancestral", "noise")
     g = load_config(params, GenerativeConfig, overrides=["generate.start=ancestral"]).generate
     assert (g.stage_sampler("lr")["start"], g.stage_sampler("sr")["start"]) == ("ancestral", "ancestral")
+    g = load_config(params, GenerativeConfig, overrides=["generate.lowres_start=ancestral:4"]).generate
+    assert (g.stage_sampler("lr")["start"], g.stage_sampler("sr")["start"]) == ("ancestral:4", "noise")
     plain = load_config(params, GenerativeConfig).generate
     assert plain.stage_sampler("lr") == plain.stage_sampler("sr")
     # alpha_bar_min null = each sampler's own start: the few-step ones skip the near-pure-noise end
@@ -246,6 +248,7 @@ def test_stage_samplers_and_their_checks():
                        (["generate.lowres_alpha_bar_min=1.5"], "generate.lowres.alpha_bar_min"),
                        (["generate.start=exact"], "generate.start: 'exact'"),
                        (["generate.lowres_start=exact"], "generate.lowres_start: 'exact'"),
+                       (["generate.lowres_start=ancestral:0"], "generate.lowres_start: 'ancestral:0' is not"),
                        (["generate.lowres_guidance=-1"], "generate.lowres_guidance: -1.0 must be in [0, 20]"),
                        (["generate.guidance=50"], "generate.guidance: 50.0 must be in [0, 20]")):
         with pytest.raises(ConfigError, match=re.escape(words)):

@@ -230,7 +230,8 @@ class GenerateConfig:
     eta: float = 0.0                  # ddim only: 0 = deterministic, 1 = DDPM-like noise at every step
     start: str = "noise"              # with alpha_bar_min > 0: "noise" = begin at the first kept step from
                                       # N(0, I); "ancestral" = take the skipped steps as exact ancestral steps
-                                      # from T-1 first (diffusion/sampling.py)
+                                      # from T-1 first; "ancestral:K" = the same in K respaced posterior
+                                      # steps (diffusion/sampling.py)
     lowres_sampler: str | None = None  # the low-res stage's own sampler (None: generate.sampler) ...
     lowres_steps: int | None = None    # ... steps (None: generate.steps)
     lowres_alpha_bar_min: float | None = None  # ... and alpha_bar_min (None: generate.alpha_bar_min)
@@ -276,10 +277,14 @@ class GenerateConfig:
         for key in ("guidance", "lowres_guidance"):
             if getattr(self, key) is not None and not 0.0 <= getattr(self, key) <= 20.0:
                 raise ConfigError(f"{where}: generate.{key}: {getattr(self, key)} must be in [0, 20]")
-        from diffusion.sampling import START_MODES
+        from diffusion.sampling import START_MODES, parse_start
         for key in ("start", "lowres_start"):
             if key == "start" or self.lowres_start is not None:
-                _choice(where, f"generate.{key}", getattr(self, key), START_MODES)
+                try:
+                    parse_start(getattr(self, key))
+                except ValueError:
+                    raise ConfigError(f"{where}: generate.{key}: {getattr(self, key)!r} is not one of "
+                                      f"{list(START_MODES)} (K an integer >= 1)") from None
         _choice(where, "generate.z_prior", self.z_prior, (None, "baseline"))
         _choice(where, "generate.keep_policy", self.keep_policy, ("top", "sample", "sample_all"))
         _positive(where, "generate.z_prior_width", self.z_prior_width)
