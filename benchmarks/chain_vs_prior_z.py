@@ -28,9 +28,9 @@ from generation.chain import candidate_redshifts  # noqa: E402
 from utils.results_fits import read_spectra_fits  # noqa: E402
 
 
-def paired(z_chain, z_cnn, z_true, boot: int = 2000, seed: int = 0) -> dict:
-    """Point values and 95 % paired-bootstrap intervals of sigma_NMAD(chain)/sigma_NMAD(CNN) - 1 and of
-    the outlier-fraction difference chain - CNN."""
+def paired(z_chain, z_cnn, z_true, boot: int = 2000, seed: int = 0, names=("chain", "cnn")) -> dict:
+    """Point values and 95 % paired-bootstrap intervals of sigma_NMAD(a)/sigma_NMAD(b) - 1 and of the
+    outlier-fraction difference a - b, for the redshifts ``z_chain`` (a) and ``z_cnn`` (b) named ``names``."""
     zc, zp, zt = (np.asarray(a, dtype=np.float64) for a in (z_chain, z_cnn, z_true))
     rng = np.random.default_rng(seed)
     n = len(zt)
@@ -40,12 +40,13 @@ def paired(z_chain, z_cnn, z_true, boot: int = 2000, seed: int = 0) -> dict:
         ratio[b] = sigma_nmad(zc[i], zt[i]) / sigma_nmad(zp[i], zt[i]) - 1
         dout[b] = outlier_fraction(zc[i], zt[i]) - outlier_fraction(zp[i], zt[i])
     ci = lambda x: [float(v) for v in np.percentile(x, [2.5, 97.5])]  # noqa: E731
+    a, b = names
     return {"n_galaxies": int(n),
-            "chain": {"sigma_nmad": sigma_nmad(zc, zt), "outlier_frac": outlier_fraction(zc, zt)},
-            "cnn": {"sigma_nmad": sigma_nmad(zp, zt), "outlier_frac": outlier_fraction(zp, zt)},
-            "sigma_nmad_chain_vs_cnn": {"ratio_minus_1": sigma_nmad(zc, zt) / sigma_nmad(zp, zt) - 1,
-                                        "ci95": ci(ratio)},
-            "outlier_frac_chain_minus_cnn": {
+            a: {"sigma_nmad": sigma_nmad(zc, zt), "outlier_frac": outlier_fraction(zc, zt)},
+            b: {"sigma_nmad": sigma_nmad(zp, zt), "outlier_frac": outlier_fraction(zp, zt)},
+            f"sigma_nmad_{a}_vs_{b}": {"ratio_minus_1": sigma_nmad(zc, zt) / sigma_nmad(zp, zt) - 1,
+                                       "ci95": ci(ratio)},
+            f"outlier_frac_{a}_minus_{b}": {
                 "difference": outlier_fraction(zc, zt) - outlier_fraction(zp, zt), "ci95": ci(dout)},
             "boot": boot}
 

@@ -467,6 +467,10 @@ def test_chain_vs_prior_z_paired_bootstrap():
     same = paired(broad, broad, zt, boot=50)
     assert same["sigma_nmad_chain_vs_cnn"]["ci95"] == [0.0, 0.0]
     assert same["outlier_frac_chain_minus_cnn"]["difference"] == 0.0
+    # the same numbers under other names (candidate_redshifts.py --against: "this" vs "other")
+    named = paired(sharp, broad, zt, boot=300, names=("this", "other"))
+    assert named["sigma_nmad_this_vs_other"] == r["sigma_nmad_chain_vs_cnn"]
+    assert named["this"] == r["chain"] and "chain" not in named
 
 
 def test_lowres_candidates_power_ratio_sees_shallow_lines():
