@@ -43,8 +43,8 @@ from chain_vs_prior_z import paired  # noqa: E402
 
 
 def lowres_redshifts(results: str, survey: str | None = None):
-    """(rows, catalogue z, low-res candidate z (B, N), the run's table, mask of ok rows, header) of a
-    generate.py results file; the candidates' z from the file when it holds them, else fitted."""
+    """(rows, catalogue z, low-res candidate z (B, N), the read results, mask of ok rows) of a generate.py
+    results file, ok rows only; the candidates' z from the file when it holds them, else fitted."""
     res = read_spectra_fits(results)
     t = res["table"]
     ok = np.char.strip(np.asarray(t["status"]).astype(str)) == "ok"
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
             raise SystemExit(f"error: {a.against}: shares {len(common)} galaxies with {a.results}")
         out["against"] = {"results": str(a.against), **paired(
             zc[ia], np.median(zl_b[ib], axis=1), zt[ia], a.boot, names=("this", "other"))}
-        fa = (np.abs(zl[ia] - zt[ia, None]) / (1 + zt[ia, None]) > OUTLIER_DZ).mean(1)
+        fa = (dl[ia] > OUTLIER_DZ).mean(1)
         fb = (np.abs(zl_b[ib] - zt[ia, None]) / (1 + zt[ia, None]) > OUTLIER_DZ).mean(1)
         rng = np.random.default_rng(0)
         boot = [np.mean(fa[i] - fb[i]) for i in rng.integers(0, len(common), (a.boot, len(common)))]

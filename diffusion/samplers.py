@@ -236,11 +236,13 @@ def ddim(
     *,
     eta: float = 0.0,
     clip_x0: float | None = None,
+    end: int = -1,
 ) -> torch.Tensor:
-    """DDIM sampling over timesteps ``ts`` (default every step); eta = 0 is deterministic."""
+    """DDIM sampling over timesteps ``ts`` (default every step); eta = 0 is deterministic. The last step
+    goes to ``end`` (-1 = the data; t >= 0 stops at x_t, e.g. to hand over to another sampler)."""
     ts = _every_step(diffusion) if ts is None else list(ts)
     x = _start(x, noise, diffusion)
-    for t, t_prev in zip(ts, ts[1:] + [-1]):
+    for t, t_prev in zip(ts, ts[1:] + [end]):
         mean, sigma = ddim_step(diffusion, x, t, t_prev, model_fn(x, _tvec(t, x)), eta, clip_x0)
         x = mean + sigma * _draw(noise, x) if sigma > 0 else mean
     return x

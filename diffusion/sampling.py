@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from diffusion.process import GaussianDiffusion
-from diffusion.samplers import NoiseSource, _draw, _start, _tvec, ancestral, ddim_step, get_sampler
+from diffusion.samplers import NoiseSource, ancestral, ddim, get_sampler
 
 __all__ = ["START_MODES", "galaxy_seed", "item_seeds", "parse_start", "sample_conditional"]
 
@@ -40,17 +40,12 @@ def parse_start(start: str) -> tuple[str, int | None]:
     raise ValueError(f"start={start!r}: expected one of {list(START_MODES)} (K an integer >= 1)")
 
 
-def _respaced_start(model_fn, x, diffusion: GaussianDiffusion, first_kept: int, k: int, noise, clip_x0):
-    """From x_{T-1} ~ N(0, I) to x at step ``first_kept`` in ``k`` model calls: DDPM posterior steps on a
-    respaced schedule (DDIM with eta = 1) over k timesteps spread evenly from T - 1 down to first_kept + 1."""
+def respaced_head(diffusion: GaussianDiffusion, first_kept: int, k: int) -> list[int]:
+    """The ``k`` timesteps of the respaced ancestral start, spread evenly from T - 1 down to first_kept + 1
+    (every one of them when k >= the skipped steps)."""
     top = diffusion.num_timesteps - 1
-    ts = sorted({int(round(t)) for t in np.linspace(top, first_kept + 1, min(k, top - first_kept))},
-                reverse=True)
-    x = _start(x, noise, diffusion)
-    for t, t_prev in zip(ts, ts[1:] + [first_kept]):
-        mean, sigma = ddim_step(diffusion, x, t, t_prev, model_fn(x, _tvec(t, x)), 1.0, clip_x0)
-        x = mean + sigma * _draw(noise, x)
-    return x
+    return sorted({int(round(t)) for t in np.linspace(top, first_kept + 1, min(k, top - first_kept))},
+                  reverse=True)
 
 
 def galaxy_seed(seed: int, galaxy_id: int) -> int:
@@ -144,12 +139,14 @@ def sample_conditional(model, diffusion: GaussianDiffusion, context: torch.Tenso
     noise = NoiseSource(seeds, device=diffusion.betas.device)
     x = (len(seeds), length)
     skipped = diffusion.num_timesteps - process.num_timesteps
-    if start == "ancestral" and skipped > 0 and start_calls is not None:
-        x = _respaced_start(model_fn, x, diffusion, process.num_timesteps - 1, start_calls, noise,
-                            model.clip_range())
-    elif start == "ancestral" and skipped > 0:
-        head = list(range(diffusion.num_timesteps - 1, process.num_timesteps - 1, -1))
-        x = ancestral(model_fn, x, diffusion, head, noise=noise, clip_x0=model.clip_range())
+    if start == "ancestral" and skipped > 0:
+        first_kept = process.num_timesteps - 1
+        if start_calls is None:     # one exact ancestral step per skipped step
+            head = list(range(diffusion.num_timesteps - 1, first_kept, -1))
+            x = ancestral(model_fn, x, diffusion, head, noise=noise, clip_x0=model.clip_range())
+        else:                       # K posterior steps on a respaced schedule: DDIM with eta 1
+            x = ddim(model_fn, x, diffusion, respaced_head(diffusion, first_kept, start_calls), noise,
+                     eta=1.0, clip_x0=model.clip_range(), end=first_kept)
     x = spec(model_fn, x, process, spec.timesteps(process, steps), noise=noise, clip_x0=model.clip_range(),
              **options)
     return model.denormalize(x)
