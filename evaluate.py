@@ -65,6 +65,11 @@ def main(argv=None) -> int:
     p.add_argument(
         "--no-photometric", action="store_true", help="skip the aperture-photometry baseline"
     )
+    p.add_argument(
+        "--cache", default=None, metavar="DIR",
+        help="reuse the photometric fit and the retrieval pool's embeddings stored here (keyed by survey, "
+             "pool, seed and checkpoint; `python -m evaluation.baselines` fills it ahead)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing <report>.json/.md")
     a = p.parse_args(argv)
@@ -87,6 +92,7 @@ def main(argv=None) -> int:
             a.pool_size,
             a.seed,
             photometric=not a.no_photometric,
+            cache_dir=a.cache,
         )
     except ValueError as e:
         if not is_user_error(e):

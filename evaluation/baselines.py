@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import h5py
 import numpy as np
 import torch
@@ -49,6 +51,31 @@ def train_mean_spectrum(cache: SurveyCache, pool: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
+def pool_embeddings(lm, cache: SurveyCache, pool: np.ndarray, device="cpu", batch: int = 256,
+                    cache_dir=None, checkpoint=None) -> torch.Tensor:
+    """(len(pool), latent) full-res contrastive embeddings of the training spectra ``pool`` under the loaded
+    contrastive model ``lm``; stored under ``cache_dir`` (evaluation/cache.py) keyed by the ``checkpoint``
+    file's sha256, the survey and the pool when both are given."""
+    from evaluation.cache import cached, rows_digest
+    from models.reference import sha256
+
+    model, pre = lm.model, lm.cfg.data.preprocessing
+
+    def compute():
+        zs = []
+        for s in range(0, len(pool), batch):
+            spec = to_model_space(np.asarray(cache.flux_fullres[pool[s : s + batch]], np.float64), pre)
+            zs.append(model.encode_spectrum(torch.from_numpy(spec.astype(np.float32)).to(device)).float().cpu())
+        return torch.cat(zs)
+
+    if cache_dir is None or checkpoint is None:
+        return compute()
+    ident = {"checkpoint_sha256": sha256(Path(checkpoint)), "preprocessed": str(Path(cache.root).resolve()), "pool": rows_digest(pool),
+             "torch": torch.__version__}
+    return cached(cache_dir, "retrieval_pool", ident, compute)[0]
+
+
+@torch.no_grad()
 def retrieve(
     contrastive_path,
     survey_path,
@@ -57,19 +84,17 @@ def retrieve(
     pool: np.ndarray,
     device="cpu",
     batch: int = 256,
+    cache_dir=None,
 ) -> dict:
     """Nearest training spectrum (contrastive image->spectrum score) for each survey row in ``rows``.
 
     Returns dict ``flux`` (N, 4500) normalised linear flux of the retrieved spectra, ``train_row`` (N,)
-    their survey rows and ``score`` (N,) the dot-product score.
+    their survey rows and ``score`` (N,) the dot-product score. ``cache_dir``: reuse the pool's embeddings
+    (:func:`pool_embeddings`).
     """
     lm = load_model(contrastive_path, "contrastive", "sr", device, given_as="contrastive_sr")
-    model, pre = lm.model, lm.cfg.data.preprocessing
-    zs = []
-    for s in range(0, len(pool), batch):
-        spec = to_model_space(np.asarray(cache.flux_fullres[pool[s : s + batch]], np.float64), pre)
-        zs.append(model.encode_spectrum(torch.from_numpy(spec.astype(np.float32)).to(device)).float().cpu())
-    z_spec = torch.cat(zs)
+    model = lm.model
+    z_spec = pool_embeddings(lm, cache, pool, device, batch, cache_dir, contrastive_path)
     imgs = _raw_images(survey_path, rows)
     best, score = [], []
     for s in range(0, len(rows), batch):
@@ -133,33 +158,98 @@ def noiseless_lick(survey_path, rows: np.ndarray, z) -> dict:
     return {f"lick_{n}": m[f"lick_{n}"] for n in LICK_NAMES}
 
 
-def photometric_predict(survey_path, rows: np.ndarray, max_train: int = 5000, seed: int = 0) -> dict:
-    """Gradient boosting on image aperture photometry (evaluation.photometric) for survey rows ``rows``.
+def photometric_model(survey_path, max_train: int = 5000, seed: int = 0, cache_dir=None):
+    """The photometric baseline (:func:`evaluation.photometric.fit_photometric`) fitted on a seeded subset
+    of at most ``max_train`` rows of the survey's TRAIN split; stored under ``cache_dir``
+    (evaluation/cache.py) when given. Returns ``(model, n_train)``."""
+    import sklearn
 
-    Fits on a seeded subset of at most ``max_train`` rows of the survey's TRAIN split (catalogue truth
-    under evaluation.truth's standard names: regressors for whatever of z, dn4000, sigma_v, age_lw,
-    metallicity_lw, ebv, log_mstar the catalogue holds, a classifier for bpt_class; regressors for the Lick
-    indices where the truth has them: MPA-JHU columns, or for a mock its noiseless spectra measured like
-    evaluate.py's reference, :func:`noiseless_lick`) and predicts ``rows``.
-    Returns :func:`evaluation.photometric.predict`'s dict (native units; ``agn`` with a bpt_class) plus
-    ``n_train``; ``z`` and ``dn4000`` are always present (NaN where not fitted).
-    """
     from datasets.schema import SPLIT_CODES, open_survey
-    from evaluation.photometric import fit_photometric, predict, survey_features
+    from evaluation.cache import cached, rows_digest, survey_ident
+    from evaluation.photometric import fit_photometric, survey_features
     from evaluation.truth import load_truth
 
     with open_survey(survey_path) as f:
         train = np.flatnonzero(f["split"][:] == SPLIT_CODES["train"])
     if len(train) > max_train:
         train = np.sort(np.random.default_rng(seed).choice(train, max_train, replace=False))
+
+    def compute():
+        x, _ = survey_features(survey_path, train)
+        targets = load_truth(survey_path, train)
+        for k, v in noiseless_lick(survey_path, train, targets.get("z")).items():
+            targets.setdefault(k, v)
+        return fit_photometric(x, targets, seed=seed)
+
+    ident = {**survey_ident(survey_path), "train": rows_digest(train), "seed": seed,
+             "sklearn": sklearn.__version__}
+    return cached(cache_dir, "photometric", ident, compute)[0], len(train)
+
+
+def photometric_predict(survey_path, rows: np.ndarray, max_train: int = 5000, seed: int = 0,
+                        cache_dir=None) -> dict:
+    """Gradient boosting on image aperture photometry (evaluation.photometric) for survey rows ``rows``.
+
+    Fits on a seeded subset of at most ``max_train`` rows of the survey's TRAIN split (catalogue truth
+    under evaluation.truth's standard names: regressors for whatever of z, dn4000, sigma_v, age_lw,
+    metallicity_lw, ebv, log_mstar the catalogue holds, a classifier for bpt_class; regressors for the Lick
+    indices where the truth has them: MPA-JHU columns, or for a mock its noiseless spectra measured like
+    evaluate.py's reference, :func:`noiseless_lick`) and predicts ``rows``; ``cache_dir``: reuse the fit
+    (:func:`photometric_model`).
+    Returns :func:`evaluation.photometric.predict`'s dict (native units; ``agn`` with a bpt_class) plus
+    ``n_train``; ``z`` and ``dn4000`` are always present (NaN where not fitted).
+    """
+    from evaluation.photometric import predict, survey_features
+
+    model, n_train = photometric_model(survey_path, max_train, seed, cache_dir)
     rows = np.asarray(rows, dtype=np.int64)
-    x, _ = survey_features(survey_path, np.concatenate([train, rows]))
-    targets = load_truth(survey_path, train)
-    for k, v in noiseless_lick(survey_path, train, targets.get("z")).items():
-        targets.setdefault(k, v)
-    model = fit_photometric(x[: len(train)], targets, seed=seed)
-    out = predict(model, x[len(train):])
+    x, _ = survey_features(survey_path, rows)
+    out = predict(model, x)
     for k in ("z", "dn4000"):
         out.setdefault(k, np.full(len(rows), np.nan))
-    out["n_train"] = len(train)
+    out["n_train"] = n_train
     return out
+
+
+def main(argv=None) -> int:
+    """Fill an evaluation cache ahead (``evaluate.py --cache DIR`` then reuses it): the photometric fit and,
+    with ``--contrastive-sr``, the retrieval pool's embeddings, for the same survey, pool size and seed."""
+    import sys
+
+    from datasets.galaxy import build_cache
+    from utils.launch import ArgumentParser, UsageError, is_user_error, report
+
+    p = ArgumentParser(prog="python -m evaluation.baselines", description=main.__doc__)
+    p.add_argument("--survey", required=True, help="survey HDF5")
+    p.add_argument("--cache", required=True, metavar="DIR", help="cache directory (evaluate.py --cache)")
+    p.add_argument("--contrastive-sr", dest="contrastive_sr", default=None,
+                   help="full-res contrastive checkpoint: also embed the retrieval pool")
+    p.add_argument("--pool-size", dest="pool_size", type=int, default=5000, help="as evaluate.py's")
+    p.add_argument("--seed", type=int, default=0, help="as evaluate.py's")
+    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    a = p.parse_args(argv)
+    try:
+        for path, what in ((a.survey, "--survey"), (a.contrastive_sr, "--contrastive-sr")):
+            if path is not None and not Path(path).is_file():
+                raise UsageError(f"{path}: {what}: file does not exist")
+        if a.pool_size < 1:
+            raise UsageError(f"--pool-size: {a.pool_size} must be >= 1")
+        if a.threads:
+            torch.set_num_threads(a.threads)
+        _, n = photometric_model(a.survey, a.pool_size, a.seed, a.cache)
+        print(f"photometric baseline: fitted on {n} training galaxies -> {a.cache}", file=sys.stderr)
+        if a.contrastive_sr:
+            cache = build_cache(a.survey)
+            pool = train_pool(cache, a.pool_size, a.seed)
+            lm = load_model(a.contrastive_sr, "contrastive", "sr", "cpu", given_as="contrastive_sr")
+            pool_embeddings(lm, cache, pool, cache_dir=a.cache, checkpoint=a.contrastive_sr)
+            print(f"retrieval pool: {len(pool)} spectra embedded -> {a.cache}", file=sys.stderr)
+    except ValueError as e:
+        if not is_user_error(e):
+            raise
+        return report(e)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

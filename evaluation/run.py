@@ -344,8 +344,10 @@ def load_eval_data(results, survey=None) -> EvalData:
                     header=res["header"], cubes=res["cubes"], ok=ok, notes=notes)
 
 
-def add_baselines(d: EvalData, baselines=(), retrieval=True, photometric=True, pool_size=5000, seed=0):
-    """The (c) columns: training-mean and retrieved spectra, CNN and photometric predictions."""
+def add_baselines(d: EvalData, baselines=(), retrieval=True, photometric=True, pool_size=5000, seed=0,
+                  cache_dir=None):
+    """The (c) columns: training-mean and retrieved spectra, CNN and photometric predictions. ``cache_dir``:
+    reuse the photometric fit and the retrieval pool's embeddings across evaluations (evaluation/cache.py)."""
     from datasets.galaxy import build_cache
     from evaluation import baselines as B
 
@@ -362,7 +364,8 @@ def add_baselines(d: EvalData, baselines=(), retrieval=True, photometric=True, p
     )
     if retrieval and cache is not None:
         if ck_sr and Path(ck_sr).exists():
-            d.spectra["retrieval"] = B.retrieve(ck_sr, d.survey, cache, d.rows, pool)["flux"]
+            d.spectra["retrieval"] = B.retrieve(ck_sr, d.survey, cache, d.rows, pool,
+                                                  cache_dir=cache_dir)["flux"]
         else:
             d.notes.append(f"retrieval baseline skipped: contrastive_sr checkpoint {ck_sr!r} not found")
     for path in baselines or ():
@@ -370,7 +373,7 @@ def add_baselines(d: EvalData, baselines=(), retrieval=True, photometric=True, p
     if not baselines:
         d.notes.append("cnn baseline skipped: no --baselines checkpoint (train_baseline.py --preset cpu)")
     if photometric:
-        d.phot = B.photometric_predict(d.survey, d.rows, pool_size, seed)
+        d.phot = B.photometric_predict(d.survey, d.rows, pool_size, seed, cache_dir)
         d.notes.append(f"photometric baseline fitted on {d.phot['n_train']} training galaxies (--pool-size)")
 
 
@@ -744,12 +747,13 @@ def evaluate(
     figures: bool = True,
     log=print,
     photometric: bool = True,
+    cache_dir=None,
 ) -> dict:
     """Run the evaluation; write ``<report>.json``/``.md`` and ``<out_dir>/eval_*.png``; return the report."""
     lap = _Laps(log)
     d = load_eval_data(results, survey)
     lap("load")
-    add_baselines(d, baselines, retrieval, photometric, pool_size, seed)
+    add_baselines(d, baselines, retrieval, photometric, pool_size, seed, cache_dir)
     lap("baselines")
     measure_spectra(d)
     lap("redshift_indices")

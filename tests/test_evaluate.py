@@ -576,3 +576,59 @@ def test_cnn_agn_decision_thresholds_at_the_training_prevalence(tmp_path):
         bpt[np.flatnonzero(train)[12:15]] = -1           # unclassifiable: not AGN
         write_column(f, "bpt_class", bpt.astype(np.int8), "", "BPT class")
     assert train_agn_fraction(path) == pytest.approx(12 / train.sum())
+
+
+def test_photometric_fit_cache_reuses_the_fit_and_keys_on_its_inputs(synthetic_survey, tmp_path, monkeypatch):
+    """evaluate.py --cache: the second evaluation of a survey loads the fit instead of refitting, with the
+    same predictions; another seed, pool size or a touched survey file is another entry."""
+    import os
+
+    import evaluation.photometric as P
+    from evaluation.baselines import photometric_predict
+
+    with h5py.File(synthetic_survey) as f:
+        rows = np.flatnonzero(f["split"][:] != 0)
+    cache = tmp_path / "cache"
+    fresh = photometric_predict(synthetic_survey, rows, seed=0)
+    first = photometric_predict(synthetic_survey, rows, seed=0, cache_dir=cache)
+    assert len(list(cache.glob("photometric-*.pkl"))) == 1
+    fits = []
+    real_fit = P.fit_photometric
+    monkeypatch.setattr(P, "fit_photometric", lambda *a, **k: fits.append(1) or real_fit(*a, **k))
+    again = photometric_predict(synthetic_survey, rows, seed=0, cache_dir=cache)
+    assert fits == []  # loaded, not refitted
+    for k in fresh:
+        assert np.array_equal(np.asarray(fresh[k]), np.asarray(again[k]), equal_nan=True), k
+        assert np.array_equal(np.asarray(first[k]), np.asarray(again[k]), equal_nan=True), k
+    photometric_predict(synthetic_survey, rows, seed=1, cache_dir=cache)
+    photometric_predict(synthetic_survey, rows, max_train=20, seed=0, cache_dir=cache)
+    assert len(fits) == 2 and len(list(cache.glob("photometric-*.pkl"))) == 3
+    copy = tmp_path / "copy.h5"
+    shutil.copy(synthetic_survey, copy)
+    photometric_predict(copy, rows, seed=0, cache_dir=cache)
+    st = copy.stat()
+    os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a rewritten survey: a new entry
+    photometric_predict(copy, rows, seed=0, cache_dir=cache)
+    assert len(fits) == 4 and len(list(cache.glob("photometric-*.pkl"))) == 5
+
+
+def test_cache_entry_is_written_atomically_and_a_damaged_one_recomputed(tmp_path):
+    from evaluation.cache import cached, entry_path
+
+    calls = []
+    value, hit = cached(tmp_path, "thing", {"a": 1}, lambda: calls.append(1) or {"x": np.arange(3)})
+    assert not hit and calls == [1] and [p.name for p in tmp_path.iterdir()] == [entry_path(tmp_path, "thing", {"a": 1}).name]
+    value, hit = cached(tmp_path, "thing", {"a": 1}, lambda: calls.append(1))
+    assert hit and calls == [1] and np.array_equal(value["x"], np.arange(3))
+    entry_path(tmp_path, "thing", {"a": 1}).write_bytes(b"\x80\x05truncated")
+    value, hit = cached(tmp_path, "thing", {"a": 1}, lambda: calls.append(1) or 7)
+    assert not hit and value == 7 and calls == [1, 1]
+    assert cached(None, "thing", {"a": 1}, lambda: 8) == (8, False)  # no cache directory: always computed
+
+
+def test_fill_cache_command_names_a_missing_file(tmp_path, capsys):
+    from evaluation.baselines import main
+
+    assert main(["--survey", str(tmp_path / "nope.h5"), "--cache", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "nope.h5" in err and "--survey" in err
