@@ -10,7 +10,7 @@ retrieval | train_mean) and figures/eval_*.png. See docs/EVALUATION.md for every
 import sys
 from pathlib import Path
 
-from utils.launch import ArgumentParser, OutputError, UsageError, check_output_path, is_user_error, report
+from utils.launch import ArgumentParser, OutputError, UsageError, check_output_path, run_reporting
 
 
 def _check_args(a) -> None:
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     from evaluation.run import evaluate
 
-    try:
+    def run():
         if "reference" in a.baselines:
             from models.reference import reference_path
             a.baselines = [reference_path("baseline") if b == "reference" else b for b in a.baselines]
@@ -94,11 +94,8 @@ def main(argv=None) -> int:
             photometric=not a.no_photometric,
             cache_dir=a.cache,
         )
-    except ValueError as e:
-        if not is_user_error(e):
-            raise
-        return report(e)
-    return 0
+
+    return run_reporting(run)
 
 
 if __name__ == "__main__":

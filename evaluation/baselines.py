@@ -70,8 +70,8 @@ def pool_embeddings(lm, cache: SurveyCache, pool: np.ndarray, device="cpu", batc
 
     if cache_dir is None or checkpoint is None:
         return compute()
-    ident = {"checkpoint_sha256": sha256(Path(checkpoint)), "preprocessed": str(Path(cache.root).resolve()), "pool": rows_digest(pool),
-             "torch": torch.__version__}
+    ident = {"checkpoint_sha256": sha256(Path(checkpoint)), "preprocessed": str(Path(cache.root).resolve()),
+             "pool": rows_digest(pool), "torch": torch.__version__}
     return cached(cache_dir, "retrieval_pool", ident, compute)[0]
 
 
@@ -217,7 +217,7 @@ def main(argv=None) -> int:
     import sys
 
     from datasets.galaxy import build_cache
-    from utils.launch import ArgumentParser, UsageError, is_user_error, report
+    from utils.launch import ArgumentParser, UsageError, run_reporting
 
     p = ArgumentParser(prog="python -m evaluation.baselines", description=main.__doc__)
     p.add_argument("--survey", required=True, help="survey HDF5")
@@ -228,12 +228,14 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="as evaluate.py's")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     a = p.parse_args(argv)
-    try:
+
+    def run():
         for path, what in ((a.survey, "--survey"), (a.contrastive_sr, "--contrastive-sr")):
             if path is not None and not Path(path).is_file():
                 raise UsageError(f"{path}: {what}: file does not exist")
-        if a.pool_size < 1:
-            raise UsageError(f"--pool-size: {a.pool_size} must be >= 1")
+        for name, v in (("--pool-size", a.pool_size), ("--threads", a.threads)):
+            if v is not None and v < 1:
+                raise UsageError(f"{name}: {v} must be >= 1")
         if a.threads:
             torch.set_num_threads(a.threads)
         _, n = photometric_model(a.survey, a.pool_size, a.seed, a.cache)
@@ -244,11 +246,8 @@ def main(argv=None) -> int:
             lm = load_model(a.contrastive_sr, "contrastive", "sr", "cpu", given_as="contrastive_sr")
             pool_embeddings(lm, cache, pool, cache_dir=a.cache, checkpoint=a.contrastive_sr)
             print(f"retrieval pool: {len(pool)} spectra embedded -> {a.cache}", file=sys.stderr)
-    except ValueError as e:
-        if not is_user_error(e):
-            raise
-        return report(e)
-    return 0
+
+    return run_reporting(run)
 
 
 if __name__ == "__main__":

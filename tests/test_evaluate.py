@@ -617,7 +617,8 @@ def test_cache_entry_is_written_atomically_and_a_damaged_one_recomputed(tmp_path
 
     calls = []
     value, hit = cached(tmp_path, "thing", {"a": 1}, lambda: calls.append(1) or {"x": np.arange(3)})
-    assert not hit and calls == [1] and [p.name for p in tmp_path.iterdir()] == [entry_path(tmp_path, "thing", {"a": 1}).name]
+    entry = entry_path(tmp_path, "thing", {"a": 1})
+    assert not hit and calls == [1] and [p.name for p in tmp_path.iterdir()] == [entry.name]  # no temp left
     value, hit = cached(tmp_path, "thing", {"a": 1}, lambda: calls.append(1))
     assert hit and calls == [1] and np.array_equal(value["x"], np.arange(3))
     entry_path(tmp_path, "thing", {"a": 1}).write_bytes(b"\x80\x05truncated")
@@ -632,3 +633,7 @@ def test_fill_cache_command_names_a_missing_file(tmp_path, capsys):
     assert main(["--survey", str(tmp_path / "nope.h5"), "--cache", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "nope.h5" in err and "--survey" in err
+    survey = tmp_path / "s.h5"
+    survey.write_bytes(b"")
+    assert main(["--survey", str(survey), "--cache", str(tmp_path / "c"), "--threads", "0"]) == 2
+    assert "--threads: 0" in capsys.readouterr().err and not (tmp_path / "c").exists()

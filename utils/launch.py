@@ -43,6 +43,18 @@ def report(e: BaseException) -> int:
     return 2
 
 
+def run_reporting(body, *args) -> int:
+    """``body(*args)`` as a command's whole work: exit status 0, or 2 with a user error
+    (:func:`is_user_error`) printed as one line by :func:`report`; any other exception propagates."""
+    try:
+        body(*args)
+    except ValueError as e:
+        if not is_user_error(e):
+            raise
+        return report(e)
+    return 0
+
+
 def check_output_path(path, overwrite: bool = False, what: str = "output", flag: str = "--overwrite",
                       allow_existing: bool = False) -> Path:
     """Refuse an output path before any work: a parent that is a file (or unwritable), a directory where
