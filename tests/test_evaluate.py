@@ -637,3 +637,40 @@ def test_fill_cache_command_names_a_missing_file(tmp_path, capsys):
     survey.write_bytes(b"")
     assert main(["--survey", str(survey), "--cache", str(tmp_path / "c"), "--threads", "0"]) == 2
     assert "--threads: 0" in capsys.readouterr().err and not (tmp_path / "c").exists()
+
+
+def test_retrieval_pool_cache_reuses_embeddings_and_keys_on_checkpoint_and_pool(synthetic_survey, tmp_path,
+                                                                               monkeypatch):
+    """evaluate.py --cache for the retrieval baseline: the pool's full-res embeddings are computed once per
+    (ranker checkpoint, survey, pool) and reused with the same retrieved spectra; another pool or another
+    checkpoint file (different bytes) is another entry."""
+    import torch
+
+    import evaluation.baselines as B
+    from datasets.galaxy import build_cache
+    from models.contrastive import ContrastiveModel
+    from models.reference import reference_path
+
+    ranker = reference_path("contrastive_sr")
+    cache = build_cache(synthetic_survey)
+    rows = cache.indices("test")
+    pool = B.train_pool(cache, 1000, seed=0)
+    encoded = []
+    real = ContrastiveModel.encode_spectrum
+    monkeypatch.setattr(ContrastiveModel, "encode_spectrum",
+                        lambda self, x: encoded.append(len(x)) or real(self, x))
+    store = tmp_path / "cache"
+    fresh = B.retrieve(ranker, synthetic_survey, cache, rows, pool)
+    assert sum(encoded) == len(pool)
+    first = B.retrieve(ranker, synthetic_survey, cache, rows, pool, cache_dir=store)
+    again = B.retrieve(ranker, synthetic_survey, cache, rows, pool, cache_dir=store)
+    assert sum(encoded) == 2 * len(pool)  # the cached call embedded nothing
+    for out in (first, again):
+        assert np.array_equal(out["train_row"], fresh["train_row"])
+        assert np.array_equal(out["score"], fresh["score"])
+    B.retrieve(ranker, synthetic_survey, cache, rows, pool[:-3], cache_dir=store)  # another pool
+    other = tmp_path / "other.pt"
+    torch.save(torch.load(ranker, weights_only=True), other)  # same weights, other bytes: another sha256
+    B.retrieve(other, synthetic_survey, cache, rows, pool, cache_dir=store)
+    assert sum(encoded) == 4 * len(pool) - 3
+    assert len(list(store.glob("retrieval_pool-*.pkl"))) == 3
