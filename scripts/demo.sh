@@ -14,9 +14,10 @@ bash scripts/setup.sh
 PY=.venv/bin/python
 N=${GALSPEC_DEMO_N:-6000}            # galaxies in the mock (the paper-scale run uses ~10^5 real ones)
 DATA=data/mock_sdss.h5
-LIMIT=${GALSPEC_DEMO_GENERATE:-80}   # test galaxies to generate spectra for with the quick models
-REF_LIMIT=${GALSPEC_DEMO_REFERENCE:-24}  # ... and with the reference models (the first of the same galaxies;
+LIMIT=${GALSPEC_DEMO_GENERATE:-64}   # test galaxies to generate spectra for with the quick models
+REF_LIMIT=${GALSPEC_DEMO_REFERENCE:-20}  # ... and with the reference models (the first of the same galaxies;
                                      # their preset samples 32 low-res and 8 full-res candidates per galaxy)
+FITS=${GALSPEC_DEMO_PPXF:-15}         # galaxies per evaluation whose spectra pPXF fits (~3.4 s each on one core)
 CORES=$(nproc 2>/dev/null || echo 2)
 LANES=${GALSPEC_DEMO_LANES:-$([ "$CORES" -ge 2 ] && echo 2 || echo 1)}
 T=$(( CORES / LANES > 0 ? CORES / LANES : 1 ))  # torch threads (and pPXF workers) per job
@@ -67,7 +68,8 @@ lane_a() {
       --set generate.output=outputs/generated_reference.fits \
       --set generate.figure=figures/reference/generated_examples.png --overwrite --amp off --threads "$T"
     OMP_NUM_THREADS=$T $PY evaluate.py --results outputs/generated_reference.fits --baselines reference \
-      --out-dir figures/reference --report outputs/eval_report_reference --overwrite --workers "$T" --cache runs/eval_cache
+      --out-dir figures/reference --report outputs/eval_report_reference --overwrite --workers "$T" --cache runs/eval_cache \
+      --max-fit "$FITS"
   else
     echo "no reference models in models/reference/ (scripts/train_reference.sh makes them): skipped"
   fi
@@ -86,7 +88,7 @@ lane_b() {
   $PY generate.py --preset cpu --set generate.limit="$LIMIT" --overwrite --amp off --threads "$T"
   step "6/7 science read-out"
   OMP_NUM_THREADS=$T $PY evaluate.py --results outputs/generated.fits --baselines runs/baseline/best.pt \
-    --overwrite --workers "$T" --cache runs/eval_cache
+    --overwrite --workers "$T" --cache runs/eval_cache --max-fit "$FITS"
 }
 
 step "1/7 mock survey ($N galaxies), its figures and its preprocessing cache"
