@@ -13,9 +13,7 @@ stamp=.venv/.requirements.sha1
 want=$(cat requirements.txt requirements-dev.txt constraints.txt | sha1sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
-  # --no-compile: byte-compiling every installed module took 45 of the 90 s; the modules that are imported
-  # compile on first import instead (+15 s once)
-  .venv/bin/python -m pip install --quiet --no-compile -r requirements-dev.txt -c constraints.txt
+  .venv/bin/python -m pip install --quiet -r requirements-dev.txt -c constraints.txt
   echo "$want" > "$stamp"
 fi
 .venv/bin/python -c "import torch, ignite, h5py, astropy, speclite, ppxf, specutils, pytest; print('set-up ok: torch', torch.__version__, '| ignite', ignite.__version__)"
