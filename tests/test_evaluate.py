@@ -88,7 +88,7 @@ def test_pit_by_hand_ties_and_missing_values():
 # ----------------------------------------------------------------------------------------------------------
 # evaluate on tiny fake results from the synthetic survey
 # ----------------------------------------------------------------------------------------------------------
-def _fake_results(survey, path, mode="perfect", m=3):
+def _fake_results(survey, path, mode="perfect", m=3, unusable_obs=()):
     from datasets.galaxy import build_cache
     from datasets.preprocess import FULLRES_WAVE
     from utils.results_fits import write_spectra_fits
@@ -100,6 +100,7 @@ def _fake_results(survey, path, mode="perfect", m=3):
     pred = obs.copy() if mode == "perfect" else obs[np.roll(np.arange(len(rows)), 3)]
     rng = np.random.default_rng(0)
     cand = pred[:, None] * (1 + 0.01 * rng.standard_normal((len(rows), m, 1)))
+    obs[list(unusable_obs)] = np.nan  # as the positive-flux filter leaves a failed observed spectrum
     with h5py.File(survey) as f:
         ids = f["catalog/id"][:][rows]
     write_spectra_fits(
@@ -674,3 +675,21 @@ def test_retrieval_pool_cache_reuses_embeddings_and_keys_on_checkpoint_and_pool(
     B.retrieve(other, synthetic_survey, cache, rows, pool, cache_dir=store)
     assert sum(encoded) == 4 * len(pool) - 3
     assert len(list(store.glob("retrieval_pool-*.pkl"))) == 3
+
+
+def test_missing_observed_spectra_are_not_counted_as_ceiling_outliers(synthetic_survey, tmp_path,
+                                                                     perfect_and_shuffled):
+    """The observed column's z outlier fraction counts only galaxies that have an observed spectrum (a NaN
+    flux_obs has no redshift to get wrong); the predicted spectra of the same galaxies still count."""
+    from evaluation.run import evaluate
+
+    # with every observed spectrum: the ivar-weighted fits of 2 of the 8 synthetic test galaxies are
+    # outliers (rows 1 and 6); the perfect prediction (a copy, fitted without ivar) has none
+    base = _row(perfect_and_shuffled["perfect"], "redshift", "z", "outlier_frac")
+    assert base["observed"] == 2 / 8 and base["predicted"] == 0.0, base
+    res = _fake_results(synthetic_survey, tmp_path / "r.fits", unusable_obs=(0, 3))  # two good fits lost
+    rep = evaluate(res, out_dir=tmp_path / "fig", report=tmp_path / "rep", max_fit=0, figures=False,
+                   log=lambda *a: None)
+    out = _row(rep, "redshift", "z", "outlier_frac")
+    assert out["observed"] == pytest.approx(2 / 6) and out["predicted"] == 0.0, out  # observed was 4 / 8
+    assert any("6 of 8 galaxies with a usable observed spectrum" in n for n in rep["notes"]), rep["notes"]
