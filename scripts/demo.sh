@@ -17,7 +17,7 @@ DATA=data/mock_sdss.h5
 LIMIT=${GALSPEC_DEMO_GENERATE:-64}   # test galaxies to generate spectra for with the quick models
 REF_LIMIT=${GALSPEC_DEMO_REFERENCE:-20}  # ... and with the reference models (the first of the same galaxies;
                                      # their preset samples 32 low-res and 8 full-res candidates per galaxy)
-FITS=${GALSPEC_DEMO_PPXF:-15}         # galaxies per evaluation whose spectra pPXF fits (~3.4 s each on one core)
+FITS=${GALSPEC_DEMO_PPXF:-15}         # galaxies per evaluation whose spectra pPXF fits (3.4-4.5 s each on one core)
 CORES=$(nproc 2>/dev/null || echo 2)
 LANES=${GALSPEC_DEMO_LANES:-$([ "$CORES" -ge 2 ] && echo 2 || echo 1)}
 T=$(( CORES / LANES > 0 ? CORES / LANES : 1 ))  # torch threads (and pPXF workers) per job
