@@ -289,6 +289,11 @@ class EvalData:
     def n(self) -> int:
         return len(self.rows)
 
+    @property
+    def has_observed(self) -> np.ndarray:
+        """(n,) bool: the galaxy has a usable observed spectrum (a failed positive-flux filter leaves NaN)."""
+        return np.isfinite(self.spectra["observed"]).all(axis=1)
+
     @cached_property
     def candidates(self) -> np.ndarray | None:
         """(n, M, L) float64 full-res candidates of the evaluated rows (converted once), or None."""
@@ -441,8 +446,7 @@ def spectrum_section(table: Table, d: EvalData) -> None:
             s = d.spectra[m] if m != "train_mean" else np.broadcast_to(d.spectra[m], obs.shape)
             d.errs[m] = M.spectral_errors(s, obs, d.ivar_obs)
     errs, sec = d.errs, "spectrum"
-    # galaxies whose observed spectrum failed the positive-flux filter have NaN flux_obs: skip them
-    n_obs = int(np.isfinite(obs).all(axis=1).sum())
+    n_obs = int(d.has_observed.sum())  # galaxies without a usable observed spectrum have no error
     table.add(sec, "flux", "mse_median", "observed", {m: np.nanmedian(e["mse"]) for m, e in errs.items()},
               n_obs)
     table.add(sec, "flux", "mse_mean", "observed", {m: np.nanmean(e["mse"]) for m, e in errs.items()}, n_obs)
@@ -471,16 +475,13 @@ def redshift_section(table: Table, d: EvalData) -> None:
     zv = {m: v["z"] for m, v in d.meas.items() if "z" in v}
     table.add(sec, "z", "sigma_nmad", "catalogue", {m: M.sigma_nmad(v, zt) for m, v in zv.items()}, d.n)
     table.add(sec, "z", "bias", "catalogue", {m: M.z_bias(v, zt) for m, v in zv.items()}, d.n)
-    # a galaxy without a usable observed spectrum (NaN flux_obs: failed the positive-flux filter) has no
-    # observed redshift to fail: the ceiling's outlier fraction is over the galaxies that have one (a NaN
-    # z of any other column is a failed fit and counts as an outlier)
-    has_obs = np.isfinite(d.spectra["observed"]).all(axis=1)
-    sel = {m: has_obs if m == "observed" else slice(None) for m in zv}
-    table.add(sec, "z", "outlier_frac", "catalogue",
-              {m: M.outlier_fraction(v[sel[m]], zt[sel[m]]) for m, v in zv.items()}, d.n)
-    if "observed" in zv and not has_obs.all():
+    frac = {m: M.outlier_fraction(v, zt) for m, v in zv.items()}  # a NaN z is a failed fit: an outlier
+    has_obs = d.has_observed
+    if "observed" in zv and not has_obs.all():  # ... but a missing observed spectrum has no z to get wrong
+        frac["observed"] = M.outlier_fraction(zv["observed"][has_obs], zt[has_obs])
         d.notes.append(f"observed column's z outlier fraction over the {int(has_obs.sum())} of {d.n} "
                        "galaxies with a usable observed spectrum")
+    table.add(sec, "z", "outlier_frac", "catalogue", frac, d.n)
 
 
 def _reference(d: EvalData, key):
