@@ -5,9 +5,10 @@
 # work that is already done.
 #
 # Two lanes run side by side (output prefixed [A] and [B]), each with half the cores:
-#   A: contrastive networks -> CNN baseline -> reference models: generate, evaluate
-#   B: diffusion models -> (once A has trained its networks) quick chain: generate, evaluate
-# GALSPEC_DEMO_LANES=1 runs the same steps one after the other with all cores.
+#   A: contrastive networks -> super-resolution diffusion model -> CNN baseline, cached baselines
+#   B: low-res diffusion model -> reference models: generate, evaluate
+# then the quick chain (generate, evaluate) with all cores. GALSPEC_DEMO_LANES=1 runs the same steps one
+# after the other with all cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -46,7 +47,6 @@ pair() {
     "$1"; "$2"
   fi
 }
-TRAINED=runs/.demo_lane_a_trained  # lane A's networks are trained: lane B's quick chain may start
 
 HAVE_REFERENCE=0
 $PY -m models.reference check >/dev/null && HAVE_REFERENCE=1
@@ -55,14 +55,19 @@ lane_a() {
   step "2/7 contrastive networks (low-res, full-res)"
   $PY train_contrastive.py --preset cpu --stage lr --threads "$T"
   $PY train_contrastive.py --preset cpu --stage sr --threads "$T"
+  step "3/7 diffusion models: super-resolution (the low-res one in lane B)"
+  $PY train_generative.py --preset cpu --stage sr --threads "$T"
   step "4/7 baseline: direct CNN from images"
   $PY train_baseline.py --preset cpu --threads "$T"
   # the photometric baseline, fitted once for both evaluations, and the quick ranker's retrieval pool, embedded
-  # here instead of in lane B's evaluation (evaluate.py --cache; 65 s + 47 s on one core)
+  # here instead of in the quick evaluation (evaluate.py --cache; 65 s + 47 s on one core)
   OMP_NUM_THREADS=$T $PY -m evaluation.baselines --survey "$DATA" --cache runs/eval_cache --threads "$T" \
     --contrastive-sr runs/contrastive_sr/best.pt
-  touch "$TRAINED"
-  step "7/7 the shipped reference models (scripts/train_reference.sh; models/reference/) on the first $REF_LIMIT of those galaxies"
+}
+lane_b() {
+  step "3/7 diffusion models: low-res (the super-resolution one in lane A)"
+  $PY train_generative.py --preset cpu --stage lr --threads "$T"
+  step "7/7 the shipped reference models (scripts/train_reference.sh; models/reference/) on the first $REF_LIMIT test galaxies"
   if [ "$HAVE_REFERENCE" = 1 ]; then
     $PY generate.py --preset reference --checkpoints reference --set generate.limit="$REF_LIMIT" \
       --set generate.output=outputs/generated_reference.fits \
@@ -74,29 +79,24 @@ lane_a() {
     echo "no reference models in models/reference/ (scripts/train_reference.sh makes them): skipped"
   fi
 }
-lane_b() {
-  step "3/7 diffusion models (low-res, super-resolution)"
-  $PY train_generative.py --preset cpu --stage lr --threads "$T"
-  $PY train_generative.py --preset cpu --stage sr --threads "$T"
-  for stage in lr sr; do  # the last validation figure of each model: EMA samples vs truth
-    last=$(ls runs/diffusion_$stage/samples_*.png 2>/dev/null | tail -1 || true)
-    [ -n "$last" ] && cp "$last" "figures/train_samples_$stage.png"
-  done
-  until [ -f "$TRAINED" ]; do sleep 5; done  # the chain needs lane A's rankers and CNN
-  step "5/7 generate spectra for $LIMIT test galaxies"
-  # re-runs replace the last output; float32 for the small CPU-preset models (as their training)
-  $PY generate.py --preset cpu --set generate.limit="$LIMIT" --overwrite --amp off --threads "$T"
-  step "6/7 science read-out"
-  OMP_NUM_THREADS=$T $PY evaluate.py --results outputs/generated.fits --baselines runs/baseline/best.pt \
-    --overwrite --workers "$T" --cache runs/eval_cache --max-fit "$FITS"
-}
 
 step "1/7 mock survey ($N galaxies), its figures and its preprocessing cache"
 [ -f "$DATA" ] || $PY -m surveys.mock.make --n "$N" --out "$DATA" --seed 0
 $PY -m surveys.mock.figures "$DATA"
 $PY -c "from datasets.galaxy import build_cache; build_cache('$DATA')"  # once, before two lanes read it
-mkdir -p runs && rm -f "$TRAINED"
+mkdir -p runs
 pair lane_a lane_b
+for stage in lr sr; do  # the last validation figure of each diffusion model: EMA samples vs truth
+  last=$(ls runs/diffusion_$stage/samples_*.png 2>/dev/null | tail -1 || true)
+  [ -n "$last" ] && cp "$last" "figures/train_samples_$stage.png"
+done
+step "5/7 generate spectra for $LIMIT test galaxies (the quick models; $LANES process(es))"
+# re-runs replace the last output; float32 for the small CPU-preset models (as their training)
+$PY generate.py --preset cpu --set generate.limit="$LIMIT" --overwrite --amp off --nproc "$LANES" --backend gloo \
+  --threads "$T"
+step "6/7 science read-out"
+OMP_NUM_THREADS=1 $PY evaluate.py --results outputs/generated.fits --baselines runs/baseline/best.pt \
+  --overwrite --workers "$CORES" --cache runs/eval_cache --max-fit "$FITS"
 if [ "$HAVE_REFERENCE" = 1 ]; then
   $PY -m evaluation.compare quick=outputs/eval_report.json reference=outputs/eval_report_reference.json \
     --out outputs/eval_summary.md
