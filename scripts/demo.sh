@@ -15,8 +15,8 @@ bash scripts/setup.sh
 PY=.venv/bin/python
 N=${GALSPEC_DEMO_N:-6000}            # galaxies in the mock (the paper-scale run uses ~10^5 real ones)
 DATA=data/mock_sdss.h5
-LIMIT=${GALSPEC_DEMO_GENERATE:-64}   # test galaxies to generate spectra for with the quick models
-REF_LIMIT=${GALSPEC_DEMO_REFERENCE:-20}  # ... and with the reference models (the first of the same galaxies;
+LIMIT=${GALSPEC_DEMO_GENERATE:-48}   # test galaxies to generate spectra for with the quick models
+REF_LIMIT=${GALSPEC_DEMO_REFERENCE:-16}  # ... and with the reference models (the first of the same galaxies;
                                      # their preset samples 32 low-res and 8 full-res candidates per galaxy)
 FITS=${GALSPEC_DEMO_PPXF:-15}         # galaxies per evaluation whose spectra pPXF fits (3.4-4.5 s each on one core)
 CORES=$(nproc 2>/dev/null || echo 2)
@@ -59,14 +59,16 @@ lane_a() {
   $PY train_generative.py --preset cpu --stage sr --threads "$T"
   step "4/7 baseline: direct CNN from images"
   $PY train_baseline.py --preset cpu --threads "$T"
-  # the photometric baseline, fitted once for both evaluations, and the quick ranker's retrieval pool, embedded
-  # here instead of in the quick evaluation (evaluate.py --cache; 65 s + 47 s on one core)
+  # the quick ranker's retrieval pool, embedded here instead of in the quick evaluation (evaluate.py --cache;
+  # ~50 s on one core); the photometric fit is read from the cache lane B has written by then
   OMP_NUM_THREADS=$T $PY -m evaluation.baselines --survey "$DATA" --cache runs/eval_cache --threads "$T" \
     --contrastive-sr runs/contrastive_sr/best.pt
 }
 lane_b() {
   step "3/7 diffusion models: low-res (the super-resolution one in lane A)"
   $PY train_generative.py --preset cpu --stage lr --threads "$T"
+  # the photometric baseline, fitted once for both evaluations (evaluate.py --cache; ~65 s on one core)
+  OMP_NUM_THREADS=$T $PY -m evaluation.baselines --survey "$DATA" --cache runs/eval_cache --threads "$T"
   step "7/7 the shipped reference models (scripts/train_reference.sh; models/reference/) on the first $REF_LIMIT test galaxies"
   if [ "$HAVE_REFERENCE" = 1 ]; then
     $PY generate.py --preset reference --checkpoints reference --set generate.limit="$REF_LIMIT" \
@@ -92,8 +94,9 @@ for stage in lr sr; do  # the last validation figure of each diffusion model: EM
 done
 step "5/7 generate spectra for $LIMIT test galaxies (the quick models; $LANES process(es))"
 # re-runs replace the last output; float32 for the small CPU-preset models (as their training)
+# chunks of LIMIT / (2 x LANES) galaxies: each process gets the same number of galaxies
 $PY generate.py --preset cpu --set generate.limit="$LIMIT" --overwrite --amp off --nproc "$LANES" --backend gloo \
-  --threads "$T"
+  --threads "$T" --set generate.chunk_galaxies=$(( (LIMIT + 2 * LANES - 1) / (2 * LANES) ))
 step "6/7 science read-out"
 OMP_NUM_THREADS=1 $PY evaluate.py --results outputs/generated.fits --baselines runs/baseline/best.pt \
   --overwrite --workers "$CORES" --cache runs/eval_cache --max-fit "$FITS"
