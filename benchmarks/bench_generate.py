@@ -20,7 +20,7 @@ Quality of the samplers against the paper's: benchmarks/sampler_equivalence.py (
 
     python benchmarks/bench_generate.py [--threads 2] [--galaxies 4] [--paper-fraction 0.2]
         [--amp off bf16] [--parts timing peak unet]
-        [--unet-batch 48 48] [--repeats 3] [--profile]
+        [--unet-batch 48 48] [--repeats 3] [--profile] [--compile] [--stages lr sr]
 """
 from __future__ import annotations
 
@@ -219,6 +219,8 @@ def unet_parts(batches: dict, repeats: int, profile: bool, compile_: bool) -> di
            "released_code_time_scale": round(scale, 3), "repeats": repeats,
            "method": "min over repeats, variants interleaved; FLOPs counted at batch 1 x batch (linear)"}
     for stage, length in (("lr", N_LOWRES), ("sr", N_FULLRES)):
+        if stage not in batches:
+            continue
         b = batches[stage]
         x, t = torch.randn(b, length), torch.randint(0, 250, (b,))
         lowres = torch.randn(b, N_LOWRES) if stage == "sr" else None
@@ -232,13 +234,20 @@ def unet_parts(batches: dict, repeats: int, profile: bool, compile_: bool) -> di
                                     m.encode_context(torch.randn(1, 5, 64, 64)))
             row[layout] = {"params": sum(p.numel() for p in m.parameters()),
                            "unet_gflop_per_item": round(flop1 / 1e9, 3)}
-            net = torch.compile(m) if compile_ else m
-            for prec in ["fp32"] + (["bf16"] if bf16 else []):
-                def fwd(net=net, kv=kv, prec=prec, x=x, t=t, lowres=lowres):
-                    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=prec == "bf16"):
-                        return net(x, t, context=kv, lowres=lowres)
-                fwd()  # warm-up (oneDNN primitives; compilation)
-                fns[(layout, prec)] = fwd
+            nets = {layout: m}
+            if compile_ and layout == "released":  # eager and compiled timed side by side, interleaved
+                nets["released_compiled"] = torch.compile(m)
+                row["released_compiled"] = dict(row["released"])
+            for name, net in nets.items():
+                for prec in ["fp32"] + (["bf16"] if bf16 else []):
+                    def fwd(net=net, kv=kv, prec=prec, x=x, t=t, lowres=lowres):
+                        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=prec == "bf16"):
+                            return net(x, t, context=kv, lowres=lowres)
+                    t0 = time.perf_counter()
+                    fwd()  # warm-up (oneDNN primitives; compilation)
+                    if name == "released_compiled":
+                        row[name][f"{prec}_first_call_s"] = round(time.perf_counter() - t0, 1)
+                    fns[(name, prec)] = fwd
             if layout == "wide":  # the project's code before issue #13: unfused ResBlocks, K/V every step
                 kv_tokens = m.encode_context(torch.randn(b, 5, 64, 64)).detach()
 
@@ -269,6 +278,10 @@ def unet_parts(batches: dict, repeats: int, profile: bool, compile_: bool) -> di
             if ("released", prec) in best:  # time ratio: > 1 = the released layout is faster
                 ratio = best[(other, "fp32")] / best[("released", prec)]
                 row[f"{other}_fp32_over_released_{prec}"] = round(ratio, 2)
+        for prec in ("fp32", "bf16"):
+            if ("released_compiled", prec) in best:  # > 1 = torch.compile is faster
+                ratio = best[("released", prec)] / best[("released_compiled", prec)]
+                row[f"released_{prec}_over_compiled_{prec}"] = round(ratio, 2)
         if profile:
             row["top_ops_released_fp32"] = _top_ops(fns[("released", "fp32")])
         out[stage] = row
@@ -329,7 +342,10 @@ def main():
                    help="batches of --parts unet (default: generate.batch_galaxies x n_lowres / n_fullres)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds of --parts unet")
     p.add_argument("--profile", action="store_true", help="--parts unet: top ops by self CPU time")
-    p.add_argument("--compile", action="store_true", help="--parts unet: torch.compile the denoisers")
+    p.add_argument("--compile", action="store_true",
+                   help="--parts unet: also time the released layout under torch.compile (inductor), "
+                        "interleaved with its eager forward; the first call's time is reported")
+    p.add_argument("--stages", nargs="*", default=["lr", "sr"], choices=["lr", "sr"], help="--parts unet: stages")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -341,7 +357,8 @@ def main():
     if "unet" in a.parts:
         gen = load_config(ROOT / "params_generative.yml", GenerativeConfig).generate
         lr_b, sr_b = a.unet_batch or (gen.batch_galaxies * gen.n_lowres, gen.batch_galaxies * gen.n_fullres)
-        out["unet"] = unet_parts({"lr": lr_b, "sr": sr_b}, a.repeats, a.profile, a.compile)
+        batches = {k: v for k, v in {"lr": lr_b, "sr": sr_b}.items() if k in a.stages}
+        out["unet"] = unet_parts(batches, a.repeats, a.profile, a.compile)
     print(json.dumps(out, indent=1))
 
 
