@@ -345,7 +345,8 @@ def main():
     p.add_argument("--compile", action="store_true",
                    help="--parts unet: also time the released layout under torch.compile (inductor), "
                         "interleaved with its eager forward; the first call's time is reported")
-    p.add_argument("--stages", nargs="*", default=["lr", "sr"], choices=["lr", "sr"], help="--parts unet: stages")
+    p.add_argument("--stages", nargs="*", default=["lr", "sr"], choices=["lr", "sr"],
+                   help="--parts unet: the stages to time")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)

@@ -161,7 +161,7 @@ def noiseless_lick(survey_path, rows: np.ndarray, z) -> dict:
 def photometric_model(survey_path, max_train: int = 5000, seed: int = 0, cache_dir=None):
     """The photometric baseline (:func:`evaluation.photometric.fit_photometric`) fitted on a seeded subset
     of at most ``max_train`` rows of the survey's TRAIN split; stored under ``cache_dir``
-    (evaluation/cache.py) when given. Returns ``(model, n_train)``."""
+    (evaluation/cache.py) when given. Returns ``(model, n_train, read_from_cache)``."""
     import sklearn
 
     from datasets.schema import SPLIT_CODES, open_survey
@@ -183,7 +183,8 @@ def photometric_model(survey_path, max_train: int = 5000, seed: int = 0, cache_d
 
     ident = {**survey_ident(survey_path), "train": rows_digest(train), "seed": seed,
              "sklearn": sklearn.__version__}
-    return cached(cache_dir, "photometric", ident, compute)[0], len(train)
+    model, hit = cached(cache_dir, "photometric", ident, compute)
+    return model, len(train), hit
 
 
 def photometric_predict(survey_path, rows: np.ndarray, max_train: int = 5000, seed: int = 0,
@@ -201,7 +202,7 @@ def photometric_predict(survey_path, rows: np.ndarray, max_train: int = 5000, se
     """
     from evaluation.photometric import predict, survey_features
 
-    model, n_train = photometric_model(survey_path, max_train, seed, cache_dir)
+    model, n_train, _ = photometric_model(survey_path, max_train, seed, cache_dir)
     rows = np.asarray(rows, dtype=np.int64)
     x, _ = survey_features(survey_path, rows)
     out = predict(model, x)
@@ -238,8 +239,9 @@ def main(argv=None) -> int:
                 raise UsageError(f"{name}: {v} must be >= 1")
         if a.threads:
             torch.set_num_threads(a.threads)
-        _, n = photometric_model(a.survey, a.pool_size, a.seed, a.cache)
-        print(f"photometric baseline: fitted on {n} training galaxies -> {a.cache}", file=sys.stderr)
+        _, n, hit = photometric_model(a.survey, a.pool_size, a.seed, a.cache)
+        print(f"photometric baseline ({n} training galaxies): " + ("already in" if hit else "fitted ->")
+              + f" {a.cache}", file=sys.stderr)
         if a.contrastive_sr:
             cache = build_cache(a.survey)
             pool = train_pool(cache, a.pool_size, a.seed)

@@ -640,6 +640,23 @@ def test_fill_cache_command_names_a_missing_file(tmp_path, capsys):
     assert "--threads: 0" in capsys.readouterr().err and not (tmp_path / "c").exists()
 
 
+def test_fill_cache_command_fits_the_photometric_baseline_once(synthetic_survey, tmp_path, capsys,
+                                                               monkeypatch):
+    """demo.sh fills the cache in one lane and reads it in the other: the second call reads the fit (no
+    second fit) and says so."""
+    import evaluation.photometric as P
+    from evaluation.baselines import main
+
+    fits = []
+    real_fit = P.fit_photometric
+    monkeypatch.setattr(P, "fit_photometric", lambda *a, **k: fits.append(1) or real_fit(*a, **k))
+    argv = ["--survey", str(synthetic_survey), "--cache", str(tmp_path / "c"), "--threads", "1"]
+    assert main(argv) == 0
+    assert "fitted ->" in capsys.readouterr().err and fits == [1]
+    assert main(argv) == 0
+    assert "already in" in capsys.readouterr().err and fits == [1]
+
+
 def test_retrieval_pool_cache_reuses_embeddings_and_keys_on_checkpoint_and_pool(synthetic_survey, tmp_path,
                                                                                monkeypatch):
     """evaluate.py --cache for the retrieval baseline: the pool's full-res embeddings are computed once per
