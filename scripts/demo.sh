@@ -60,7 +60,8 @@ lane_a() {
   step "4/7 baseline: direct CNN from images"
   $PY train_baseline.py --preset cpu --threads "$T"
   # the quick ranker's retrieval pool, embedded here instead of in the quick evaluation (evaluate.py --cache;
-  # ~50 s on one core); the photometric fit is read from the cache lane B has written by then
+  # ~50 s on one core); the photometric fit is read from the cache lane B has usually written by then
+  # (if not, it is fitted here too: the cache entry is written under a temporary name, then renamed)
   OMP_NUM_THREADS=$T $PY -m evaluation.baselines --survey "$DATA" --cache runs/eval_cache --threads "$T" \
     --contrastive-sr runs/contrastive_sr/best.pt
 }
@@ -94,9 +95,12 @@ for stage in lr sr; do  # the last validation figure of each diffusion model: EM
 done
 step "5/7 generate spectra for $LIMIT test galaxies (the quick models; $LANES process(es))"
 # re-runs replace the last output; float32 for the small CPU-preset models (as their training)
-# chunks of LIMIT / (2 x LANES) galaxies: each process gets the same number of galaxies
-$PY generate.py --preset cpu --set generate.limit="$LIMIT" --overwrite --amp off --nproc "$LANES" --backend gloo \
-  --threads "$T" --set generate.chunk_galaxies=$(( (LIMIT + 2 * LANES - 1) / (2 * LANES) ))
+# LANES processes (gloo) with T threads each; chunks of LIMIT / (2 x LANES) galaxies, so that each process
+# gets the same number of galaxies
+PAR=""; [ "$LANES" -ge 2 ] && PAR="--nproc $LANES --backend gloo"
+# shellcheck disable=SC2086  # PAR is empty or two options
+$PY generate.py --preset cpu --set generate.limit="$LIMIT" --overwrite --amp off $PAR --threads "$T" \
+  --set generate.chunk_galaxies=$(( (LIMIT + 2 * LANES - 1) / (2 * LANES) ))
 step "6/7 science read-out"
 OMP_NUM_THREADS=1 $PY evaluate.py --results outputs/generated.fits --baselines runs/baseline/best.pt \
   --overwrite --workers "$CORES" --cache runs/eval_cache --max-fit "$FITS"
