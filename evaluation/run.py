@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -612,8 +613,10 @@ def calibration_section(table: Table, d: EvalData, seed: int) -> dict | None:
         s = calib[q]
         pit = M.pit_values(s, r, seed=seed)
         cov = M.interval_coverage(s, r)
-        med = np.nanmedian(s, axis=1) if np.isfinite(s).any() else np.full(n, np.nan)
-        width = np.nanmedian(np.nanpercentile(s, 84, axis=1) - np.nanpercentile(s, 16, axis=1))
+        with warnings.catch_warnings():  # a galaxy whose M values are all NaN: its median is NaN, silently
+            warnings.simplefilter("ignore", RuntimeWarning)
+            med = np.nanmedian(s, axis=1) if np.isfinite(s).any() else np.full(n, np.nan)
+            width = np.nanmedian(np.nanpercentile(s, 84, axis=1) - np.nanpercentile(s, 16, axis=1))
         calib[f"pit_{q}"] = pit
         ideal = M.expected_coverage(calib["n_candidates"])
         cal_report[q] = {"coverage_16_84": cov, "pit_ks": M.pit_uniformity(pit),
