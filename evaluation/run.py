@@ -615,7 +615,7 @@ def calibration_section(table: Table, d: EvalData, seed: int) -> dict | None:
         cov = M.interval_coverage(s, r)
         with warnings.catch_warnings():  # a galaxy whose M values are all NaN: its median is NaN, silently
             warnings.simplefilter("ignore", RuntimeWarning)
-            med = np.nanmedian(s, axis=1) if np.isfinite(s).any() else np.full(n, np.nan)
+            med = np.nanmedian(s, axis=1)
             width = np.nanmedian(np.nanpercentile(s, 84, axis=1) - np.nanpercentile(s, 16, axis=1))
         calib[f"pit_{q}"] = pit
         ideal = M.expected_coverage(calib["n_candidates"])
