@@ -46,8 +46,43 @@ def _fmt(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
+def _find_versus(report: dict, section: str, quantity: str, metric: str) -> dict | None:
+    for row in report.get("vs_best_baseline") or ():
+        if (row["section"].startswith(section) and row["quantity"].lower() == quantity.lower()
+                and row["metric"].split(" (")[0] == metric):
+            return row
+    return None
+
+
+def _versus_cell(row: dict | None) -> list[str]:
+    """[best baseline, chain - best with its paired 95 % interval, verdict] of a vs_best_baseline entry."""
+    if row is None:
+        return ["—", "—", "—"]
+    ci = row.get("ci95")
+    diff = f"{row['difference']:+.3g}" + ("" if not ci else f" [{ci[0]:+.3g}, {ci[1]:+.3g}]")
+    verdict = "chain better" if row["chain_better"] else "baseline better"
+    if row.get("resolved") is not None:
+        verdict += "" if row["resolved"] else " (not resolved)"
+    return [row["best_baseline"], diff, verdict]
+
+
+def versus_table(reports: dict[str, dict]) -> str:
+    """Markdown table: per headline metric and report, the best baseline and chain - best with the paired
+    bootstrap interval evaluate.py computed (empty if no report has a vs_best_baseline entry)."""
+    names = list(reports)
+    head = ["quantity"] + [f"{n}: {c}" for n in names for c in ("best baseline", "chain − best [95 %]",
+                                                                "verdict")]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for section, quantity, metric, label in HEADLINES:
+        rows = [_find_versus(reports[n], section, quantity, metric) for n in names]
+        if any(r is not None for r in rows):
+            lines.append("| " + " | ".join([label] + [c for r in rows for c in _versus_cell(r)]) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def summarize(reports: dict[str, dict]) -> str:
-    """Markdown table: one row per headline metric, per report one column per method."""
+    """Markdown table: one row per headline metric, per report one column per method; then the chain against
+    the best baseline with paired intervals (:func:`versus_table`)."""
     names = list(reports)
     head = ["quantity"] + [f"{n}: {m}" for n in names for m in METHODS]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
@@ -62,7 +97,13 @@ def summarize(reports: dict[str, dict]) -> str:
             lines.append("| " + " | ".join(cells) + " |")
     galaxies = ", ".join(f"{n}: {reports[n].get('n_galaxies')} galaxies from {reports[n].get('results')}"
                          for n in names)
-    return "# Evaluation summary\n\n" + galaxies + "\n\n" + "\n".join(lines) + "\n"
+    text = "# Evaluation summary\n\n" + galaxies + "\n\n" + "\n".join(lines) + "\n"
+    versus = versus_table(reports)
+    if versus:
+        text += ("\n## The chain against the best baseline\n\nchain − best baseline, with the 95 % interval "
+                 "of a paired bootstrap over the galaxies (evaluate.py); \"not resolved\": the interval "
+                 "contains 0, so this many galaxies do not tell which is better.\n\n" + versus + "\n")
+    return text
 
 
 def main(argv=None) -> int:

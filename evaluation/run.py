@@ -152,15 +152,32 @@ def noiseless_spectra(survey, rows) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------
 # the table
 # ----------------------------------------------------------------------------------------------------------
+def _nanmedian(x) -> float:
+    """Median ignoring NaN (galaxies without an observed spectrum); NaN, silently, if all are NaN."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(np.nanmedian(x))
+
+
+def _nanmean(x) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(np.nanmean(x))
+
+
 def _cell(x):
     return None if x is None or not np.isfinite(x) else float(x)
 
 
 class Table:
-    """Rows of (section, quantity, metric, reference) -> value per method, plus the reference's own value."""
+    """Rows of (section, quantity, metric, reference) -> value per method, plus the reference's own value.
+
+    Rows added with :meth:`add_stat` also keep each method's per-galaxy arrays (``paired``, by row index),
+    from which :func:`versus_best_baseline` bootstraps the chain-minus-baseline difference over galaxies."""
 
     def __init__(self):
         self.rows = []
+        self.paired = {}   # row index -> (stat, {method: per-galaxy arrays}), not written to the report
 
     def add(self, section, quantity, metric, reference, values: dict, n=None, reference_value=None):
         self.rows.append(
@@ -174,6 +191,13 @@ class Table:
                 "values": {m: _cell(values.get(m)) for m in METHODS},
             }
         )
+
+    def add_stat(self, section, quantity, metric, reference, stat, data: dict, n=None, reference_value=None):
+        """A row whose value per method is ``stat(*data[method])``: ``data`` maps each method to a tuple of
+        galaxy-aligned arrays of equal length (e.g. (z_pred, z_true)), kept for the paired bootstrap."""
+        self.add(section, quantity, metric, reference, {m: stat(*a) for m, a in data.items()}, n,
+                 reference_value)
+        self.paired[len(self.rows) - 1] = (stat, data)
 
     def markdown(self, methods) -> str:
         head = "| section | quantity | metric | reference | n | ref. value | " + " | ".join(methods) + " |"
@@ -207,8 +231,9 @@ def _regression_rows(table, section, q, ref, ref_name, vals: dict, obs_key="obse
     v = {m: _tr(q, a)[mask] for m, a in vals.items() if a is not None}
     n = int(np.isfinite(r).sum())
     sfx = " [dex]" if q in LOG_QUANTITIES else unit
-    table.add(section, q, "pearson_rho", ref_name, {m: M.pearson(a, r) for m, a in v.items()}, n)
-    table.add(section, q, "scatter" + sfx, ref_name, {m: M.robust_scatter(a, r) for m, a in v.items()}, n)
+    table.add_stat(section, q, "pearson_rho", ref_name, M.pearson, {m: (a, r) for m, a in v.items()}, n)
+    table.add_stat(section, q, "scatter" + sfx, ref_name, M.robust_scatter, {m: (a, r) for m, a in v.items()},
+                   n)
     table.add(section, q, "bias" + sfx, ref_name, {m: M.median_bias(a, r) for m, a in v.items()}, n)
     if obs_key in v and ref_name != "observed":
         o = v[obs_key]
@@ -240,8 +265,8 @@ def _image_only_rows(table, truth, phot, cnn, n):
                   {"photometric": M.balanced_accuracy(cls, bt)}, n)
         agn = {"photometric": phot["agn"]} | ({"cnn": cnn["agn"]} if cnn is not None else {})
         at = (bt == 2).astype(int)
-        table.add(sec, "AGN presence", "balanced_accuracy", "catalogue",
-                  {m: M.balanced_accuracy(a, at) for m, a in agn.items()}, n, reference_value=at.mean())
+        table.add_stat(sec, "AGN presence", "balanced_accuracy", "catalogue", M.balanced_accuracy,
+                       {m: (a, at) for m, a in agn.items()}, n, reference_value=at.mean())
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -448,17 +473,18 @@ def spectrum_section(table: Table, d: EvalData) -> None:
             d.errs[m] = M.spectral_errors(s, obs, d.ivar_obs)
     errs, sec = d.errs, "spectrum"
     n_obs = int(d.has_observed.sum())  # galaxies without a usable observed spectrum have no error
-    table.add(sec, "flux", "mse_median", "observed", {m: np.nanmedian(e["mse"]) for m, e in errs.items()},
-              n_obs)
-    table.add(sec, "flux", "mse_mean", "observed", {m: np.nanmean(e["mse"]) for m, e in errs.items()}, n_obs)
+    table.add_stat(sec, "flux", "mse_median", "observed", _nanmedian, {m: (e["mse"],) for m, e in errs.items()},
+                   n_obs)
+    table.add_stat(sec, "flux", "mse_mean", "observed", _nanmean, {m: (e["mse"],) for m, e in errs.items()},
+                   n_obs)
     if d.candidates is not None and "predicted" in errs:
         # the mean of the M draws estimates E[spectrum | image], the MSE-optimal point prediction that the
         # training-mean and retrieval baselines are (a single draw carries its own noise, MSE ~2x the
         # conditional variance); its lines blur where the draws' redshifts disagree: science reads one draw
         mean_m = M.spectral_errors(d.candidates.mean(axis=1), obs, d.ivar_obs)["mse"]
-        table.add(sec, "flux (mean of the M candidates)", "mse_median", "observed",
-                  {"predicted": np.nanmedian(mean_m)}
-                  | {m: np.nanmedian(e["mse"]) for m, e in errs.items() if m != "predicted"}, n_obs)
+        table.add_stat(sec, "flux (mean of the M candidates)", "mse_median", "observed", _nanmedian,
+                       {"predicted": (mean_m,)} | {m: (e["mse"],) for m, e in errs.items() if m != "predicted"},
+                       n_obs)
     table.add(sec, "flux", "chi2n_median", "observed",
               {m: np.nanmedian(e["chi2n"]) if np.isfinite(e["chi2n"]).any() else np.nan
                for m, e in errs.items()}, d.n)
@@ -466,23 +492,23 @@ def spectrum_section(table: Table, d: EvalData) -> None:
         for code, name in ((0, "elliptical"), (1, "spiral"), (2, "uncertain")):
             sel = d.morph == code
             if sel.any():
-                table.add(sec, f"flux ({name})", "mse_median", "observed",
-                          {m: np.nanmedian(e["mse"][sel]) for m, e in errs.items()}, int(sel.sum()))
+                table.add_stat(sec, f"flux ({name})", "mse_median", "observed", _nanmedian,
+                               {m: (e["mse"][sel],) for m, e in errs.items()}, int(sel.sum()))
 
 
 def redshift_section(table: Table, d: EvalData) -> None:
     """sigma_NMAD, bias and outlier fraction of every column's redshift against the catalogue."""
     sec, zt = "redshift", d.truth["z"].astype(np.float64)
     zv = {m: v["z"] for m, v in d.meas.items() if "z" in v}
-    table.add(sec, "z", "sigma_nmad", "catalogue", {m: M.sigma_nmad(v, zt) for m, v in zv.items()}, d.n)
+    table.add_stat(sec, "z", "sigma_nmad", "catalogue", M.sigma_nmad, {m: (v, zt) for m, v in zv.items()}, d.n)
     table.add(sec, "z", "bias", "catalogue", {m: M.z_bias(v, zt) for m, v in zv.items()}, d.n)
-    frac = {m: M.outlier_fraction(v, zt) for m, v in zv.items()}  # a NaN z is a failed fit: an outlier
+    frac = {m: (v, zt) for m, v in zv.items()}  # a NaN z is a failed fit: an outlier
     has_obs = d.has_observed
     if "observed" in zv and not has_obs.all():  # ... but a missing observed spectrum has no z to get wrong
-        frac["observed"] = M.outlier_fraction(zv["observed"][has_obs], zt[has_obs])
+        frac["observed"] = (zv["observed"][has_obs], zt[has_obs])
         d.notes.append(f"observed column's z outlier fraction over the {int(has_obs.sum())} of {d.n} "
                        "galaxies with a usable observed spectrum")
-    table.add(sec, "z", "outlier_frac", "catalogue", frac, d.n)
+    table.add_stat(sec, "z", "outlier_frac", "catalogue", M.outlier_fraction, frac, d.n)
 
 
 def _reference(d: EvalData, key):
@@ -589,12 +615,12 @@ def bpt_section(table: Table, d: EvalData) -> None:
         cls["photometric"] = d.phot["bpt_class"][idx]
         agn["photometric"] = d.phot["agn"][idx]
     at, k, q4 = (bt == 2).astype(int), idx.size, "bpt_class (4 classes incl. -1)"
-    table.add(sec, q4, "accuracy", bn, {m: M.accuracy(c, bt) for m, c in cls.items()}, k)
-    table.add(sec, q4, "balanced_accuracy", bn, {m: M.balanced_accuracy(c, bt) for m, c in cls.items()}, k)
-    table.add(sec, "AGN presence", "accuracy", bn, {m: M.accuracy(a, at) for m, a in agn.items()}, k,
-              reference_value=at.mean())
-    table.add(sec, "AGN presence", "balanced_accuracy", bn,
-              {m: M.balanced_accuracy(a, at) for m, a in agn.items()}, k)
+    table.add_stat(sec, q4, "accuracy", bn, M.accuracy, {m: (c, bt) for m, c in cls.items()}, k)
+    table.add_stat(sec, q4, "balanced_accuracy", bn, M.balanced_accuracy, {m: (c, bt) for m, c in cls.items()}, k)
+    table.add_stat(sec, "AGN presence", "accuracy", bn, M.accuracy, {m: (a, at) for m, a in agn.items()}, k,
+                   reference_value=at.mean())
+    table.add_stat(sec, "AGN presence", "balanced_accuracy", bn, M.balanced_accuracy,
+                   {m: (a, at) for m, a in agn.items()}, k)
     ao = agn["observed"]
     table.add(sec, "AGN presence", "accuracy_vs_observed", "observed",
               {m: M.accuracy(a, ao) for m, a in agn.items() if m != "observed"}, k)
@@ -664,12 +690,45 @@ METRIC_DIRECTION = {"pearson_rho": 1, "accuracy": 1, "balanced_accuracy": 1, "si
 RATIO_METRICS = ("sigma_nmad", "scatter")  # scale metrics: also predicted / best as a ratio
 
 
-def versus_best_baseline(rows: list[dict]) -> list[dict]:
+N_BOOTSTRAP = 1000  # paired bootstrap draws over galaxies for the chain-vs-best-baseline intervals
+
+
+def paired_interval(stat, a: tuple, b: tuple, n_boot: int = N_BOOTSTRAP, seed: int = 0,
+                    level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile interval of ``stat(*a) - stat(*b)`` over ``n_boot`` bootstrap resamples of the galaxies,
+    the SAME galaxies for both (``a`` and ``b`` are tuples of galaxy-aligned arrays of one length); draws
+    where either statistic is undefined (NaN) are left out. None if the arrays are not aligned or fewer than
+    half of the draws are defined."""
+    arrays = [np.asarray(x) for x in (*a, *b)]
+    n = arrays[0].shape[0] if arrays and arrays[0].ndim else 0
+    if n < 2 or any(x.ndim == 0 or x.shape[0] != n for x in arrays):
+        return None
+    rng = np.random.default_rng(seed)
+    diffs = np.full(n_boot, np.nan)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for k in range(n_boot):
+            i = rng.integers(0, n, n)
+            diffs[k] = stat(*(x[i] for x in a)) - stat(*(x[i] for x in b))
+    ok = np.isfinite(diffs)
+    if ok.sum() < n_boot / 2:
+        return None
+    lo, hi = np.percentile(diffs[ok], [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)
+
+
+def versus_best_baseline(rows: list[dict], paired: dict | None = None, n_boot: int = N_BOOTSTRAP,
+                         seed: int = 0) -> list[dict]:
     """Per table row with a direction (``METRIC_DIRECTION``), the best of the baselines present
     (``BASELINES``) and how far the chain (``predicted``) is from it: ``difference`` = predicted - best,
-    ``ratio`` = predicted / best for sigma_NMAD and scatter, ``chain_better`` True when the chain wins."""
+    ``ratio`` = predicted / best for sigma_NMAD and scatter, ``chain_better`` True when the chain wins.
+
+    For rows with per-galaxy data (``paired``: :attr:`Table.paired`) also ``ci95``, the 95 % paired
+    bootstrap interval of the difference (:func:`paired_interval`), and ``resolved``: the interval
+    excludes 0, i.e. the sample resolves which of the two is better; else both are None."""
+    paired = paired or {}
     out = []
-    for r in rows:
+    for k, r in enumerate(rows):
         base = r["metric"].split(" ")[0]
         sign, pred = METRIC_DIRECTION.get(base, 0), r["values"].get("predicted")
         have = {m: r["values"][m] for m in BASELINES if r["values"].get(m) is not None}
@@ -677,10 +736,16 @@ def versus_best_baseline(rows: list[dict]) -> list[dict]:
             continue
         best = max(have, key=lambda m: sign * have[m])
         v = have[best]
+        ci = None
+        if k in paired and "predicted" in paired[k][1] and best in paired[k][1]:
+            stat, data = paired[k]
+            ci = paired_interval(stat, data["predicted"], data[best], n_boot, seed + k)
         out.append({"section": r["section"], "quantity": r["quantity"], "metric": r["metric"], "n": r["n"],
                     "predicted": pred, "best_baseline": best, "baseline_value": v, "difference": pred - v,
                     "ratio": pred / v if base in RATIO_METRICS and v != 0 else None,
-                    "chain_better": bool(sign * (pred - v) > 0)})
+                    "chain_better": bool(sign * (pred - v) > 0),
+                    "ci95": None if ci is None else list(ci),
+                    "resolved": None if ci is None else bool(ci[0] > 0 or ci[1] < 0)})
     return out
 
 
@@ -708,11 +773,15 @@ def versus_markdown(vs: list[dict]) -> str:
         return "—" if v is None else f"{v:.4g}"
 
     lines = ["| section | quantity | metric | predicted (chain) | best baseline | its value | "
-             "chain − best | chain / best | chain better |", "|" + " --- |" * 9]
+             "chain − best | 95 % interval (paired) | chain / best | chain better |", "|" + " --- |" * 10]
     for r in vs:
+        ci = r.get("ci95")
+        better = "yes" if r["chain_better"] else "no"
+        if r.get("resolved") is not None:
+            better += " (resolved)" if r["resolved"] else " (not resolved)"
         lines.append(f"| {r['section']} | {r['quantity']} | {r['metric']} | {f(r['predicted'])} | "
                      f"{r['best_baseline']} | {f(r['baseline_value'])} | {f(r['difference'])} | "
-                     f"{f(r['ratio'])} | {'yes' if r['chain_better'] else 'no'} |")
+                     f"{'—' if ci is None else f'[{ci[0]:.3g}, {ci[1]:.3g}]'} | {f(r['ratio'])} | {better} |")
     return "\n".join(lines)
 
 
@@ -774,6 +843,7 @@ def evaluate(
     fit_subset(d, max_fit, workers, seed)
     lap("ppxf")
     table, cal_report = score(d, seed)
+    versus = versus_best_baseline(table.rows, table.paired, seed=seed)  # with paired bootstrap intervals
     lap("table")
     present = [m for m in METHODS if m in d.meas or m in d.fits]
     fig_paths = []
@@ -791,7 +861,7 @@ def evaluate(
         "columns": present,
         "methods_description": dict(METHOD_DESCRIPTIONS),
         "table": table.rows,
-        "vs_best_baseline": versus_best_baseline(table.rows),
+        "vs_best_baseline": versus,
         "calibration": jsonable(cal_report),
         "notes": d.notes,
         "timings_s": lap.timings,
@@ -820,7 +890,9 @@ def write_report(report, rep: dict, table_md: str) -> tuple[Path, Path]:
             "Per quantity and metric, the best of the baselines present (" + ", ".join(BASELINES) + ") and "
             "how far the chain's `predicted` column is from it (difference; ratio for sigma_NMAD and "
             "scatter; \"chain better\" follows the metric's direction: higher rho/accuracy, lower "
-            "scatter/sigma_NMAD/outliers/MSE/KS).\n",
+            "scatter/sigma_NMAD/outliers/MSE/KS). The interval is the 95 % percentile interval of chain − "
+            f"best over {N_BOOTSTRAP} bootstrap resamples of the galaxies, the same galaxies for both "
+            "(\"resolved\": it excludes 0).\n",
             versus_markdown(rep["vs_best_baseline"]),
         ]
     if rep.get("calibration"):

@@ -218,11 +218,56 @@ def test_report_names_the_best_baseline_and_the_chains_distance(perfect_and_shuf
     assert not bad_z["chain_better"]  # a shuffled prediction loses to the baselines
     md = (perfect_and_shuffled["dir"] / "rep_perfect.md").read_text()
     assert "## The chain vs the best baseline" in md and "| redshift | z | sigma_nmad |" in md
+    # paired bootstrap intervals: the perfect chain's z is resolved better; the shuffled one's interval
+    # holds its (positive) difference, whether or not this small survey resolves it
+    lo, hi = z["ci95"]
+    assert lo <= z["difference"] <= hi < 0 and z["resolved"]
+    lo, hi = bad_z["ci95"]
+    assert lo <= bad_z["difference"] <= hi and bad_z["difference"] > 0 and bad_z["resolved"] == (lo > 0)
+    assert "(resolved)" in md and "95 % interval (paired)" in md
     # the PIT section: M, KS distance, histogram of the candidates' calibration
     cal = good["calibration"]
     assert cal["n_candidates"] == 3 and cal["measure_seconds"] >= 0
     assert cal["z"]["n"] > 0 and sum(cal["z"]["pit_histogram"]) == cal["z"]["n"]
     assert 0 <= cal["dn4000"]["pit_ks"] <= 1 and "## Calibration of the candidates (PIT)" in md
+
+
+def test_paired_interval_resamples_the_same_galaxies():
+    from evaluation import metrics as M
+    from evaluation.run import paired_interval
+
+    rng = np.random.default_rng(1)
+    zt = rng.uniform(0.05, 0.2, 400)
+    better = zt + rng.normal(0, 0.01, 400)
+    worse = zt + rng.normal(0, 0.02, 400)
+    lo, hi = paired_interval(M.sigma_nmad, (better, zt), (worse, zt), n_boot=300)
+    assert lo < hi < 0                                   # resolved: 0.01 vs 0.02 on 400 galaxies
+    # the same galaxies for both: a method against itself differs by exactly 0 in every draw
+    assert paired_interval(M.sigma_nmad, (better, zt), (better, zt), n_boot=50) == (0.0, 0.0)
+    # 12 galaxies do not resolve 0.010 against 0.012 (400 would: the same draws' interval is then below 0)
+    close = zt + rng.normal(0, 0.012, 400)
+    lo, hi = paired_interval(M.sigma_nmad, (better[:12], zt[:12]), (close[:12], zt[:12]), n_boot=300)
+    assert lo < 0 < hi
+    # misaligned arrays (e.g. a column scored on a subset) or undefined statistics give no interval
+    assert paired_interval(M.sigma_nmad, (better, zt), (worse[:10], zt[:10])) is None
+    assert paired_interval(M.pearson, (np.ones(50), zt[:50]), (better[:50], zt[:50]), n_boot=20) is None
+
+
+def test_versus_best_baseline_interval_from_table_rows():
+    from evaluation import metrics as M
+    from evaluation.run import Table, versus_best_baseline
+
+    rng = np.random.default_rng(2)
+    truth = rng.normal(size=300)
+    t = Table()
+    t.add_stat("s", "q", "pearson_rho", "catalogue", M.pearson,
+               {"predicted": (truth + rng.normal(0, 0.3, 300), truth),
+                "cnn": (truth + rng.normal(0, 1.0, 300), truth)}, 300)
+    t.add("s", "q", "scatter", "catalogue", {"predicted": 0.1, "cnn": 0.2}, 300)   # no per-galaxy data
+    a, b = versus_best_baseline(t.rows, t.paired, n_boot=200)
+    assert t.rows[0]["values"]["predicted"] > 0.9 and a["chain_better"] and a["resolved"]
+    assert a["ci95"][0] > 0 and a["ci95"][0] <= a["difference"] <= a["ci95"][1]
+    assert b["ci95"] is None and b["resolved"] is None
 
 
 def test_versus_best_baseline_by_hand():
@@ -442,7 +487,28 @@ def test_compare_summarises_reports_side_by_side_with_exact_metric_names(tmp_pat
     assert lines["Dn4000 rho"].split(" | ")[1] == "0.7" and "-1" not in lines["Dn4000 rho"]
     assert lines["z PIT KS distance"].split(" | ")[1] == "0.15"
     assert "Mgb rho" not in lines          # rows no report has are left out
+    assert "chain against the best baseline" not in out.read_text()  # no vs_best_baseline entries
     assert compare_main(["no-equals-sign"]) == 2
+
+
+def test_compare_shows_the_chain_against_the_best_baseline_with_its_interval(tmp_path):
+    from evaluation.compare import main as compare_main
+
+    vs = [{"section": "redshift", "quantity": "z", "metric": "sigma_nmad", "best_baseline": "photometric",
+           "difference": 0.0138, "chain_better": False, "ci95": [0.0019, 0.023], "resolved": True},
+          {"section": "spectrum", "quantity": "flux", "metric": "mse_median", "best_baseline": "train_mean",
+           "difference": -0.0026, "chain_better": True, "ci95": [-0.0071, 0.0019], "resolved": False}]
+    p = tmp_path / "r.json"
+    p.write_text(json.dumps({"table": [], "vs_best_baseline": vs, "n_galaxies": 48, "results": "x.fits"}))
+    out = tmp_path / "s.md"
+    assert compare_main([f"quick={p}", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "## The chain against the best baseline" in text
+    lines = {ln.split(" | ")[0].strip("| "): ln.strip("| ").split(" | ") for ln in text.splitlines()
+             if ln.startswith("|")}
+    assert lines["z sigma_NMAD"][1:] == ["photometric", "+0.0138 [+0.0019, +0.023]", "baseline better"]
+    assert lines["spectrum MSE (median)"][1:] == ["train_mean", "-0.0026 [-0.0071, +0.0019]",
+                                                  "chain better (not resolved)"]
 
 
 def _benchmark(name):
