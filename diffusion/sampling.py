@@ -59,6 +59,14 @@ def item_seeds(galaxy_seeds: Sequence[int], n: int, stride: int = 1, offset: int
     return [int(s) * stride + offset + k for s in galaxy_seeds for k in range(n)]
 
 
+def lowres_noise(seeds: Sequence[int], length: int) -> torch.Tensor:
+    """Standard-normal (len(seeds), length) noise for the conditioning augmentation of the low-res input
+    (``ConditionalDenoiser.augment_lowres``): item i's from numpy's generator of (seed_i, 1), a stream apart
+    from the diffusion's own per-item noise (``NoiseSource``), so the same seed gives the same draw."""
+    return torch.from_numpy(np.stack([np.random.default_rng((int(s), 1)).standard_normal(length)
+                                      for s in seeds]).astype(np.float32))
+
+
 @torch.no_grad()
 def sample_conditional(model, diffusion: GaussianDiffusion, context: torch.Tensor, length: int,
                        seeds: Sequence[int], sampler: str = "ancestral", steps: int | None = None, *,
@@ -126,6 +134,8 @@ def sample_conditional(model, diffusion: GaussianDiffusion, context: torch.Tenso
         kv_null = model.precompute_context(model.null_context(tokens)) if guidance != 1.0 else None
     if lowres is not None:
         lowres = model.normalize_lowres(lowres)
+        if getattr(model, "lowres_noise", 0.0):  # conditioning augmentation, seeded per item
+            lowres = model.augment_lowres(lowres, lowres_noise(seeds, lowres.shape[-1]))
 
     def model_fn(x, t):
         with precision():

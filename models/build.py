@@ -35,6 +35,7 @@ def build_denoiser(model_cfg, stage: str) -> ConditionalDenoiser:
                                photometry_tokens=model_cfg.photometry_tokens,
                                global_context=model_cfg.global_context,
                                position_features=model_cfg.position_features,
+                               lowres_noise=getattr(model_cfg, "lowres_noise", 0.0),
                                wave=FULLRES_WAVE if stage == "sr" else LOWRES_WAVE)
 
 

@@ -513,9 +513,12 @@ class ConditionalDenoiser(nn.Module):
     def __init__(
         self, image_encoder: str = "resnet18", in_bands: int = SURVEY.n_bands, image_width: int = 64,
         data_length: int | None = None, photometry_features: int = 0, photometry_tokens: int = 4,
-        global_context: bool = False, position_features: int = 0, wave=None, **unet_kwargs
+        global_context: bool = False, position_features: int = 0, wave=None, lowres_noise: float = 0.0,
+        **unet_kwargs
     ):
         super().__init__()
+        # super-resolution: std of the noise added to the normalised low-res input (augment_lowres)
+        self.lowres_noise = float(lowres_noise)
         # the diffusion runs on (x - data_mean) / data_std; identity by default (the paper's raw log flux)
         self.register_buffer("data_mean", torch.zeros(data_length or 1))
         self.register_buffer("data_std", torch.ones(data_length or 1))
@@ -542,7 +545,7 @@ class ConditionalDenoiser(nn.Module):
             if photometry_features else None)
         self.config = dict(
             image_encoder=image_encoder, in_bands=in_bands, image_width=image_width,
-            position_features=position_features, **unet_kwargs
+            position_features=position_features, lowres_noise=self.lowres_noise, **unet_kwargs
         )
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -559,6 +562,15 @@ class ConditionalDenoiser(nn.Module):
         if self.data_mean.numel() == lowres.shape[-1] or self.data_mean.numel() == 1:
             return self.normalize(lowres)
         return (lowres - self.data_mean[::8]) / self.data_std[::8]
+
+    def augment_lowres(self, lowres: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Conditioning augmentation (``model.lowres_noise``; Ho et al. 2022, cascaded diffusion): the
+        normalised low-res input plus ``lowres_noise`` times the standard-normal ``noise``, in training and
+        sampling alike, so the model does not copy small-scale structure that a generated low-res spectrum
+        gets wrong. Unchanged (the same tensor) when ``lowres_noise`` is 0."""
+        if not self.lowres_noise:
+            return lowres
+        return lowres + self.lowres_noise * noise.to(lowres.device, lowres.dtype)
 
     def clip_range(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """x0 clipping bounds for sampling: the per-pixel range of the training data (set with the data

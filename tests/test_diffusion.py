@@ -437,3 +437,93 @@ def test_classifier_free_guidance_extrapolates_from_the_null_condition(diffusion
     assert guided.mean().item() == pytest.approx(2.0, abs=0.03)    # 0 + 2.5 (0.8 - 0)
     assert guided.std().item() == pytest.approx(0.2, abs=0.02)
     torch.testing.assert_close(draw(ctx, guidance=0.0), draw(torch.zeros_like(ctx)), rtol=0, atol=1e-6)
+
+
+def test_lowres_noise_augments_the_super_resolution_input_the_same_way_per_item(diffusion):
+    """model.lowres_noise: sample_conditional hands the denoiser normalised low-res + s * noise, the noise
+    seeded per item (batch composition does not matter) and off the diffusion's own stream; 0 = unchanged."""
+    from diffusion.sampling import lowres_noise, sample_conditional
+    from models.unet1d import ConditionalDenoiser
+
+    class Recorder(_GaussianDenoiser):
+        def __init__(self, diffusion, s_aug):
+            super().__init__(diffusion, 0.0, 1.0)
+            self.lowres_noise, self.seen = s_aug, []
+
+        def normalize_lowres(self, lowres):
+            return lowres * 2.0
+
+        augment_lowres = ConditionalDenoiser.augment_lowres
+
+        def __call__(self, x, t, context=None, lowres=None):
+            self.seen.append(lowres.clone())
+            return super().__call__(x, t, context, lowres)
+
+    low = torch.linspace(-1, 1, 8).repeat(3, 1)
+    ctx = torch.zeros(3, 1, 1)
+
+    def run(s_aug, seeds=(11, 12, 13), lr=low):
+        m = Recorder(diffusion, s_aug)
+        x = sample_conditional(m, diffusion, ctx[:len(seeds)], 16, list(seeds), "dpmpp_2m", 4, lowres=lr)
+        assert all(torch.equal(v, m.seen[0]) for v in m.seen)   # one augmented input for every step
+        return x, m.seen[0]
+
+    x0, seen0 = run(0.0)
+    assert torch.equal(seen0, low * 2.0)                  # off: the normalised input, untouched
+    x3, seen3 = run(0.3)
+    torch.testing.assert_close(seen3, low * 2.0 + 0.3 * lowres_noise([11, 12, 13], 8), rtol=0, atol=1e-6)
+    assert 0.15 < (seen3 - seen0).std().item() < 0.45
+    assert torch.equal(x3, x0)  # the diffusion's own noise is not consumed by the augmentation
+    _, seen_one = run(0.3, seeds=(12,), lr=low[:1])
+    torch.testing.assert_close(seen_one[0], seen3[1], rtol=0, atol=0)
+    assert not torch.equal(lowres_noise([11], 8), lowres_noise([12], 8))
+
+
+def test_lowres_noise_config_checks():
+    from utils.config import ConfigError, GenerativeConfig, load_config
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "params_generative.yml", GenerativeConfig,
+                      ["train.stage=sr", "model.lowres_noise=0.3"], "cpu")
+    assert cfg.model.lowres_noise == 0.3
+    with pytest.raises(ConfigError, match=r"model.lowres_noise: 0.3 is for the super-resolution stage"):
+        load_config(root / "params_generative.yml", GenerativeConfig, ["train.stage=lr", "model.lowres_noise=0.3"],
+                    "cpu")
+    with pytest.raises(ConfigError, match=r"model.lowres_noise: -1.0 must be in 0..5"):
+        load_config(root / "params_generative.yml", GenerativeConfig, ["train.stage=sr", "model.lowres_noise=-1"],
+                    "cpu")
+
+
+def test_lowres_noise_in_the_training_loss():
+    """DiffusionTask.loss adds model.lowres_noise x N(0, 1) (from the iteration's generator) to the
+    normalised low-res input the super-resolution denoiser sees; without it the input is exact."""
+    from pathlib import Path
+    from training.tasks import DiffusionTask
+    from models.build import build_denoiser
+    from utils.config import GenerativeConfig, load_config
+    root = Path(__file__).resolve().parents[1]
+    seen = {}
+    for s_aug in (0.0, 0.5):
+        cfg = load_config(root / "params_generative.yml", GenerativeConfig,
+                          ["train.stage=sr", f"model.lowres_noise={s_aug}", "model.photometry=false",
+                           "model.global_context=false"], "cpu")
+        task = DiffusionTask("sr", cfg.model, crop_length=None)
+        model = build_denoiser(cfg.model, "sr")
+        assert model.lowres_noise == s_aug
+        forward = model.forward
+
+        def record(x, t, *a, lowres=None, _f=forward, **k):
+            seen.setdefault(s_aug, []).append(lowres.detach().clone())
+            return _f(x, t, *a, lowres=lowres, **k)
+        model.forward = record
+        batch = {"spectrum": torch.randn(2, 4500), "lowres": torch.randn(2, 563),
+                 "image": torch.randn(2, 5, 64, 64)}
+        for _ in range(2):
+            task.loss(model, batch, torch.Generator().manual_seed(3))
+        exact = model.normalize_lowres(batch["lowres"])
+        first, again = seen[s_aug][0], seen[s_aug][1]
+        assert torch.equal(first, again)                           # the generator decides the noise
+        if s_aug == 0:
+            assert torch.equal(first, exact)
+        else:
+            assert (first - exact).std().item() == pytest.approx(0.5, rel=0.1)

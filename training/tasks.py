@@ -197,6 +197,10 @@ class DiffusionTask:
         raw = model.module if hasattr(model, "module") else model
         x0 = raw.normalize(batch["spectrum"])
         lowres = raw.normalize_lowres(batch["lowres"]) if "lowres" in batch else None
+        if lowres is not None and raw.lowres_noise:   # conditioning augmentation (model.lowres_noise)
+            gen_device = generator.device if generator is not None else lowres.device
+            lowres = raw.augment_lowres(lowres, torch.randn(lowres.shape, generator=generator,
+                                                            device=gen_device))
         if self.crop_length and self.crop_length < x0.shape[-1]:
             x0, lowres = random_windows(x0, lowres, self.crop_length, generator)
         # images go through forward() (not a precomputed context) so DDP sees the encoder's gradients

@@ -90,6 +90,9 @@ class DiffusionModelConfig:
                                       # so every residual block sees the image (paper: cross-attention only)
     position_features: int = 0        # > 0: the UNet also sees 2n sinusoids of each pixel's log wavelength
                                       # (where lines sit at a given z; not in the paper: 0)
+    lowres_noise: float = 0.0         # super-resolution: Gaussian noise of this std added to its normalised
+                                      # low-res input, in training and sampling alike (conditioning
+                                      # augmentation, Ho et al. 2022; not in the paper: 0)
 
     def check(self, where):
         _choice(where, "model.image_encoder", self.image_encoder, ("resnet18", "resnet50"))
@@ -102,6 +105,8 @@ class DiffusionModelConfig:
         _positive(where, "model.photometry_tokens", self.photometry_tokens)
         if not 0 <= self.position_features <= 16:
             raise ConfigError(f"{where}: model.position_features: {self.position_features} must be in 0..16")
+        if not 0 <= self.lowres_noise <= 5:
+            raise ConfigError(f"{where}: model.lowres_noise: {self.lowres_noise} must be in 0..5")
         _positive_list(where, "model.mults", self.mults)
         if self.base % 8:
             raise ConfigError(f"{where}: model.base: {self.base} must be a multiple of 8 (GroupNorm(8))")
@@ -335,6 +340,9 @@ class GenerativeConfig:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
 
     def check(self, where):
+        if self.model.lowres_noise and self.train.stage != "sr":
+            raise ConfigError(f"{where}: model.lowres_noise: {self.model.lowres_noise} is for the super-resolution "
+                              f"stage (its low-res input), but train.stage is {self.train.stage!r}")
         if self.model.position_features and self.train.stage == "sr" and self.train.crop_length is not None:
             raise ConfigError(f"{where}: model.position_features: {self.model.position_features} needs whole "
                               f"spectra, but train.crop_length is {self.train.crop_length} (windows do not "
