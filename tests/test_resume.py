@@ -203,3 +203,23 @@ def test_a_checkpoint_older_than_a_config_key_resumes_with_its_meaning(synthetic
     assert main("generative", _argv(synthetic_survey, out, TINY + ["data.lowres=bin"])) == 2
     assert main("generative", _argv(synthetic_survey, out, TINY)) == 0
     assert load_checkpoint(out / "last.pt")["run"]["config"]["data"]["lowres"] == "subsample"
+
+
+def test_a_diffusion_checkpoint_older_than_model_lowres_noise_resumes():
+    # model.lowres_noise came later: a diffusion run without it meant 0 and resumes; a contrastive one
+    # (whose model section never has the key) is not given it
+    from training.engine import check_resume_config
+    from utils.config import ContrastiveConfig, GenerativeConfig, load_config, to_dict
+
+    for kind, cls, yml in (("diffusion", GenerativeConfig, "params_generative.yml"),
+                           ("contrastive", ContrastiveConfig, "params_contrastive.yml")):
+        cfg = load_config(ROOT / yml, cls, [], "cpu")
+        stored = to_dict(cfg)
+        stored["model"].pop("lowres_noise", None)
+        assert check_resume_config(Path("last.pt"), {"run": {"kind": kind, "config": stored}}, cfg, False) == {}
+    cfg = load_config(ROOT / "params_generative.yml", GenerativeConfig, ["train.stage=sr", "model.lowres_noise=0.2"],
+                      "cpu")
+    stored = to_dict(cfg)
+    stored["model"].pop("lowres_noise")
+    with pytest.raises(CheckpointError, match=r"model.lowres_noise 0.0 -> 0.2: model.lowres_noise cannot change on resume"):
+        check_resume_config(Path("last.pt"), {"run": {"kind": "diffusion", "config": stored}}, cfg, False)

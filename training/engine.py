@@ -119,12 +119,16 @@ RESUME_FIXED_PREFIXES = ("model.", "train.stage", "train.batch_size")
 
 #: config keys added after checkpoints were written without them: the value such a checkpoint was made with
 ABSENT_MEANS = {"data.lowres": "subsample"}
+#: the same for keys that only one kind of run (RunState.kind) has
+ABSENT_MEANS_BY_KIND = {"diffusion": {"model.lowres_noise": 0.0}}
 
 
 def stored_config(ckpt: dict) -> dict:
-    """The (nested) config a checkpoint was made with, keys it predates filled in with ``ABSENT_MEANS``."""
+    """The (nested) config a checkpoint was made with, keys it predates filled in with ``ABSENT_MEANS``
+    (and ``ABSENT_MEANS_BY_KIND`` of its kind), so that a run started before a key existed resumes."""
     cfg = copy.deepcopy(ckpt["run"].get("config", {}))
-    for dotted, value in ABSENT_MEANS.items():
+    absent = {**ABSENT_MEANS, **ABSENT_MEANS_BY_KIND.get(ckpt["run"].get("kind"), {})}
+    for dotted, value in absent.items():
         *parents, leaf = dotted.split(".")
         d = cfg
         for k in parents:
