@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job, end to end, on the embedded mock SDSS survey with the CPU preset (22-28 min on 2 cores, README):
+# The main job, end to end, on the embedded mock SDSS survey with the CPU preset (18-28 min on 2 cores, README):
 # build the mock -> train the 4 networks (+ the CNN baseline) -> generate spectra for test galaxies ->
 # read the science out of them; then the same with the shipped reference models. Every step resumes/skips
 # work that is already done.
