@@ -480,26 +480,28 @@ def test_lowres_noise_augments_the_super_resolution_input_the_same_way_per_item(
 
 
 def test_lowres_noise_config_checks():
-    from utils.config import ConfigError, GenerativeConfig, load_config
     from pathlib import Path
+
+    from utils.config import ConfigError, GenerativeConfig, load_config
     root = Path(__file__).resolve().parents[1]
     cfg = load_config(root / "params_generative.yml", GenerativeConfig,
                       ["train.stage=sr", "model.lowres_noise=0.3"], "cpu")
     assert cfg.model.lowres_noise == 0.3
     with pytest.raises(ConfigError, match=r"model.lowres_noise: 0.3 is for the super-resolution stage"):
-        load_config(root / "params_generative.yml", GenerativeConfig, ["train.stage=lr", "model.lowres_noise=0.3"],
-                    "cpu")
+        load_config(root / "params_generative.yml", GenerativeConfig,
+                    ["train.stage=lr", "model.lowres_noise=0.3"], "cpu")
     with pytest.raises(ConfigError, match=r"model.lowres_noise: -1.0 must be in 0..5"):
-        load_config(root / "params_generative.yml", GenerativeConfig, ["train.stage=sr", "model.lowres_noise=-1"],
-                    "cpu")
+        load_config(root / "params_generative.yml", GenerativeConfig,
+                    ["train.stage=sr", "model.lowres_noise=-1"], "cpu")
 
 
 def test_lowres_noise_in_the_training_loss():
     """DiffusionTask.loss adds model.lowres_noise x N(0, 1) (from the iteration's generator) to the
     normalised low-res input the super-resolution denoiser sees; without it the input is exact."""
     from pathlib import Path
-    from training.tasks import DiffusionTask
+
     from models.build import build_denoiser
+    from training.tasks import DiffusionTask
     from utils.config import GenerativeConfig, load_config
     root = Path(__file__).resolve().parents[1]
     seen = {}
@@ -512,8 +514,8 @@ def test_lowres_noise_in_the_training_loss():
         assert model.lowres_noise == s_aug
         forward = model.forward
 
-        def record(x, t, *a, lowres=None, _f=forward, **k):
-            seen.setdefault(s_aug, []).append(lowres.detach().clone())
+        def record(x, t, *a, lowres=None, _f=forward, _s=s_aug, **k):
+            seen.setdefault(_s, []).append(lowres.detach().clone())
             return _f(x, t, *a, lowres=lowres, **k)
         model.forward = record
         batch = {"spectrum": torch.randn(2, 4500), "lowres": torch.randn(2, 563),

@@ -216,10 +216,12 @@ def test_a_diffusion_checkpoint_older_than_model_lowres_noise_resumes():
         cfg = load_config(ROOT / yml, cls, [], "cpu")
         stored = to_dict(cfg)
         stored["model"].pop("lowres_noise", None)
-        assert check_resume_config(Path("last.pt"), {"run": {"kind": kind, "config": stored}}, cfg, False) == {}
-    cfg = load_config(ROOT / "params_generative.yml", GenerativeConfig, ["train.stage=sr", "model.lowres_noise=0.2"],
-                      "cpu")
+        ckpt = {"run": {"kind": kind, "config": stored}}
+        assert check_resume_config(Path("last.pt"), ckpt, cfg, False) == {}
+    cfg = load_config(ROOT / "params_generative.yml", GenerativeConfig,
+                      ["train.stage=sr", "model.lowres_noise=0.2"], "cpu")
     stored = to_dict(cfg)
     stored["model"].pop("lowres_noise")
-    with pytest.raises(CheckpointError, match=r"model.lowres_noise 0.0 -> 0.2: model.lowres_noise cannot change on resume"):
+    with pytest.raises(CheckpointError,
+                       match=r"model.lowres_noise 0.0 -> 0.2: model.lowres_noise cannot change on resume"):
         check_resume_config(Path("last.pt"), {"run": {"kind": "diffusion", "config": stored}}, cfg, False)

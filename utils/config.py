@@ -341,8 +341,9 @@ class GenerativeConfig:
 
     def check(self, where):
         if self.model.lowres_noise and self.train.stage != "sr":
-            raise ConfigError(f"{where}: model.lowres_noise: {self.model.lowres_noise} is for the super-resolution "
-                              f"stage (its low-res input), but train.stage is {self.train.stage!r}")
+            raise ConfigError(f"{where}: model.lowres_noise: {self.model.lowres_noise} is for the "
+                              "super-resolution stage (its low-res input), but train.stage is "
+                              f"{self.train.stage!r}")
         if self.model.position_features and self.train.stage == "sr" and self.train.crop_length is not None:
             raise ConfigError(f"{where}: model.position_features: {self.model.position_features} needs whole "
                               f"spectra, but train.crop_length is {self.train.crop_length} (windows do not "
