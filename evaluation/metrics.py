@@ -6,6 +6,8 @@ return NaN when fewer than ``MIN_PAIRS`` pairs remain (no number is better than 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 MIN_PAIRS = 3
@@ -216,3 +218,30 @@ def agn_decision(prob, prevalence: float) -> np.ndarray:
     classes: at 0.5 the reference CNN never said AGN, balanced accuracy 0.50)."""
     t = prevalence if np.isfinite(prevalence) and 0 < prevalence < 1 else 0.5
     return (np.asarray(prob) > t).astype(np.int64)
+
+
+N_BOOTSTRAP = 1000  # paired bootstrap draws over galaxies (evaluate.py: chain vs best baseline)
+
+
+def paired_interval(stat, a: tuple, b: tuple, n_boot: int = N_BOOTSTRAP, seed: int = 0,
+                    level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile interval of ``stat(*a) - stat(*b)`` over ``n_boot`` bootstrap resamples of the galaxies,
+    the SAME galaxies for both (``a`` and ``b`` are tuples of galaxy-aligned arrays of one length); draws
+    where either statistic is undefined (NaN) are left out. None if the arrays are not aligned or fewer than
+    half of the draws are defined."""
+    arrays = [np.asarray(x) for x in (*a, *b)]
+    n = arrays[0].shape[0] if arrays and arrays[0].ndim else 0
+    if n < 2 or any(x.ndim == 0 or x.shape[0] != n for x in arrays):
+        return None
+    rng = np.random.default_rng(seed)
+    diffs = np.full(n_boot, np.nan)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for k in range(n_boot):
+            i = rng.integers(0, n, n)
+            diffs[k] = stat(*(x[i] for x in a)) - stat(*(x[i] for x in b))
+    ok = np.isfinite(diffs)
+    if ok.sum() < n_boot / 2:
+        return None
+    lo, hi = np.percentile(diffs[ok], [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)

@@ -25,6 +25,7 @@ import numpy as np
 
 from evaluation import metrics as M
 from evaluation.measure import FIT_QUANTITIES, LICK_NAMES, fit_populations, measure_cheap
+from evaluation.metrics import N_BOOTSTRAP, paired_interval
 from evaluation.truth import load_truth
 from utils.files import jsonable, write_text
 
@@ -688,33 +689,6 @@ METRIC_DIRECTION = {"pearson_rho": 1, "accuracy": 1, "balanced_accuracy": 1, "si
                     "outlier_frac": -1, "scatter": -1, "mse_median": -1, "mse_mean": -1, "chi2n_median": -1,
                     "ks_distance_to_reference": -1}
 RATIO_METRICS = ("sigma_nmad", "scatter")  # scale metrics: also predicted / best as a ratio
-
-
-N_BOOTSTRAP = 1000  # paired bootstrap draws over galaxies for the chain-vs-best-baseline intervals
-
-
-def paired_interval(stat, a: tuple, b: tuple, n_boot: int = N_BOOTSTRAP, seed: int = 0,
-                    level: float = 0.95) -> tuple[float, float] | None:
-    """Percentile interval of ``stat(*a) - stat(*b)`` over ``n_boot`` bootstrap resamples of the galaxies,
-    the SAME galaxies for both (``a`` and ``b`` are tuples of galaxy-aligned arrays of one length); draws
-    where either statistic is undefined (NaN) are left out. None if the arrays are not aligned or fewer than
-    half of the draws are defined."""
-    arrays = [np.asarray(x) for x in (*a, *b)]
-    n = arrays[0].shape[0] if arrays and arrays[0].ndim else 0
-    if n < 2 or any(x.ndim == 0 or x.shape[0] != n for x in arrays):
-        return None
-    rng = np.random.default_rng(seed)
-    diffs = np.full(n_boot, np.nan)
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)
-        for k in range(n_boot):
-            i = rng.integers(0, n, n)
-            diffs[k] = stat(*(x[i] for x in a)) - stat(*(x[i] for x in b))
-    ok = np.isfinite(diffs)
-    if ok.sum() < n_boot / 2:
-        return None
-    lo, hi = np.percentile(diffs[ok], [50 * (1 - level), 50 * (1 + level)])
-    return float(lo), float(hi)
 
 
 def versus_best_baseline(rows: list[dict], paired: dict | None = None, n_boot: int = N_BOOTSTRAP,

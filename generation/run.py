@@ -2,13 +2,14 @@
 
 The input (a survey file of the project's schema, or any HDF5 with an ``images`` dataset (N, 5, 64, 64)
 in nanomaggies and optionally ``catalog/id``, ``ra``, ``dec``, ``z``) is read in chunks of
-``generate.chunk_galaxies``. Each finished chunk is written atomically to ``<output>.parts/`` and skipped
-when a killed run is restarted; ranks of a distributed run take chunks round-robin; when every chunk
-exists, rank 0 merges them into the final FITS file (one row per galaxy, each galaxy exactly once) and
-removes the parts. Parts are resumed only if ``parts/manifest.json`` matches this run: the checkpoints'
-sha256, the input and its catalogue fingerprint, the settings (otherwise a one-line error, or with
-``--overwrite`` the parts are discarded). A galaxy whose image has NaN/inf pixels or a constant band is
-flagged (``status`` column, with the reason) and gets no spectrum, while the rest complete.
+``generate.chunk_galaxies`` (fewer with several processes: ``chunk_size``). Each finished chunk is
+written atomically to ``<output>.parts/`` and skipped when a killed run is restarted; ranks of a
+distributed run take chunks round-robin; when every chunk exists, rank 0 merges them into the final FITS
+file (one row per galaxy, each galaxy exactly once) and removes the parts. Parts are resumed only if
+``parts/manifest.json`` matches this run: the checkpoints' sha256, the input and its catalogue
+fingerprint, the settings (otherwise a one-line error, or with ``--overwrite`` the parts are discarded).
+A galaxy whose image has NaN/inf pixels or a constant band is flagged (``status`` column, with the
+reason) and gets no spectrum, while the rest complete.
 """
 from __future__ import annotations
 
@@ -242,6 +243,16 @@ def check_resumable(parts: Path, manifest: dict, overwrite: bool) -> bool:
                           "mix runs (pass --overwrite to discard the parts)")
 
 
+def chunk_size(n_galaxies: int, chunk_galaxies: int, world: int) -> int:
+    """Galaxies per chunk: ``generate.chunk_galaxies``, capped with several processes at two chunks' worth
+    per process (chunks are dealt round-robin), so that a run smaller than ``world x chunk_galaxies`` still
+    keeps every process busy with about the same number of galaxies (64 galaxies and chunks of 25 on 2
+    processes: 4 chunks of 16, not 39 galaxies for rank 0 and 25 for rank 1)."""
+    if world <= 1:
+        return chunk_galaxies
+    return max(1, min(chunk_galaxies, -(-n_galaxies // (2 * world))))
+
+
 def generate(gen_cfg, cfg_dict: dict, input_path, device=None, amp: str = "auto", progress: bool = True,
              stop_after_chunks: int | None = None, overwrite: bool = False) -> Path | None:
     """Run the chain over ``input_path`` and write ``gen_cfg.output``; returns its path (rank 0).
@@ -256,10 +267,11 @@ def generate(gen_cfg, cfg_dict: dict, input_path, device=None, amp: str = "auto"
     src = ImageSource(input_path, gen_cfg.split, gen_cfg.limit)   # bad input fails here, before any work
     output = Path(gen_cfg.output)
     parts = output.with_name(output.name + ".parts")
-    n_chunks = -(-len(src) // gen_cfg.chunk_galaxies)
+    chunk = chunk_size(len(src), gen_cfg.chunk_galaxies, world)
+    n_chunks = -(-len(src) // chunk)
     sha = checkpoint_fingerprints({r: gen_cfg.checkpoints[r] for r in chain_roles(gen_cfg)})
     manifest = {"input": str(Path(input_path).resolve()), "input_catalog_sha256": src.fingerprint,
-                "n_galaxies": len(src), "chunk_galaxies": gen_cfg.chunk_galaxies,
+                "n_galaxies": len(src), "chunk_galaxies": chunk,
                 "checkpoint_sha256": sha, "generate": to_dict(gen_cfg),
                 "precision": "bf16" if use_bf16(amp, device) else "float32"}  # parts of both never mix
     resumable = check_resumable(parts, manifest, overwrite)   # before loading models: a quick refusal
@@ -272,7 +284,7 @@ def generate(gen_cfg, cfg_dict: dict, input_path, device=None, amp: str = "auto"
         mpath.write_text(json.dumps(manifest, indent=1))
     idist.barrier()
     mine = [c for c in range(n_chunks) if c % world == rank and not _part_path(parts, c).exists()]
-    todo = sum(min(gen_cfg.chunk_galaxies, len(src) - c * gen_cfg.chunk_galaxies) for c in mine)
+    todo = sum(min(chunk, len(src) - c * chunk) for c in mine)
     # one process counts the whole run (resumed chunks as done); with several, each counts its own share
     bar = tqdm(total=len(src) if world == 1 else todo, initial=len(src) - todo if world == 1 else 0,
                desc=f"generating (rank {rank})", unit="gal", disable=not progress)
@@ -281,7 +293,7 @@ def generate(gen_cfg, cfg_dict: dict, input_path, device=None, amp: str = "auto"
     for i, c in enumerate(mine):
         if stop_after_chunks is not None and i >= stop_after_chunks:
             return None
-        sel = slice(c * gen_cfg.chunk_galaxies, (c + 1) * gen_cfg.chunk_galaxies)
+        sel = slice(c * chunk, (c + 1) * chunk)
         _save_part(_part_path(parts, c), process_chunk(chain, src, sel, gen_cfg.batch_galaxies))
         n_sel = len(src.ids[sel])
         done += n_sel

@@ -95,12 +95,10 @@ for stage in lr sr; do  # the last validation figure of each diffusion model: EM
 done
 step "5/7 generate spectra for $LIMIT test galaxies (the quick models; $LANES process(es))"
 # re-runs replace the last output; float32 for the small CPU-preset models (as their training)
-# LANES processes (gloo) with T threads each; chunks of LIMIT / (2 x LANES) galaxies, so that each process
-# gets the same number of galaxies
+# LANES processes (gloo) with T threads each (generate.py gives each the same number of galaxies)
 PAR=""; [ "$LANES" -ge 2 ] && PAR="--nproc $LANES --backend gloo"
 # shellcheck disable=SC2086  # PAR is empty or two options
-$PY generate.py --preset cpu --set generate.limit="$LIMIT" --overwrite --amp off $PAR --threads "$T" \
-  --set generate.chunk_galaxies=$(( (LIMIT + 2 * LANES - 1) / (2 * LANES) ))
+$PY generate.py --preset cpu --set generate.limit="$LIMIT" --overwrite --amp off $PAR --threads "$T"
 step "6/7 science read-out"
 OMP_NUM_THREADS=1 $PY evaluate.py --results outputs/generated.fits --baselines runs/baseline/best.pt \
   --overwrite --workers "$CORES" --cache runs/eval_cache --max-fit "$FITS"

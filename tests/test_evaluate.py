@@ -234,7 +234,7 @@ def test_report_names_the_best_baseline_and_the_chains_distance(perfect_and_shuf
 
 def test_paired_interval_resamples_the_same_galaxies():
     from evaluation import metrics as M
-    from evaluation.run import paired_interval
+    from evaluation.metrics import paired_interval
 
     rng = np.random.default_rng(1)
     zt = rng.uniform(0.05, 0.2, 400)

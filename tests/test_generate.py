@@ -265,3 +265,21 @@ def test_models_with_different_lowres_modes_are_rejected(synthetic_survey, train
     g = load_config(ROOT / "params_generative.yml", GenerativeConfig).generate
     with pytest.raises(GenerationError, match="data.lowres: 'bin' differs from .*'subsample'"):
         GenerationChain(models, g, torch.device("cpu"))
+
+
+def test_chunk_size_gives_every_process_a_share():
+    from generation.run import chunk_size
+
+    def shares(n, chunk_galaxies, world):
+        c = chunk_size(n, chunk_galaxies, world)
+        sizes = [min(c, n - k * c) for k in range(-(-n // c))]
+        return [sum(sizes[r::world]) for r in range(world)]
+
+    assert chunk_size(48, 25, 1) == 25 and chunk_size(10, 256, 1) == 256   # one process: as configured
+    assert shares(48, 25, 2) == [24, 24]          # the demo (chunks of 25 would give 25 and 23)
+    assert shares(64, 25, 2) == [32, 32]          # (39 and 25)
+    assert shares(10, 256, 2) == [6, 4] and shares(3, 256, 4) == [1, 1, 1, 0]
+    assert chunk_size(10**6, 256, 2) == 256       # large runs keep the configured resume granularity
+    for n, cg, w in ((97, 25, 2), (1000, 256, 3), (7, 2, 2)):
+        s = shares(n, cg, w)
+        assert sum(s) == n and max(s) - min(s) <= chunk_size(n, cg, w)
