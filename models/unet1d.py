@@ -548,6 +548,20 @@ class ConditionalDenoiser(nn.Module):
             position_features=position_features, lowres_noise=self.lowres_noise, **unet_kwargs
         )
 
+    def freeze_image_encoder(self) -> None:
+        """Keep the image encoder as it is (``model.freeze_image_encoder``): no gradients for its weights,
+        and its BatchNorm layers stay in eval mode (their running statistics are the source model's) when
+        the rest of the model trains."""
+        self.image_encoder.requires_grad_(False)
+        self.image_encoder_frozen = True
+        self.image_encoder.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if getattr(self, "image_encoder_frozen", False):
+            self.image_encoder.eval()
+        return self
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Spectra (model space) -> the diffusion's data space."""
         return (x - self.data_mean) / self.data_std

@@ -340,6 +340,12 @@ CASES = [
     ("encoder-init-missing", "generative", "model.image_encoder_init names a missing file",
      lambda e, d: T(e, d, [f"model.image_encoder_init={d / 'enc.pt'}"], tiny=TINY_DIFFUSION),
      ["enc.pt", "does not exist"], False),
+    ("encoder-init-wrong-kind", "generative", "model.image_encoder_init names a diffusion checkpoint",
+     lambda e, d: T(e, d, [f"model.image_encoder_init={e.root / 'generative_lr' / 'last.pt'}"],
+                    tiny=TINY_DIFFUSION), ["generative_lr/last.pt", "run.kind", "'diffusion'"], False),
+    ("freeze-random-encoder", "generative", "model.freeze_image_encoder without an initialisation",
+     lambda e, d: T(e, d, ["model.freeze_image_encoder=true"], tiny=TINY_DIFFUSION),
+     ["model.freeze_image_encoder", "model.image_encoder_init"], False),
     # --- generate.py: config
     ("generate-limit-negative", "generate", "generate.limit = -35 (generated 265 of 300)",
      lambda e, d: G(e, d, ["generate.limit=-35"]), ["generate.limit", "-35"], False),

@@ -406,6 +406,44 @@ def test_load_model_every_kind_and_image_encoder_init(tmp_path):
     net.target_mean.fill_(2.0)
     bl = load_model(_fake_checkpoint(tmp_path / "b.pt", "baseline", "lr", b, net), "baseline")
     assert float(bl.model.target_mean[0]) == 2.0
+    init_image_encoder(den, tmp_path / "b.pt")  # or the CNN baseline's trunk (a supervised pretext)
+    for k, v in den.image_encoder.state_dict().items():
+        torch.testing.assert_close(v, net.encoder.state_dict()[k], rtol=0, atol=0)
+    with pytest.raises(CheckpointError, match=r"d\.pt: run\.kind: 'diffusion', but it is given as "
+                                              r"model\.image_encoder_init"):
+        init_image_encoder(den, tmp_path / "d.pt")
+
+
+def test_a_frozen_image_encoder_keeps_its_weights_and_batchnorm_statistics_while_the_unet_trains():
+    from models.build import build_model
+    from utils.config import ConfigError, GenerativeConfig
+
+    g = GenerativeConfig()
+    g.model.image_encoder, g.model.image_width, g.model.base, g.model.timesteps = "resnet18", 8, 8, 10
+    den = build_model("diffusion", g.model, "lr")
+    den.freeze_image_encoder()
+    enc0 = {k: v.clone() for k, v in den.image_encoder.state_dict().items()}
+    unet0 = {k: v.clone() for k, v in den.unet.state_dict().items()}
+    opt = torch.optim.Adam(den.parameters(), lr=1e-2, weight_decay=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    den.train()
+    assert den.training and den.unet.training and not den.image_encoder.training
+    for _ in range(2):
+        x = torch.randn(4, 1, 563, generator=gen)
+        images = torch.randn(4, 5, 64, 64, generator=gen) * 3 + 1  # BatchNorm would move its statistics
+        loss = den(x, torch.randint(0, 10, (4,), generator=gen), images=images).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for k, v in den.image_encoder.state_dict().items():  # weights and running statistics unchanged
+        torch.testing.assert_close(v, enc0[k], rtol=0, atol=0)
+    assert all(p.grad is None for p in den.image_encoder.parameters())
+    assert any(not torch.equal(v, unet0[k]) for k, v in den.unet.state_dict().items())
+    # freezing a randomly initialised encoder is refused with the field named
+    g.train.stage = "lr"
+    g.model.freeze_image_encoder = True
+    with pytest.raises(ConfigError, match=r"model\.freeze_image_encoder: true needs model\.image_enc"):
+        g.check("params_generative.yml")
 
 
 def test_position_features_see_where_each_pixel_is_and_leave_the_paper_model_alone():

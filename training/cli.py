@@ -97,7 +97,6 @@ def preflight(kind: str, cfg, args) -> None:
     made with the same model shapes."""
     from datasets.galaxy import build_cache
     from models.checkpoint import CheckpointError, load_checkpoint
-    from models.loading import load_model
     from training.engine import stored_config
 
     out = resolve_out_dir(cfg)
@@ -118,8 +117,9 @@ def preflight(kind: str, cfg, args) -> None:
         raise ConfigError(f"{cfg.data.path}: split: the validation split is empty (after dropping spectra "
                           "with non-positive flux)")
     init = getattr(cfg.model, "image_encoder_init", None)
-    if init:  # a readable contrastive checkpoint whose weights fit its own config
-        load_model(init, "contrastive", given_as="model.image_encoder_init")
+    if init:  # a readable contrastive or baseline checkpoint whose weights fit its own config
+        from training.tasks import image_trunk
+        image_trunk(init)
     last = out / "last.pt"
     if cfg.run.resume and last.exists():
         ckpt = load_checkpoint(last)

@@ -11,7 +11,7 @@ from datasets.galaxy import GalaxyDataset, ImageAugment
 from datasets.preprocess import STAGE_LENGTHS, to_linear, to_model_space
 from diffusion.sampling import item_seeds, sample_conditional
 from models.build import build_contrastive, build_denoiser, build_diffusion
-from models.checkpoint import CheckpointError
+from models.checkpoint import CheckpointError, load_checkpoint
 from models.conditioning import set_photometry_statistics
 from models.contrastive import ContrastiveModel, nt_xent
 from models.loading import load_model
@@ -30,11 +30,23 @@ def init_photometry(model, train_ds) -> None:
         set_photometry_statistics(model.photometry, train_ds.cache.photometry[np.sort(train_ds.rows)])
 
 
+def image_trunk(path):
+    """The image trunk of a trained contrastive (ranker) or baseline (CNN) checkpoint — its trained, not EMA,
+    weights — for ``model.image_encoder_init``; another kind of checkpoint is a one-line CheckpointError."""
+    kind = load_checkpoint(path)["run"].get("kind")
+    if kind not in ("contrastive", "baseline"):
+        raise CheckpointError(f"{path}: run.kind: {kind!r}, but it is given as model.image_encoder_init "
+                              "(needs a contrastive or baseline checkpoint)")
+    if kind == "baseline":
+        return load_model(path, "baseline", ema=False, given_as="model.image_encoder_init").model.encoder
+    return load_model(path, "contrastive", ema=False, given_as="model.image_encoder_init").model.image_trunk
+
+
 def init_image_encoder(model, path) -> None:
-    """Start a denoiser's image encoder from the image trunk of a trained contrastive checkpoint (its trained,
-    not EMA, weights; ``model.image_encoder_init``)."""
-    trunk = load_model(path, "contrastive", ema=False, given_as="model.image_encoder_init").model.image_trunk
-    _load_into(model.image_encoder, trunk, f"{path}: image_trunk: does not fit model.image_encoder")
+    """Start a denoiser's image encoder from the image trunk of a trained contrastive or baseline checkpoint
+    (``model.image_encoder_init``)."""
+    _load_into(model.image_encoder, image_trunk(path),
+               f"{path}: image trunk: does not fit model.image_encoder")
 
 
 def _load_into(dst, src, what: str) -> None:
@@ -161,15 +173,20 @@ class DiffusionTask:
         return build_denoiser(cfg.model, self.stage)
 
     def init_model(self, model, train_ds, cfg):
-        """Optional initialisations: the image encoder from a contrastive checkpoint
-        (``model.image_encoder_init``), the photometry standardisation and, with ``model.standardize``, the
-        per-pixel data scaling; or all of them from a trained denoiser (``model.init_weights``)."""
+        """Optional initialisations: the image encoder from a contrastive or baseline checkpoint
+        (``model.image_encoder_init``; kept fixed with ``model.freeze_image_encoder``), the photometry
+        standardisation and, with ``model.standardize``, the per-pixel data scaling; or all of them from a
+        trained denoiser (``model.init_weights``)."""
         init_photometry(model, train_ds)
         if cfg.model.init_weights:
             init_weights(model, cfg.model.init_weights, self.stage)
+            if cfg.model.freeze_image_encoder:
+                model.freeze_image_encoder()
             return
         if cfg.model.image_encoder_init:
             init_image_encoder(model, cfg.model.image_encoder_init)
+        if cfg.model.freeze_image_encoder:
+            model.freeze_image_encoder()
         if not cfg.model.standardize:
             return
         cache = train_ds.cache

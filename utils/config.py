@@ -79,8 +79,11 @@ class DiffusionModelConfig:
     schedule: str = "cosine"
     standardize: bool = False         # diffuse per-pixel standardised spectra (training mean/std kept in the
                                       # model); false = the paper's raw log flux
-    image_encoder_init: str | None = None  # start the image encoder from a trained contrastive checkpoint's
-                                      # image trunk (same architecture); null = from scratch (paper)
+    image_encoder_init: str | None = None  # start the image encoder from the image trunk of a trained
+                                      # contrastive (ranker) or baseline (CNN) checkpoint of the same
+                                      # architecture; null = from scratch (paper)
+    freeze_image_encoder: bool = False  # keep that encoder fixed (weights and BatchNorm statistics):
+                                      # only the UNet and the photometry tokens train
     init_weights: str | None = None   # start every weight (and the data scaling) from a trained diffusion
                                       # checkpoint of this stage and architecture (EMA weights): a
                                       # fine-tune, not a resume (new optimiser, schedule, iteration 0)
@@ -340,6 +343,9 @@ class GenerativeConfig:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
 
     def check(self, where):
+        if self.model.freeze_image_encoder and not (self.model.image_encoder_init or self.model.init_weights):
+            raise ConfigError(f"{where}: model.freeze_image_encoder: true needs model.image_encoder_init or "
+                              "model.init_weights (a frozen random encoder would never learn the images)")
         if self.model.lowres_noise and self.train.stage != "sr":
             raise ConfigError(f"{where}: model.lowres_noise: {self.model.lowres_noise} is for the "
                               "super-resolution stage (its low-res input), but train.stage is "
