@@ -24,7 +24,13 @@ import torch
 
 
 def batchnorm_layers(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    """The BatchNorm layers to re-estimate: all of them, except those of a frozen image encoder
+    (``model.freeze_image_encoder``), whose source statistics are what the rest of the model trained with."""
+    frozen = set()
+    if getattr(model, "image_encoder_frozen", False):
+        frozen = {id(m) for m in model.image_encoder.modules()}
+    return [m for m in model.modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and id(m) not in frozen]
 
 
 def image_forward(model: torch.nn.Module) -> Callable:

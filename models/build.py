@@ -24,19 +24,24 @@ def build_contrastive(model_cfg) -> ContrastiveModel:
 
 
 def build_denoiser(model_cfg, stage: str) -> ConditionalDenoiser:
-    """The conditional UNet of a ``DiffusionModelConfig``: 1 input channel (lr) or 2 (sr)."""
-    return ConditionalDenoiser(image_encoder=model_cfg.image_encoder, image_width=model_cfg.image_width,
-                               data_length=N_FULLRES if stage == "sr" else N_LOWRES,
-                               in_channels=2 if stage == "sr" else 1, base=model_cfg.base,
-                               mults=tuple(model_cfg.mults), attn_levels=tuple(model_cfg.attn_levels),
-                               mid_attn=model_cfg.mid_attn, head_dim=model_cfg.head_dim,
-                               num_timesteps=model_cfg.timesteps, layout=model_cfg.layout,
-                               photometry_features=N_FEATURES if model_cfg.photometry else 0,
-                               photometry_tokens=model_cfg.photometry_tokens,
-                               global_context=model_cfg.global_context,
-                               position_features=model_cfg.position_features,
-                               lowres_noise=getattr(model_cfg, "lowres_noise", 0.0),
-                               wave=FULLRES_WAVE if stage == "sr" else LOWRES_WAVE)
+    """The conditional UNet of a ``DiffusionModelConfig``: 1 input channel (lr) or 2 (sr); its image encoder
+    frozen when the config says so (in training, and when a trained model is loaded, so that a BatchNorm
+    re-estimation leaves it alone)."""
+    model = ConditionalDenoiser(image_encoder=model_cfg.image_encoder, image_width=model_cfg.image_width,
+                                data_length=N_FULLRES if stage == "sr" else N_LOWRES,
+                                in_channels=2 if stage == "sr" else 1, base=model_cfg.base,
+                                mults=tuple(model_cfg.mults), attn_levels=tuple(model_cfg.attn_levels),
+                                mid_attn=model_cfg.mid_attn, head_dim=model_cfg.head_dim,
+                                num_timesteps=model_cfg.timesteps, layout=model_cfg.layout,
+                                photometry_features=N_FEATURES if model_cfg.photometry else 0,
+                                photometry_tokens=model_cfg.photometry_tokens,
+                                global_context=model_cfg.global_context,
+                                position_features=model_cfg.position_features,
+                                lowres_noise=getattr(model_cfg, "lowres_noise", 0.0),
+                                wave=FULLRES_WAVE if stage == "sr" else LOWRES_WAVE)
+    if getattr(model_cfg, "freeze_image_encoder", False):
+        model.freeze_image_encoder()
+    return model
 
 
 def build_diffusion(model_cfg) -> GaussianDiffusion:

@@ -439,11 +439,26 @@ def test_a_frozen_image_encoder_keeps_its_weights_and_batchnorm_statistics_while
         torch.testing.assert_close(v, enc0[k], rtol=0, atol=0)
     assert all(p.grad is None for p in den.image_encoder.parameters())
     assert any(not torch.equal(v, unet0[k]) for k, v in den.unet.state_dict().items())
+    # the BatchNorm re-estimation of the EMA weights leaves the frozen encoder's statistics alone (the UNet
+    # trained with them); without the freeze it changes them
+    from models.batchnorm import recalibrate_batchnorm
+    assert recalibrate_batchnorm(den, [(images, None)]) == 0
+    for k, v in den.image_encoder.state_dict().items():
+        torch.testing.assert_close(v, enc0[k], rtol=0, atol=0)
+    free = build_model("diffusion", g.model, "lr")
+    free.load_state_dict(den.state_dict())
+    assert recalibrate_batchnorm(free, [(images, None)]) == 4
+    assert not torch.equal(free.image_encoder.stem[1].running_mean, enc0["stem.1.running_mean"])
     # freezing a randomly initialised encoder is refused with the field named
     g.train.stage = "lr"
     g.model.freeze_image_encoder = True
     with pytest.raises(ConfigError, match=r"model\.freeze_image_encoder: true needs model\.image_enc"):
         g.check("params_generative.yml")
+    # a model built from such a config (in training, or loaded from its checkpoint) comes frozen
+    built = build_model("diffusion", g.model, "lr")
+    assert not any(p.requires_grad for p in built.image_encoder.parameters())
+    assert all(p.requires_grad for p in built.unet.parameters())
+    assert recalibrate_batchnorm(built, [(images, None)]) == 0
 
 
 def test_position_features_see_where_each_pixel_is_and_leave_the_paper_model_alone():

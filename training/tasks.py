@@ -174,19 +174,15 @@ class DiffusionTask:
 
     def init_model(self, model, train_ds, cfg):
         """Optional initialisations: the image encoder from a contrastive or baseline checkpoint
-        (``model.image_encoder_init``; kept fixed with ``model.freeze_image_encoder``), the photometry
-        standardisation and, with ``model.standardize``, the per-pixel data scaling; or all of them from a
-        trained denoiser (``model.init_weights``)."""
+        (``model.image_encoder_init``; ``build_denoiser`` freezes it with ``model.freeze_image_encoder``), the
+        photometry standardisation and, with ``model.standardize``, the per-pixel data scaling; or all of them
+        from a trained denoiser (``model.init_weights``)."""
         init_photometry(model, train_ds)
         if cfg.model.init_weights:
             init_weights(model, cfg.model.init_weights, self.stage)
-            if cfg.model.freeze_image_encoder:
-                model.freeze_image_encoder()
             return
         if cfg.model.image_encoder_init:
             init_image_encoder(model, cfg.model.image_encoder_init)
-        if cfg.model.freeze_image_encoder:
-            model.freeze_image_encoder()
         if not cfg.model.standardize:
             return
         cache = train_ds.cache
