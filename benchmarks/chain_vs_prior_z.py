@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets.preprocess import FULLRES_WAVE, SMOOTH_SIGMA  # noqa: E402
 from datasets.schema import open_survey  # noqa: E402
-from evaluation.metrics import outlier_fraction, sigma_nmad  # noqa: E402
+from evaluation.metrics import outlier_fraction, paired_interval, sigma_nmad  # noqa: E402
 from generation.chain import candidate_redshifts  # noqa: E402
 from utils.results_fits import read_spectra_fits  # noqa: E402
 
@@ -32,22 +32,19 @@ def paired(z_chain, z_cnn, z_true, boot: int = 2000, seed: int = 0, names=("chai
     """Point values and 95 % paired-bootstrap intervals of sigma_NMAD(a)/sigma_NMAD(b) - 1 and of the
     outlier-fraction difference a - b, for the redshifts ``z_chain`` (a) and ``z_cnn`` (b) named ``names``."""
     zc, zp, zt = (np.asarray(a, dtype=np.float64) for a in (z_chain, z_cnn, z_true))
-    rng = np.random.default_rng(seed)
     n = len(zt)
-    ratio, dout = np.empty(boot), np.empty(boot)
-    for b in range(boot):
-        i = rng.integers(0, n, n)
-        ratio[b] = sigma_nmad(zc[i], zt[i]) / sigma_nmad(zp[i], zt[i]) - 1
-        dout[b] = outlier_fraction(zc[i], zt[i]) - outlier_fraction(zp[i], zt[i])
-    ci = lambda x: [float(v) for v in np.percentile(x, [2.5, 97.5])]  # noqa: E731
+    ci = lambda stat, change: list(paired_interval(stat, (zc, zt), (zp, zt), boot, seed,  # noqa: E731
+                                                   change=change))
+    ratio = ci(sigma_nmad, lambda x, y: x / y - 1)
+    dout = ci(outlier_fraction, None)
     a, b = names
     return {"n_galaxies": int(n),
             a: {"sigma_nmad": sigma_nmad(zc, zt), "outlier_frac": outlier_fraction(zc, zt)},
             b: {"sigma_nmad": sigma_nmad(zp, zt), "outlier_frac": outlier_fraction(zp, zt)},
             f"sigma_nmad_{a}_vs_{b}": {"ratio_minus_1": sigma_nmad(zc, zt) / sigma_nmad(zp, zt) - 1,
-                                       "ci95": ci(ratio)},
+                                       "ci95": ratio},
             f"outlier_frac_{a}_minus_{b}": {
-                "difference": outlier_fraction(zc, zt) - outlier_fraction(zp, zt), "ci95": ci(dout)},
+                "difference": outlier_fraction(zc, zt) - outlier_fraction(zp, zt), "ci95": dout},
             "boot": boot}
 
 

@@ -72,21 +72,15 @@ def compare(a: dict, b: dict, boot: int, margin: float, margin_outliers: float, 
     if not np.array_equal(a["id"], b["id"]):
         raise SystemExit("error: the two results files hold different galaxies (column id)")
     n = len(a["id"])
-    rng = np.random.default_rng(seed)
     keys = ("mse_mean", "mse_median", "z_sigma_nmad", "z_outlier_frac")
-    draws = {k: [] for k in keys}
-    for _ in range(boot):
-        i = rng.integers(0, n, n)
-        sa = statistics(a["mse"][i], a["z"][i], a["z_true"][i])
-        sb = statistics(b["mse"][i], b["z"][i], b["z_true"][i])
-        for k in keys:
-            draws[k].append(_change(k, sa[k], sb[k]))
     sa, sb = statistics(a["mse"], a["z"], a["z_true"]), statistics(b["mse"], b["z"], b["z_true"])
     out = {"n_galaxies": n, "n_with_observed_spectrum": int(np.isfinite(a["mse"]).sum()),
            "a": {**a["header"], **sa}, "b": {**b["header"], **sb}, "bootstrap_draws": boot,
            "margin_relative": margin, "margin_outliers_absolute": margin_outliers, "comparison": {}}
+    cols = lambda r: (r["mse"], r["z"], r["z_true"])  # noqa: E731
     for k in keys:
-        lo, hi = np.nanpercentile(draws[k], [2.5, 97.5])
+        lo, hi = M.paired_interval(lambda *c, k=k: statistics(*c)[k], cols(a), cols(b), boot, seed,
+                                   change=lambda x, y, k=k: _change(k, x, y)) or (np.nan, np.nan)
         m = margin_outliers if k == "z_outlier_frac" else margin
         point = _change(k, sa[k], sb[k])
         out["comparison"][k] = {"b_vs_a": "difference" if k == "z_outlier_frac" else "ratio - 1",

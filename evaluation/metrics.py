@@ -224,11 +224,14 @@ N_BOOTSTRAP = 1000  # paired bootstrap draws over galaxies (evaluate.py: chain v
 
 
 def paired_interval(stat, a: tuple, b: tuple, n_boot: int = N_BOOTSTRAP, seed: int = 0,
-                    level: float = 0.95) -> tuple[float, float] | None:
+                    level: float = 0.95, change=None) -> tuple[float, float] | None:
     """Percentile interval of ``stat(*a) - stat(*b)`` over ``n_boot`` bootstrap resamples of the galaxies,
     the SAME galaxies for both (``a`` and ``b`` are tuples of galaxy-aligned arrays of one length); draws
     where either statistic is undefined (NaN) are left out. None if the arrays are not aligned or fewer than
-    half of the draws are defined."""
+    half of the draws are defined. ``change(stat_a, stat_b)`` replaces the difference (e.g. a ratio - 1).
+    The resamples depend on ``seed`` and the number of galaxies only, so calls with one seed on one set of
+    galaxies share them."""
+    change = change or (lambda x, y: x - y)
     arrays = [np.asarray(x) for x in (*a, *b)]
     n = arrays[0].shape[0] if arrays and arrays[0].ndim else 0
     if n < 2 or any(x.ndim == 0 or x.shape[0] != n for x in arrays):
@@ -239,7 +242,7 @@ def paired_interval(stat, a: tuple, b: tuple, n_boot: int = N_BOOTSTRAP, seed: i
         warnings.simplefilter("ignore", RuntimeWarning)
         for k in range(n_boot):
             i = rng.integers(0, n, n)
-            diffs[k] = stat(*(x[i] for x in a)) - stat(*(x[i] for x in b))
+            diffs[k] = change(stat(*(x[i] for x in a)), stat(*(x[i] for x in b)))
     ok = np.isfinite(diffs)
     if ok.sum() < n_boot / 2:
         return None

@@ -35,16 +35,18 @@ class LoadedModel:
     survey_version: str = "mock-sdss/v1"
 
 
-def load_model(path, kind: str, stage: str | None = None, device: torch.device | str = "cpu", *,
-               ema: bool = True, given_as: str | None = None) -> LoadedModel:
+def load_model(path, kind: str | tuple[str, ...], stage: str | None = None,
+               device: torch.device | str = "cpu", *, ema: bool = True,
+               given_as: str | None = None) -> LoadedModel:
     """Rebuild a trained model from its checkpoint alone (the config inside).
 
     Parameters
     ----------
     path : str or Path
         A galspec checkpoint (read with ``load_checkpoint``: weights only).
-    kind : {"contrastive", "diffusion", "baseline"}
-        The run kind the caller needs; another kind is a one-line ``CheckpointError``.
+    kind : {"contrastive", "diffusion", "baseline"} or a tuple of them
+        The run kind the caller needs (any of a tuple's: the checkpoint is read once either way); another
+        kind is a one-line ``CheckpointError``.
     stage : {"lr", "sr"}, optional
         The stage the caller needs (None: any).
     device
@@ -55,12 +57,14 @@ def load_model(path, kind: str, stage: str | None = None, device: torch.device |
         What the caller calls this checkpoint in error messages (e.g. "diffusion_sr"); default
         ``<kind>_<stage>``.
     """
-    label = given_as or (f"{kind}_{stage}" if stage else kind)
+    kinds = (kind,) if isinstance(kind, str) else tuple(kind)
+    label = given_as or (f"{kinds[0]}_{stage}" if stage else " or ".join(kinds))
     ckpt = load_checkpoint(path)
     run = ckpt["run"]
-    if run.get("kind") != kind:
-        raise CheckpointError(f"{path}: run.kind: {run.get('kind')!r}, but it is given as {label} "
-                              f"(needs a {kind} checkpoint)")
+    kind = run.get("kind")
+    if kind not in kinds:
+        raise CheckpointError(f"{path}: run.kind: {kind!r}, but it is given as {label} "
+                              f"(needs a {' or '.join(kinds)} checkpoint)")
     if stage is not None and run.get("stage") != stage:
         raise CheckpointError(f"{path}: run.stage: {run.get('stage')!r}, but it is given as {label} "
                               f"(needs stage {stage!r}: {STAGE_NAMES[stage]})")

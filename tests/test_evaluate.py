@@ -244,6 +244,10 @@ def test_paired_interval_resamples_the_same_galaxies():
     assert lo < hi < 0                                   # resolved: 0.01 vs 0.02 on 400 galaxies
     # the same galaxies for both: a method against itself differs by exactly 0 in every draw
     assert paired_interval(M.sigma_nmad, (better, zt), (better, zt), n_boot=50) == (0.0, 0.0)
+    # change= replaces the difference, on the same resamples: a ratio - 1 of ~0.5 - 1
+    rlo, rhi = paired_interval(M.sigma_nmad, (better, zt), (worse, zt), n_boot=300,
+                               change=lambda x, y: x / y - 1)
+    assert -0.7 < rlo < -0.5 < rhi < -0.3
     # 12 galaxies do not resolve 0.010 against 0.012 (400 would: the same draws' interval is then below 0)
     close = zt + rng.normal(0, 0.012, 400)
     lo, hi = paired_interval(M.sigma_nmad, (better[:12], zt[:12]), (close[:12], zt[:12]), n_boot=300)

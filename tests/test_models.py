@@ -410,8 +410,11 @@ def test_load_model_every_kind_and_image_encoder_init(tmp_path):
     for k, v in den.image_encoder.state_dict().items():
         torch.testing.assert_close(v, net.encoder.state_dict()[k], rtol=0, atol=0)
     with pytest.raises(CheckpointError, match=r"d\.pt: run\.kind: 'diffusion', but it is given as "
-                                              r"model\.image_encoder_init"):
+                                              r"model\.image_encoder_init \(needs a contrastive or baseline"):
         init_image_encoder(den, tmp_path / "d.pt")
+    # several acceptable kinds: one read, and the checkpoint's own kind comes back
+    assert load_model(tmp_path / "b.pt", ("contrastive", "baseline")).kind == "baseline"
+    assert load_model(path, ("contrastive", "baseline"), "sr").kind == "contrastive"
 
 
 def test_a_frozen_image_encoder_keeps_its_weights_and_batchnorm_statistics_while_the_unet_trains():

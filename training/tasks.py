@@ -11,7 +11,7 @@ from datasets.galaxy import GalaxyDataset, ImageAugment
 from datasets.preprocess import STAGE_LENGTHS, to_linear, to_model_space
 from diffusion.sampling import item_seeds, sample_conditional
 from models.build import build_contrastive, build_denoiser, build_diffusion
-from models.checkpoint import CheckpointError, load_checkpoint
+from models.checkpoint import CheckpointError
 from models.conditioning import set_photometry_statistics
 from models.contrastive import ContrastiveModel, nt_xent
 from models.loading import load_model
@@ -33,13 +33,8 @@ def init_photometry(model, train_ds) -> None:
 def image_trunk(path):
     """The image trunk of a trained contrastive (ranker) or baseline (CNN) checkpoint — its trained, not EMA,
     weights — for ``model.image_encoder_init``; another kind of checkpoint is a one-line CheckpointError."""
-    kind = load_checkpoint(path)["run"].get("kind")
-    if kind not in ("contrastive", "baseline"):
-        raise CheckpointError(f"{path}: run.kind: {kind!r}, but it is given as model.image_encoder_init "
-                              "(needs a contrastive or baseline checkpoint)")
-    if kind == "baseline":
-        return load_model(path, "baseline", ema=False, given_as="model.image_encoder_init").model.encoder
-    return load_model(path, "contrastive", ema=False, given_as="model.image_encoder_init").model.image_trunk
+    src = load_model(path, ("contrastive", "baseline"), ema=False, given_as="model.image_encoder_init")
+    return src.model.encoder if src.kind == "baseline" else src.model.image_trunk
 
 
 def init_image_encoder(model, path) -> None:
