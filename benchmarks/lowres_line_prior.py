@@ -54,8 +54,8 @@ def partial_sample(model, diffusion: GaussianDiffusion, kv, x0: torch.Tensor, t0
     t = torch.full((x0.shape[0],), t0, dtype=torch.long, device=x0.device)
     x_t = diffusion.q_sample(x0, t, noise.randn(tuple(x0.shape)))
     first = GaussianDiffusion(betas=diffusion.betas[: t0 + 1].double(), schedule=diffusion.schedule)
-    out = ancestral(lambda x, tt: model(x, tt, context=kv).float(), x_t, first.to(x0.device), noise=noise,
-                    clip_x0=model.clip_range())
+    net = diffusion.eps_model(lambda x, tt: model(x, tt, context=kv).float())
+    out = ancestral(net, x_t, first.to(x0.device), noise=noise, clip_x0=model.clip_range())
     return x_t / diffusion.alphas_cumprod[t0].sqrt(), out
 
 

@@ -1,6 +1,8 @@
-"""The Gaussian (DDPM) diffusion process: schedule buffers, forward noising and the epsilon loss.
+"""The Gaussian (DDPM) diffusion process: schedule buffers, forward noising and the training loss.
 
-Network-agnostic: the denoiser enters only as ``model_fn(x_t, t, **model_kwargs) -> eps``.
+Network-agnostic: the denoiser enters only as ``model_fn(x_t, t, **model_kwargs) -> output``, the output
+being epsilon (the paper), v or x0 as the process's ``prediction`` says; ``eps_model`` turns such a
+function into the ``-> eps`` one every sampler takes.
 """
 
 from __future__ import annotations
@@ -22,8 +24,13 @@ def extract(buf: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Ten
     return out.reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)
 
 
+#: what the denoiser predicts: epsilon (the paper; DDPM), v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans &
+#: Ho 2022) or x0 itself
+PREDICTIONS = ("eps", "v", "x0")
+
+
 class GaussianDiffusion(nn.Module):
-    """DDPM forward process with epsilon parameterisation.
+    """DDPM forward process; the denoiser predicts epsilon (default, the paper), v or x0 (``prediction``).
 
     All schedule tensors are registered buffers (float32, computed in float64), so they follow
     ``.to(device)`` and appear in the ``state_dict``. Index ``t`` runs over ``0 .. T - 1``; ``betas[t]``
@@ -38,10 +45,16 @@ class GaussianDiffusion(nn.Module):
         Name of a schedule in ``diffusion.schedule.SCHEDULES`` (paper: cosine).
     betas : torch.Tensor, optional
         Explicit betas; overrides ``schedule``.
+    prediction : {"eps", "v", "x0"}
+        The denoiser's output (``PREDICTIONS``): the training target, and how ``eps_model`` reads it.
     """
 
-    def __init__(self, num_timesteps: int = 250, schedule: str = "cosine", betas: torch.Tensor | None = None):
+    def __init__(self, num_timesteps: int = 250, schedule: str = "cosine", betas: torch.Tensor | None = None,
+                 prediction: str = "eps"):
         super().__init__()
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction={prediction!r}: expected one of {PREDICTIONS}")
+        self.prediction = prediction
         if betas is None:
             if schedule not in SCHEDULES:
                 raise ValueError(f"schedule={schedule!r}: expected one of {sorted(SCHEDULES)}")
@@ -87,7 +100,8 @@ class GaussianDiffusion(nn.Module):
         keep = int((self.alphas_cumprod >= alpha_bar_min).sum())
         if keep < 2:
             raise ValueError(f"alpha_bar_min={alpha_bar_min} leaves fewer than 2 timesteps")
-        process = GaussianDiffusion(betas=self.betas[:keep].double(), schedule=self.schedule)
+        process = GaussianDiffusion(betas=self.betas[:keep].double(), schedule=self.schedule,
+                                    prediction=self.prediction)
         return process.to(self.betas.device)
 
     def sample_timesteps(
@@ -123,6 +137,34 @@ class GaussianDiffusion(nn.Module):
             self.sqrt_recipm1_alphas_cumprod, t, x_t
         )
 
+    def eps_from_output(self, x_t: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Epsilon implied by the denoiser's output ``out`` at ``(x_t, t)`` (``prediction``): eps itself;
+        ``sqrt(abar) v + sqrt(1 - abar) x_t``; or ``(x_t - sqrt(abar) x0) / sqrt(1 - abar)``."""
+        if self.prediction == "v":
+            return (extract(self.sqrt_alphas_cumprod, t, x_t) * out
+                    + extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t)
+        if self.prediction == "x0":
+            return self.predict_eps(x_t, t, out)
+        return out
+
+    def eps_model(self, model_fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        """``model_fn(x_t, t, ...) -> output`` as the ``-> eps`` function the samplers take (itself for an
+        epsilon model, so the paper's path is unchanged). ``t`` keeps its values in ``truncated`` processes,
+        so the wrapper of the full process serves them too."""
+        if self.prediction == "eps":
+            return model_fn
+
+        def eps_fn(x_t, t, *args, **kwargs):
+            return self.eps_from_output(x_t, t, model_fn(x_t, t, *args, **kwargs).float())
+        return eps_fn
+
+    def training_target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What the denoiser is trained to output at ``x_t = q_sample(x0, t, noise)`` (``prediction``)."""
+        if self.prediction == "v":
+            return (extract(self.sqrt_alphas_cumprod, t, x0) * noise
+                    - extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0)
+        return x0 if self.prediction == "x0" else noise
+
     def q_posterior(
         self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,12 +187,13 @@ class GaussianDiffusion(nn.Module):
         min_snr_gamma: float = 5.0,
         **model_kwargs,
     ) -> torch.Tensor:
-        """Epsilon-prediction MSE at a random noise level per sample.
+        """The denoiser's MSE against its target (``prediction``: epsilon, v or x0) at a random noise level
+        per sample.
 
         Parameters
         ----------
         model_fn : callable
-            ``model_fn(x_t, t, **model_kwargs) -> eps`` of ``x0``'s shape (e.g. a ``ConditionalDenoiser``,
+            ``model_fn(x_t, t, **model_kwargs) -> output`` of ``x0``'s shape (e.g. a ``ConditionalDenoiser``,
             with ``images=``/``context=``/``lowres=`` passed through ``model_kwargs``).
         x0 : torch.Tensor
             Clean spectra (B, ...).
@@ -163,8 +206,10 @@ class GaussianDiffusion(nn.Module):
         reduction : {"mean", "none"}
             "none" returns the per-sample loss (B,).
         weighting : {"uniform", "min_snr"}
-            "uniform": the plain epsilon MSE (DDPM, the paper). "min_snr": Min-SNR-gamma (Hang et al. 2023),
-            each sample's epsilon MSE times min(SNR_t, gamma) / SNR_t with SNR_t = abar_t / (1 - abar_t).
+            "uniform": the plain MSE of the output (for epsilon: DDPM, the paper). "min_snr": Min-SNR-gamma
+            (Hang et al. 2023), each sample's MSE times min(SNR_t, gamma) / SNR_t for epsilon,
+            min(SNR_t, gamma) / (SNR_t + 1) for v and min(SNR_t, gamma) for x0, with SNR_t = abar_t /
+            (1 - abar_t): the same weight min(SNR_t, gamma) on the implied x0 error for all three.
             It down-weights the low-noise steps, whose epsilon loss is dominated by the observational noise
             in the spectra (irreducible), relative to the high-noise steps where the image decides the
             spectrum.
@@ -184,12 +229,14 @@ class GaussianDiffusion(nn.Module):
             noise = torch.randn(x0.shape, generator=generator, device=gen_device, dtype=x0.dtype).to(
                 x0.device
             )
-        eps = model_fn(self.q_sample(x0, t, noise), t, **model_kwargs)
+        out = model_fn(self.q_sample(x0, t, noise), t, **model_kwargs)
+        target = self.training_target(x0.float(), t, noise.float())
         # MSE in float32 even under bf16 autocast: the loss is a small difference of O(1) numbers.
-        loss = F.mse_loss(eps.float(), noise.float(), reduction="none").reshape(b, -1).mean(dim=1)
+        loss = F.mse_loss(out.float(), target, reduction="none").reshape(b, -1).mean(dim=1)
         if weighting == "min_snr":
             snr = self.snr(t).to(loss.device)
-            loss = loss * snr.clamp(max=min_snr_gamma) / snr
+            scale = {"eps": snr, "v": snr + 1, "x0": torch.ones_like(snr)}[self.prediction]
+            loss = loss * snr.clamp(max=min_snr_gamma) / scale
         elif weighting != "uniform":
             raise ValueError(f"weighting={weighting!r}: expected 'uniform' or 'min_snr'")
         if reduction == "none":

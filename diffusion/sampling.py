@@ -79,8 +79,8 @@ def sample_conditional(model, diffusion: GaussianDiffusion, context: torch.Tenso
     ----------
     model
         A conditional denoiser (``models.unet1d.ConditionalDenoiser``): ``model(x, t, context=, lowres=)``
-        predicts epsilon; ``precompute_context``, ``normalize_lowres``, ``denormalize`` and ``clip_range``
-        (the x0 clipping bounds, or None) as there.
+        predicts epsilon, v or x0 (``diffusion.prediction``); ``precompute_context``, ``normalize_lowres``,
+        ``denormalize`` and ``clip_range`` (the x0 clipping bounds, or None) as there.
     diffusion : GaussianDiffusion
         The model's noise process (on the model's device).
     context : torch.Tensor
@@ -137,12 +137,14 @@ def sample_conditional(model, diffusion: GaussianDiffusion, context: torch.Tenso
         if getattr(model, "lowres_noise", 0.0):  # conditioning augmentation, seeded per item
             lowres = model.augment_lowres(lowres, lowres_noise(seeds, lowres.shape[-1]))
 
+    net = diffusion.eps_model(lambda x, t, kv: model(x, t, context=kv, lowres=lowres).float())
+
     def model_fn(x, t):
         with precision():
-            eps = model(x, t, context=kv, lowres=lowres).float()
+            eps = net(x, t, kv)
             if kv_null is None:
                 return eps
-            eps_null = model(x, t, context=kv_null, lowres=lowres).float()
+            eps_null = net(x, t, kv_null)
         return eps_null + guidance * (eps - eps_null)
     start, start_calls = parse_start(start)
     process = diffusion.truncated(alpha_bar_min)

@@ -46,7 +46,8 @@ def build_denoiser(model_cfg, stage: str) -> ConditionalDenoiser:
 
 def build_diffusion(model_cfg) -> GaussianDiffusion:
     """The noise process (schedule buffers) of a ``DiffusionModelConfig``."""
-    return GaussianDiffusion(num_timesteps=model_cfg.timesteps, schedule=model_cfg.schedule)
+    return GaussianDiffusion(num_timesteps=model_cfg.timesteps, schedule=model_cfg.schedule,
+                             prediction=getattr(model_cfg, "prediction", "eps"))
 
 
 def build_baseline(model_cfg) -> BaselineNet:

@@ -529,3 +529,70 @@ def test_lowres_noise_in_the_training_loss():
             assert torch.equal(first, exact)
         else:
             assert (first - exact).std().item() == pytest.approx(0.5, rel=0.1)
+
+
+def _as_prediction(d: GaussianDiffusion, eps_fn, prediction: str):
+    """An epsilon model rewritten to output ``prediction`` (v or x0) of the same implied x0."""
+    def out_fn(x, t):
+        eps = eps_fn(x, t)
+        x0 = d.predict_x0(x, t, eps)
+        if prediction == "x0":
+            return x0
+        return d.training_target(x0, t, eps) if prediction == "v" else eps
+    return out_fn
+
+
+@pytest.mark.parametrize("prediction", ["v", "x0"])
+def test_v_and_x0_predictions_give_the_epsilon_models_samples(prediction):
+    """model.prediction: the training target for (x0, t, noise) read back by eps_from_output is the noise;
+    a v or x0 model carrying the same information as an epsilon model samples the same spectra (the
+    samplers take eps_model(model_fn)); an epsilon model is passed through untouched (the paper's path)."""
+    d_eps, d = GaussianDiffusion(250, "cosine"), GaussianDiffusion(250, "cosine", prediction=prediction)
+    x0, noise = torch.randn(250, 16).double(), torch.randn(250, 16).double()
+    t = torch.arange(250)
+    target = d.training_target(x0, t, noise)
+    back = d.eps_from_output(d.q_sample(x0, t, noise), t, target)
+    # float32 schedule buffers: x0 -> eps at t = 0 divides by sqrt(1 - abar_0) ~ 6e-3
+    torch.testing.assert_close(back[1:], noise[1:], atol=2e-4, rtol=0)
+    torch.testing.assert_close(back[:1], noise[:1], atol=5e-2, rtol=0)
+    if prediction == "v":  # v = sqrt(abar) eps - sqrt(1 - abar) x0
+        abar = d.alphas_cumprod.double()[:, None]
+        torch.testing.assert_close(target, abar.sqrt() * noise - (1 - abar).sqrt() * x0, atol=1e-5, rtol=0)
+    else:
+        assert torch.equal(target, x0)
+    eps_fn = gaussian_eps_model(d_eps, 0.7, 0.3)
+    assert d_eps.eps_model(eps_fn) is eps_fn
+    wrapped = d.eps_model(_as_prediction(d, eps_fn, prediction))
+    x_T = NoiseSource(range(4)).randn((4, 32))
+    for name in ("ddim", "dpmpp_2m", "ancestral"):
+        sampler = SAMPLERS[name]
+        steps = sampler.timesteps(d, 10 if name != "ancestral" else None)
+        a = sampler(wrapped, x_T, d, steps, noise=NoiseSource(range(4)))
+        b = sampler(eps_fn, x_T, d_eps, steps, noise=NoiseSource(range(4)))
+        torch.testing.assert_close(a, b, atol=2e-4, rtol=0)
+    assert d.truncated(0.02).prediction == prediction
+    with pytest.raises(ValueError, match="prediction='x_0'"):
+        GaussianDiffusion(10, prediction="x_0")
+
+
+def test_min_snr_weights_the_implied_x0_error_alike_for_eps_v_and_x0():
+    """train.loss_weighting: min_snr puts min(SNR_t, 5) on the implied x0 error whatever the denoiser
+    outputs, so the three parameterisations differ only in what the network is asked to produce."""
+    x0, noise = torch.randn(6, 16), torch.randn(6, 16)
+    t = torch.tensor([1, 20, 60, 120, 200, 249])
+    err = 0.1 * torch.randn(6, 16)                               # the same x0 error for all three
+    losses = {}
+    for prediction in ("eps", "v", "x0"):
+        d = GaussianDiffusion(250, "cosine", prediction=prediction)
+        x_t = d.q_sample(x0, t, noise)
+
+        def out_fn(x, tt, d=d, x_t=x_t):
+            x0_hat = x0 + err
+            eps_hat = d.predict_eps(x_t, tt, x0_hat)
+            return {"eps": eps_hat, "x0": x0_hat, "v": d.training_target(x0_hat, tt, eps_hat)}[d.prediction]
+        losses[prediction] = d.training_loss(out_fn, x0, t=t, noise=noise, reduction="none",
+                                             weighting="min_snr")
+    snr = GaussianDiffusion(250).snr(t)
+    expected = snr.clamp(max=5.0) * (err ** 2).mean(dim=1)
+    for prediction, loss in losses.items():
+        torch.testing.assert_close(loss, expected, rtol=2e-3, atol=0, msg=prediction)

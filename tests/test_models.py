@@ -399,6 +399,10 @@ def test_load_model_every_kind_and_image_encoder_init(tmp_path):
         torch.testing.assert_close(v, trained.image_trunk.state_dict()[k], rtol=0, atol=0)
     dl = load_model(_fake_checkpoint(tmp_path / "d.pt", "diffusion", "lr", g, den), "diffusion", "lr")
     assert dl.diffusion.num_timesteps == 10 and dl.model.clip_range() is None
+    assert dl.diffusion.prediction == "eps"
+    g.model.prediction = "v"   # the noise process rebuilt from the checkpoint reads the network's output as v
+    dv = load_model(_fake_checkpoint(tmp_path / "v.pt", "diffusion", "lr", g, den), "diffusion")
+    assert dv.diffusion.prediction == "v"
 
     b = BaselineConfig()
     b.model.image_width = 8

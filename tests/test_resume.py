@@ -206,8 +206,8 @@ def test_a_checkpoint_older_than_a_config_key_resumes_with_its_meaning(synthetic
 
 
 def test_a_diffusion_checkpoint_older_than_model_lowres_noise_resumes():
-    # model.lowres_noise came later: a diffusion run without it meant 0 and resumes; a contrastive one
-    # (whose model section never has the key) is not given it
+    # model.lowres_noise and model.prediction came later: a diffusion run without them meant 0 and eps and
+    # resumes; a contrastive one (whose model section never has the keys) is not given them
     from training.engine import check_resume_config
     from utils.config import ContrastiveConfig, GenerativeConfig, load_config, to_dict
 
@@ -216,6 +216,7 @@ def test_a_diffusion_checkpoint_older_than_model_lowres_noise_resumes():
         cfg = load_config(ROOT / yml, cls, [], "cpu")
         stored = to_dict(cfg)
         stored["model"].pop("lowres_noise", None)
+        stored["model"].pop("prediction", None)
         ckpt = {"run": {"kind": kind, "config": stored}}
         assert check_resume_config(Path("last.pt"), ckpt, cfg, False) == {}
     cfg = load_config(ROOT / "params_generative.yml", GenerativeConfig,
@@ -224,4 +225,9 @@ def test_a_diffusion_checkpoint_older_than_model_lowres_noise_resumes():
     stored["model"].pop("lowres_noise")
     with pytest.raises(CheckpointError,
                        match=r"model.lowres_noise 0.0 -> 0.2: model.lowres_noise cannot change on resume"):
+        check_resume_config(Path("last.pt"), {"run": {"kind": "diffusion", "config": stored}}, cfg, False)
+    cfg = load_config(ROOT / "params_generative.yml", GenerativeConfig, ["model.prediction=v"], "cpu")
+    stored = to_dict(cfg)
+    stored["model"].pop("prediction")
+    with pytest.raises(CheckpointError, match=r"model.prediction 'eps' -> 'v'"):
         check_resume_config(Path("last.pt"), {"run": {"kind": "diffusion", "config": stored}}, cfg, False)

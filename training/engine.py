@@ -120,7 +120,8 @@ RESUME_FIXED_PREFIXES = ("model.", "train.stage", "train.batch_size")
 #: config keys added after checkpoints were written without them: the value such a checkpoint was made with
 ABSENT_MEANS = {"data.lowres": "subsample"}
 #: the same for keys that only one kind of run (RunState.kind) has
-ABSENT_MEANS_BY_KIND = {"diffusion": {"model.lowres_noise": 0.0, "model.freeze_image_encoder": False}}
+ABSENT_MEANS_BY_KIND = {"diffusion": {"model.lowres_noise": 0.0, "model.freeze_image_encoder": False,
+                                      "model.prediction": "eps"}}
 
 
 def stored_config(ckpt: dict) -> dict:

@@ -77,6 +77,8 @@ class DiffusionModelConfig:
                                       # "wide" (2 blocks per level, ~1.7x the FLOPs); see docs/MODELS.md
     timesteps: int = 250
     schedule: str = "cosine"
+    prediction: str = "eps"           # what the denoiser outputs: "eps" (the paper), "v" or "x0"; the
+                                      # training target and how the samplers read it (diffusion/process.py)
     standardize: bool = False         # diffuse per-pixel standardised spectra (training mean/std kept in the
                                       # model); false = the paper's raw log flux
     image_encoder_init: str | None = None  # start the image encoder from the image trunk of a trained
@@ -100,6 +102,7 @@ class DiffusionModelConfig:
     def check(self, where):
         _choice(where, "model.image_encoder", self.image_encoder, ("resnet18", "resnet50"))
         _choice(where, "model.schedule", self.schedule, ("cosine", "linear"))
+        _choice(where, "model.prediction", self.prediction, ("eps", "v", "x0"))
         _choice(where, "model.layout", self.layout, ("released", "wide"))
         _positive(where, "model.timesteps", self.timesteps)
         _positive(where, "model.base", self.base)
