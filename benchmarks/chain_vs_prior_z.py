@@ -34,7 +34,7 @@ def paired(z_chain, z_cnn, z_true, boot: int = 2000, seed: int = 0, names=("chai
     zc, zp, zt = (np.asarray(a, dtype=np.float64) for a in (z_chain, z_cnn, z_true))
     n = len(zt)
     ci = lambda stat, change: list(paired_interval(stat, (zc, zt), (zp, zt), boot, seed,  # noqa: E731
-                                                   change=change))
+                                                   change=change) or (np.nan, np.nan))
     ratio = ci(sigma_nmad, lambda x, y: x / y - 1)
     dout = ci(outlier_fraction, None)
     a, b = names

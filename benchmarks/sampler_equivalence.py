@@ -56,9 +56,15 @@ def first(d: dict, n: int | None) -> dict:
     return {k: (v if k == "header" else v[:n]) for k, v in d.items()}
 
 
+#: each compared statistic of (mse, z, z_true), on its own so a bootstrap draw computes only the one it needs
+STATISTICS = {"mse_mean": lambda mse, z, zt: float(np.nanmean(mse)),
+              "mse_median": lambda mse, z, zt: float(np.nanmedian(mse)),
+              "z_sigma_nmad": lambda mse, z, zt: M.sigma_nmad(z, zt),
+              "z_outlier_frac": lambda mse, z, zt: M.outlier_fraction(z, zt)}
+
+
 def statistics(mse, z, z_true) -> dict:
-    return {"mse_mean": float(np.nanmean(mse)), "mse_median": float(np.nanmedian(mse)),
-            "z_sigma_nmad": M.sigma_nmad(z, z_true), "z_outlier_frac": M.outlier_fraction(z, z_true)}
+    return {k: f(mse, z, z_true) for k, f in STATISTICS.items()}
 
 
 def _change(key: str, a: float, b: float) -> float:
@@ -72,14 +78,14 @@ def compare(a: dict, b: dict, boot: int, margin: float, margin_outliers: float, 
     if not np.array_equal(a["id"], b["id"]):
         raise SystemExit("error: the two results files hold different galaxies (column id)")
     n = len(a["id"])
-    keys = ("mse_mean", "mse_median", "z_sigma_nmad", "z_outlier_frac")
+    keys = tuple(STATISTICS)
     sa, sb = statistics(a["mse"], a["z"], a["z_true"]), statistics(b["mse"], b["z"], b["z_true"])
     out = {"n_galaxies": n, "n_with_observed_spectrum": int(np.isfinite(a["mse"]).sum()),
            "a": {**a["header"], **sa}, "b": {**b["header"], **sb}, "bootstrap_draws": boot,
            "margin_relative": margin, "margin_outliers_absolute": margin_outliers, "comparison": {}}
     cols = lambda r: (r["mse"], r["z"], r["z_true"])  # noqa: E731
     for k in keys:
-        lo, hi = M.paired_interval(lambda *c, k=k: statistics(*c)[k], cols(a), cols(b), boot, seed,
+        lo, hi = M.paired_interval(STATISTICS[k], cols(a), cols(b), boot, seed,
                                    change=lambda x, y, k=k: _change(k, x, y)) or (np.nan, np.nan)
         m = margin_outliers if k == "z_outlier_frac" else margin
         point = _change(k, sa[k], sb[k])
